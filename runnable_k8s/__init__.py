@@ -1,0 +1,48 @@
+"""runnable-k8s: run any part of a LangChain chain on autoscaled Celery workers over Redis.
+
+This module is the only public interface; everything else is private and may change.
+"""
+
+from runnable_k8s.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    DisallowedObject,
+    ExecutionTimeout,
+    MessageExpired,
+    MessageRejected,
+    PayloadTooLarge,
+    RemoteError,
+    RunCancelled,
+    RunError,
+    RunExpired,
+    RunnableK8sError,
+    RunNotFound,
+    RunRejected,
+    SerializationRefused,
+    SignatureRejected,
+    WaitTimeout,
+)
+from runnable_k8s.producer.runnable import RunnableK8s
+from runnable_k8s.settings import Settings
+
+__all__ = [
+    "BrokerUnavailable",
+    "ConfigurationError",
+    "DisallowedObject",
+    "ExecutionTimeout",
+    "MessageExpired",
+    "MessageRejected",
+    "PayloadTooLarge",
+    "RemoteError",
+    "RunCancelled",
+    "RunError",
+    "RunExpired",
+    "RunNotFound",
+    "RunRejected",
+    "RunnableK8s",
+    "RunnableK8sError",
+    "SerializationRefused",
+    "Settings",
+    "SignatureRejected",
+    "WaitTimeout",
+]

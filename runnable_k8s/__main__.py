@@ -1,0 +1,3 @@
+from runnable_k8s.cli import main
+
+main()

@@ -1,0 +1,106 @@
+"""The one error tree of runnable-k8s. Everything the library raises derives from
+`RunnableK8sError`, so `except RunnableK8sError` catches all of it and nothing else."""
+
+from __future__ import annotations
+
+
+class RunnableK8sError(Exception):
+    """Root of every error raised by runnable-k8s."""
+
+
+class ConfigurationError(RunnableK8sError):
+    """Settings are missing, malformed or contradict each other."""
+
+
+class SerializationRefused(RunnableK8sError):
+    """A runnable, input or output cannot travel as signed JSON.
+
+    Raised on the producer before anything is enqueued; the message names the offending object
+    and says what to do instead.
+    """
+
+
+class MessageRejected(RunnableK8sError):
+    """A message read from Redis failed verification and was not used."""
+
+
+class SignatureRejected(MessageRejected):
+    """A message is unsigned, malformed, or its HMAC does not match (tampered or forged)."""
+
+
+class PayloadTooLarge(MessageRejected):
+    """A body exceeds `RUNNABLE_K8S_MAX_BODY_BYTES` (checked before parsing)."""
+
+
+class DisallowedObject(MessageRejected):
+    """A payload names a class outside the allowlist, or constructor arguments that could
+    redirect a model (base URL, headers, proxy, client) or run template code."""
+
+
+class MessageExpired(MessageRejected):
+    """A signed message is past its expiry time."""
+
+
+class BrokerUnavailable(RunnableK8sError):
+    """Redis could not be reached; nothing was enqueued by the failing call."""
+
+
+class RunError(RunnableK8sError):
+    """Base of errors about one run. `run_id` names it."""
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class RemoteError(RunError):
+    """The runnable raised on the worker.
+
+    Attributes:
+        remote_type: qualified name of the remote exception type, e.g. `openai.RateLimitError`.
+        remote_message: `str()` of the remote exception.
+        remote_traceback: the formatted remote traceback.
+    """
+
+    def __init__(
+        self,
+        remote_type: str,
+        remote_message: str,
+        remote_traceback: str,
+        *,
+        run_id: str | None = None,
+    ) -> None:
+        super().__init__(f"{remote_type}: {remote_message}", run_id=run_id)
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        return (
+            f"{self.remote_type}: {self.remote_message}\n\nRemote traceback "
+            f"(run {self.run_id}):\n{self.remote_traceback}"
+        )
+
+
+class RunRejected(RunError):
+    """The worker refused the run (e.g. a class outside its allowlist); it did not execute."""
+
+
+class WaitTimeout(RunError):
+    """The caller stopped waiting; the run may still finish, and its handle can be awaited."""
+
+
+class ExecutionTimeout(RunError):
+    """The run exceeded the worker's time limit and was cancelled there."""
+
+
+class RunCancelled(RunError):
+    """The run was cancelled before or while it ran."""
+
+
+class RunExpired(RunError):
+    """The run waited in the queue past its expiry and was discarded without running."""
+
+
+class RunNotFound(RunError):
+    """No run with this id is known (never submitted, or its record expired)."""

@@ -1,0 +1,295 @@
+"""The producer's side of Redis: enqueue runs, read statuses, wait for outcomes and chunks.
+
+Waiting never polls: callers block on `XREAD` of the runs' event streams, which Redis answers
+the moment a worker appends to one. The synchronous and the asyncio clients share every decision
+(`_Plan`, `_parse_entries`); only the I/O differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from runnable_k8s.errors import (
+    BrokerUnavailable,
+    RunNotFound,
+    SignatureRejected,
+    WaitTimeout,
+)
+from runnable_k8s.protocol import keys, task_message
+from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
+from runnable_k8s.settings import Settings
+
+_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# Longest single XREAD block; the loop re-arms it until the caller's deadline.
+_MAX_BLOCK_MS = 30_000
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of a run's event stream: a chunk (encoded data) or the final outcome."""
+
+    run_id: str
+    chunk: bytes | None = None
+    outcome: Outcome | None = None
+
+
+def _queued_status(protocol: Protocol, request: RunRequest, now: float) -> bytes:
+    return protocol.seal_status(
+        RunStatus(request.run_id, "queued", request.name, 0, created_at=now)
+    )
+
+
+def _description(request: RunRequest) -> str:
+    # What Flower and `celery inspect` show: never the payload.
+    return f"{request.mode} {request.name} run={request.run_id}"[:200]
+
+
+class _Plan:
+    """The Redis commands of one submission, computed once for either client."""
+
+    def __init__(self, protocol: Protocol, requests: Sequence[RunRequest]) -> None:
+        settings = protocol.settings
+        now = time.time()
+        ttl = int(settings.result_ttl)
+        self.sets: list[tuple[str, bytes, int]] = []
+        self.messages: list[str] = []
+        for request in requests:
+            wire, beside = protocol.seal_request(request)
+            self.sets.append(
+                (keys.status(request.run_id), _queued_status(protocol, request, now), ttl)
+            )
+            if beside is not None:
+                life = max(1, int(request.expires_at - now) + int(settings.time_limit) + 60)
+                self.sets.append((keys.body(request.run_id), beside, life))
+            self.messages.append(
+                task_message.build(
+                    wire.decode(),
+                    run_id=request.run_id,
+                    queue=settings.queue,
+                    description=_description(request),
+                )
+            )
+        self.queue = settings.queue
+
+
+def _parse_entries(protocol: Protocol, response: Any, cursors: dict[str, str]) -> list[Event]:
+    """Turn an XREAD reply into verified events, advancing `cursors` (stream key -> last id)."""
+    events: list[Event] = []
+    for stream_key, entries in response or []:
+        key = stream_key.decode() if isinstance(stream_key, bytes) else stream_key
+        run_id = key.split("{", 1)[1].split("}", 1)[0]
+        for entry_id, fields in entries:
+            cursors[key] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            kind = fields.get(b"k")
+            wire = fields.get(b"m", b"")
+            if kind == b"c":
+                events.append(Event(run_id, chunk=protocol.open_chunk(wire, run_id)))
+            elif kind == b"r":
+                events.append(Event(run_id, outcome=protocol.open_outcome(wire, run_id)))
+            else:
+                raise SignatureRejected(f"unknown event in the stream of run {run_id}")
+    return events
+
+
+def _block_ms(deadline: float | None) -> int:
+    if deadline is None:
+        return _MAX_BLOCK_MS
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return -1
+    return max(1, min(_MAX_BLOCK_MS, int(remaining * 1000)))
+
+
+def _status_or_none(protocol: Protocol, raw: Any, run_id: str) -> RunStatus | None:
+    return None if not isinstance(raw, bytes) else protocol.open_status(raw, run_id)
+
+
+class Client:
+    """Synchronous producer client. One per `Settings`; thread-safe (redis-py pools are)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.protocol = Protocol(settings)
+        self._redis = redis.Redis.from_url(
+            settings.require_redis_url(), health_check_interval=30, socket_keepalive=True
+        )
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def submit(self, requests: Sequence[RunRequest]) -> None:
+        """Enqueue runs: statuses, large bodies and messages in one transaction.
+
+        Raises:
+            BrokerUnavailable: Redis is unreachable; nothing was enqueued.
+        """
+        plan = _Plan(self.protocol, requests)
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                for key, value, ttl in plan.sets:
+                    pipe.set(key, value, ex=ttl)
+                pipe.lpush(plan.queue, *plan.messages)
+                pipe.execute()
+        except _REDIS_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
+
+    def status(self, run_id: str) -> RunStatus:
+        try:
+            raw = self._redis.get(keys.status(run_id))
+        except _REDIS_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot read status from Redis: {exc}") from exc
+        status = _status_or_none(self.protocol, raw, run_id)
+        if status is None:
+            raise RunNotFound(f"no run {run_id} (never submitted, or expired)", run_id=run_id)
+        return status
+
+    def events(
+        self, run_ids: Sequence[str], *, timeout: float | None, from_start: bool = True
+    ) -> Iterator[Event]:
+        """Yield verified events of `run_ids` as they arrive, until each has an outcome.
+
+        Raises:
+            WaitTimeout: `timeout` seconds passed first (the runs go on).
+            BrokerUnavailable: Redis went away while waiting.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cursors = {keys.events(r): "0-0" if from_start else "$" for r in run_ids}
+        try:
+            while cursors:
+                block = _block_ms(deadline)
+                if block < 0:
+                    pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
+                    raise WaitTimeout(
+                        f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
+                        run_id=pending[0],
+                    )
+                response = self._redis.xread(dict[Any, Any](cursors), block=block)
+                for event in _parse_entries(self.protocol, response, cursors):
+                    if event.outcome is not None:
+                        cursors.pop(keys.events(event.run_id), None)
+                    yield event
+        except _REDIS_ERRORS as exc:
+            raise BrokerUnavailable(f"lost Redis while waiting: {exc}") from exc
+
+    def cancel(self, run_id: str) -> None:
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(
+                    keys.cancel(run_id),
+                    self.protocol.seal_cancel(run_id),
+                    ex=int(self.settings.result_ttl),
+                )
+                pipe.publish(keys.CANCEL_CHANNEL, run_id)
+                pipe.execute()
+        except _REDIS_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot cancel on Redis: {exc}") from exc
+
+
+class AsyncClient:
+    """asyncio producer client: awaiting an outcome holds no thread. One per event loop."""
+
+    def __init__(self, settings: Settings, protocol: Protocol) -> None:
+        self.settings = settings
+        self.protocol = protocol
+        self._redis = aredis.Redis.from_url(
+            settings.require_redis_url(), health_check_interval=30, socket_keepalive=True
+        )
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+    async def submit(self, requests: Sequence[RunRequest]) -> None:
+        plan = _Plan(self.protocol, requests)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for key, value, ttl in plan.sets:
+                    pipe.set(key, value, ex=ttl)
+                pipe.lpush(plan.queue, *plan.messages)
+                await pipe.execute()
+        except _REDIS_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
+
+    async def status(self, run_id: str) -> RunStatus:
+        try:
+            raw = await self._redis.get(keys.status(run_id))
+        except _REDIS_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot read status from Redis: {exc}") from exc
+        status = _status_or_none(self.protocol, raw, run_id)
+        if status is None:
+            raise RunNotFound(f"no run {run_id} (never submitted, or expired)", run_id=run_id)
+        return status
+
+    async def events(
+        self, run_ids: Sequence[str], *, timeout: float | None, from_start: bool = True
+    ) -> AsyncIterator[Event]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cursors = {keys.events(r): "0-0" if from_start else "$" for r in run_ids}
+        try:
+            while cursors:
+                block = _block_ms(deadline)
+                if block < 0:
+                    pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
+                    raise WaitTimeout(
+                        f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
+                        run_id=pending[0],
+                    )
+                response = await self._redis.xread(dict[Any, Any](cursors), block=block)
+                for event in _parse_entries(self.protocol, response, cursors):
+                    if event.outcome is not None:
+                        cursors.pop(keys.events(event.run_id), None)
+                    yield event
+        except _REDIS_ERRORS as exc:
+            raise BrokerUnavailable(f"lost Redis while waiting: {exc}") from exc
+
+    async def cancel(self, run_id: str) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(
+                    keys.cancel(run_id),
+                    self.protocol.seal_cancel(run_id),
+                    ex=int(self.settings.result_ttl),
+                )
+                pipe.publish(keys.CANCEL_CHANNEL, run_id)
+                await pipe.execute()
+        except _REDIS_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot cancel on Redis: {exc}") from exc
+
+
+# One client per settings (and per event loop for asyncio): connection pools are shared by
+# every RunnableK8s built from the same settings, and die with their loop.
+_clients: dict[Settings, Client] = {}
+_async_clients: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[Settings, AsyncClient]
+] = weakref.WeakKeyDictionary()
+
+
+def client_for(settings: Settings) -> Client:
+    client = _clients.get(settings)
+    if client is None:
+        client = _clients.setdefault(settings, Client(settings))
+    return client
+
+
+def async_client_for(settings: Settings) -> AsyncClient:
+    loop = asyncio.get_running_loop()
+    per_loop = _async_clients.setdefault(loop, {})
+    client = per_loop.get(settings)
+    if client is None:
+        client = AsyncClient(settings, client_for(settings).protocol)
+        per_loop[settings] = client
+    return client

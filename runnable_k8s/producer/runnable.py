@@ -1,0 +1,325 @@
+"""`RunnableK8s`: a LangChain Runnable whose work happens on a Celery worker.
+
+Every entry point goes through LangChain's `_call_with_config` / `_batch_with_config` helpers,
+so the caller's callbacks and tracers see the remote step as one run with its input and output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any, cast
+
+from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import get_config_list
+from langchain_core.runnables.graph import Graph
+from langchain_core.runnables.utils import ConfigurableFieldSpec, Input, Output
+from pydantic import BaseModel
+
+from runnable_k8s.errors import ConfigurationError, RunnableK8sError
+from runnable_k8s.producer.client import async_client_for, client_for, new_run_id
+from runnable_k8s.producer.results import unwrap, unwrap_items
+from runnable_k8s.protocol.codec import runnable_codec
+from runnable_k8s.protocol.messages import Mode, Outcome, RunRequest
+from runnable_k8s.protocol.remote_config import export_config
+from runnable_k8s.settings import Settings
+
+
+class RunnableK8s(Runnable[Input, Output]):
+    """Run `bound` (or the registered runnable `ref`) on runnable-k8s workers.
+
+    Example:
+        chain = prompt | RunnableK8s(bound=llm) | StrOutputParser()
+
+    Args:
+        bound: a runnable that serializes to LangChain JSON (checked here, at construction).
+        ref: instead of `bound`, `"package.module:attribute"` of a runnable in the worker image.
+        settings: defaults to `Settings.from_env()`.
+        timeout: seconds a caller waits for a result (default `settings.wait_timeout`).
+        time_limit: execution limit on the worker (the lower of this and the worker's own).
+        name: the name callbacks and workers see (default: the bound runnable's name).
+
+    Raises:
+        SerializationRefused: `bound` cannot travel; the message names the object at fault.
+        ConfigurationError: neither or both of `bound` and `ref`.
+
+    Not supported: callbacks inside the remote run report to the caller only as the one
+    remote step (plus streamed chunks); Python objects in `config` other than the
+    JSON-safe keys (tags, metadata, run_name, configurable, recursion_limit,
+    max_concurrency) stay on the caller.
+    """
+
+    def __init__(
+        self,
+        bound: Runnable[Input, Output] | None = None,
+        *,
+        ref: str | None = None,
+        settings: Settings | None = None,
+        timeout: float | None = None,
+        time_limit: float | None = None,
+        name: str | None = None,
+    ) -> None:
+        if (bound is None) == (ref is None):
+            raise ConfigurationError("RunnableK8s needs exactly one of bound= or ref=")
+        self.bound = bound
+        self.ref = ref
+        self.settings = settings if settings is not None else Settings.from_env()
+        self.timeout = timeout
+        self.time_limit = time_limit
+        self.name = name or (bound.get_name() if bound is not None else str(ref))
+        # Serialized once: the runnable is immutable configuration, and dumping plus checking
+        # it is the most expensive part of a call.
+        self._encoded = (
+            runnable_codec(self.settings.allowed_classes).encode_runnable(bound)
+            if bound is not None
+            else b""
+        )
+
+    def __repr__(self) -> str:
+        target = repr(self.bound) if self.bound is not None else f"ref={self.ref!r}"
+        return f"RunnableK8s({target})"
+
+    # -- schema pass-through ----------------------------------------------------------------
+
+    @property
+    def InputType(self) -> Any:
+        return self.bound.InputType if self.bound is not None else Any
+
+    @property
+    def OutputType(self) -> Any:
+        return self.bound.OutputType if self.bound is not None else Any
+
+    def get_input_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
+        if self.bound is not None:
+            return cast(type[BaseModel], self.bound.get_input_schema(config))
+        return cast(type[BaseModel], super().get_input_schema(config))
+
+    def get_output_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
+        if self.bound is not None:
+            return cast(type[BaseModel], self.bound.get_output_schema(config))
+        return cast(type[BaseModel], super().get_output_schema(config))
+
+    @property
+    def config_specs(self) -> list[ConfigurableFieldSpec]:
+        return self.bound.config_specs if self.bound is not None else []
+
+    def get_graph(self, config: RunnableConfig | None = None) -> Graph:
+        if self.bound is not None:
+            return self.bound.get_graph(config)
+        return super().get_graph(config)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    @property
+    def _wait(self) -> float:
+        return self.timeout if self.timeout is not None else self.settings.wait_timeout
+
+    def _runnable_bytes(self, kwargs: dict[str, Any]) -> bytes:
+        if not kwargs:
+            return self._encoded
+        if self.bound is None:
+            raise ConfigurationError("call-time keyword arguments need bound=, not ref=")
+        # `.bind(stop=...)` on RunnableK8s (or kwargs to invoke) apply to the remote runnable.
+        return runnable_codec(self.settings.allowed_classes).encode_runnable(
+            self.bound.bind(**kwargs)
+        )
+
+    def _request(
+        self,
+        mode: Mode,
+        payload: Any,
+        config: dict[str, Any],
+        kwargs: dict[str, Any],
+        configs: list[dict[str, Any]] | None = None,
+    ) -> RunRequest:
+        """Build a request. `config`/`configs` are already exported (JSON-safe)."""
+        data = client_for(self.settings).protocol.data
+        return RunRequest(
+            run_id=new_run_id(),
+            mode=mode,
+            name=self.name or "",
+            runnable=self._runnable_bytes(kwargs),
+            input=data.encode_data(payload, what="input"),
+            expires_at=time.time() + self.settings.run_expiry,
+            ref=self.ref,
+            config=config,
+            configs=configs,
+            time_limit=self.time_limit,
+        )
+
+    # -- invoke -----------------------------------------------------------------------------
+
+    def invoke(self, input: Input, config: RunnableConfig | None = None, **kwargs: Any) -> Output:
+        # Exported before LangChain patches the config for the child run (which drops run_name).
+        remote = export_config(config)
+        return self._call_with_config(self._invoke, input, config, _remote=remote, **kwargs)
+
+    def _invoke(
+        self,
+        input: Input,
+        run_manager: CallbackManagerForChainRun,
+        config: RunnableConfig,
+        **kwargs: Any,
+    ) -> Output:
+        client = client_for(self.settings)
+        request = self._request("invoke", input, kwargs.pop("_remote"), kwargs)
+        client.submit([request])
+        for event in client.events([request.run_id], timeout=self._wait):
+            if event.outcome is not None:
+                return cast(Output, unwrap(client.protocol, event.outcome))
+        raise RunnableK8sError(f"run {request.run_id} ended without an outcome")
+
+    async def ainvoke(
+        self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Output:
+        remote = export_config(config)
+        return await self._acall_with_config(self._ainvoke, input, config, _remote=remote, **kwargs)
+
+    async def _ainvoke(
+        self,
+        input: Input,
+        run_manager: AsyncCallbackManagerForChainRun,
+        config: RunnableConfig,
+        **kwargs: Any,
+    ) -> Output:
+        client = async_client_for(self.settings)
+        request = self._request("invoke", input, kwargs.pop("_remote"), kwargs)
+        await client.submit([request])
+        async for event in client.events([request.run_id], timeout=self._wait):
+            if event.outcome is not None:
+                return cast(Output, unwrap(client.protocol, event.outcome))
+        raise RunnableK8sError(f"run {request.run_id} ended without an outcome")
+
+    # -- batch ------------------------------------------------------------------------------
+
+    def _chunking(self, count: int, configs: Sequence[dict[str, Any]]) -> tuple[int, int]:
+        """(inputs per task, tasks in flight) honouring `max_concurrency`."""
+        limit = configs[0].get("max_concurrency") if configs else None
+        size = self.settings.batch_chunk_size
+        if not limit:
+            return size, max(1, -(-count // size))
+        size = max(1, min(size, limit))
+        return size, max(1, limit // size)
+
+    def _batch_requests(
+        self, inputs: Sequence[Input], configs: Sequence[dict[str, Any]], kwargs: dict[str, Any]
+    ) -> list[tuple[int, int, RunRequest]]:
+        """(first index, input count, request) per task."""
+        size, _ = self._chunking(len(inputs), configs)
+        requests = []
+        for start in range(0, len(inputs), size):
+            part = list(inputs[start : start + size])
+            part_configs = list(configs[start : start + size])
+            request = self._request("batch", part, part_configs[0], kwargs, part_configs)
+            requests.append((start, len(part), request))
+        return requests
+
+    def batch(
+        self,
+        inputs: list[Input],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any | None,
+    ) -> list[Output]:
+        if not inputs:
+            return []
+        remote = [export_config(c) for c in get_config_list(config, len(inputs))]
+        return self._batch_with_config(
+            self._batch,
+            inputs,
+            config,
+            return_exceptions=return_exceptions,
+            _remote=remote,
+            **kwargs,
+        )
+
+    def _batch(
+        self,
+        inputs: list[Input],
+        run_manager: list[CallbackManagerForChainRun],
+        config: list[RunnableConfig],
+        **kwargs: Any,
+    ) -> list[Exception | Output]:
+        client = client_for(self.settings)
+        remote = kwargs.pop("_remote")
+        requests = self._batch_requests(inputs, remote, kwargs)
+        _, window = self._chunking(len(inputs), remote)
+        results: list[Any] = [None] * len(inputs)
+        pending: dict[str, tuple[int, int]] = {}
+        queue = list(reversed(requests))
+        try:
+            while queue or pending:
+                batch: list[RunRequest] = []
+                while queue and len(pending) + len(batch) < window:
+                    start, count, request = queue.pop()
+                    pending[request.run_id] = (start, count)
+                    batch.append(request)
+                if batch:
+                    client.submit(batch)
+                for event in client.events(list(pending), timeout=self._wait):
+                    if event.outcome is not None:
+                        self._place(results, pending.pop(event.run_id), event.outcome)
+                        break
+        except RunnableK8sError as exc:
+            for start, count in pending.values():
+                results[start : start + count] = [exc] * count
+            for start, count, _ in queue:
+                results[start : start + count] = [exc] * count
+        return results
+
+    def _place(self, results: list[Any], span: tuple[int, int], outcome: Outcome) -> None:
+        start, count = span
+        protocol = client_for(self.settings).protocol
+        results[start : start + count] = unwrap_items(protocol, outcome, count)
+
+    async def abatch(
+        self,
+        inputs: list[Input],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any | None,
+    ) -> list[Output]:
+        if not inputs:
+            return []
+        remote = [export_config(c) for c in get_config_list(config, len(inputs))]
+        return await self._abatch_with_config(
+            self._abatch,
+            inputs,
+            config,
+            return_exceptions=return_exceptions,
+            _remote=remote,
+            **kwargs,
+        )
+
+    async def _abatch(
+        self,
+        inputs: list[Input],
+        run_manager: list[AsyncCallbackManagerForChainRun],
+        config: list[RunnableConfig],
+        **kwargs: Any,
+    ) -> list[Exception | Output]:
+        client = async_client_for(self.settings)
+        remote = kwargs.pop("_remote")
+        requests = self._batch_requests(inputs, remote, kwargs)
+        _, window = self._chunking(len(inputs), remote)
+        results: list[Any] = [None] * len(inputs)
+        gate = asyncio.Semaphore(window)
+
+        async def run_one(start: int, count: int, request: RunRequest) -> None:
+            async with gate:
+                try:
+                    await client.submit([request])
+                    async for event in client.events([request.run_id], timeout=self._wait):
+                        if event.outcome is not None:
+                            results[start : start + count] = unwrap_items(
+                                client.protocol, event.outcome, count
+                            )
+                except RunnableK8sError as exc:
+                    results[start : start + count] = [exc] * count
+
+        await asyncio.gather(*(run_one(*entry) for entry in requests))
+        return results

@@ -1,0 +1,241 @@
+"""JSON codecs for runnables and data, and the framing of a body into segments.
+
+LangChain's JSON format is the only object format: no pickle anywhere. Decoding uses an
+explicit class allowlist and our init validator; encoding refuses, on the producer and before
+anything is enqueued, whatever would not load on the other side.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any, Final
+
+from langchain_core.load import dumpd, dumps
+from langchain_core.load._validation import _is_escaped_dict, _unescape_value
+from langchain_core.load.load import Reviver
+from langchain_core.runnables import Runnable
+from pydantic import ValidationError
+
+from runnable_k8s.errors import DisallowedObject, SerializationRefused, SignatureRejected
+from runnable_k8s.protocol.allowlist import (
+    Allowlist,
+    data_allowlist,
+    init_validator,
+    runnable_allowlist,
+)
+
+_MAX_DEPTH: Final = 200
+_REGISTER_HINT: Final = (
+    "Only objects that serialize to LangChain JSON can travel. Either replace it with a "
+    "serializable equivalent, add its class to RUNNABLE_K8S_ALLOWED_CLASSES (on producer and "
+    "workers) if it is a trusted Serializable class, or put the runnable into the worker image "
+    "and run it by reference: RunnableK8s(ref='your_package.module:attribute') with the path "
+    "in the workers' RUNNABLE_K8S_ALLOWED_REFS."
+)
+
+
+class Codec:
+    """Encodes and decodes one kind of payload against one allowlist."""
+
+    __slots__ = ("_paths", "_reviver")
+
+    def __init__(self, allowlist: Allowlist) -> None:
+        self._paths = allowlist.class_paths()
+        # Built once: constructing a Reviver computes class paths against every mapping.
+        self._reviver = Reviver(
+            allowed_objects=list(allowlist.classes),
+            secrets_map={},
+            valid_namespaces=list(allowlist.namespaces),
+            secrets_from_env=False,
+            init_validator=init_validator,
+        )
+
+    # -- data -------------------------------------------------------------------------------
+
+    def encode_data(self, value: Any, *, what: str = "value") -> bytes:
+        """Encode an input, output or chunk as LangChain JSON bytes.
+
+        Raises:
+            SerializationRefused: the value holds an object that cannot travel.
+        """
+        try:
+            text = dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise SerializationRefused(f"{what} cannot be encoded as JSON: {exc}") from exc
+        if "not_implemented" in text:
+            # dumps never raises on unsupported objects; it writes a marker that only fails
+            # on load. Find it here, where we can still name the object.
+            self._refuse_unsupported(json.loads(text), what)
+        return text.encode()
+
+    def decode_data(self, raw: bytes) -> Any:
+        """Decode data bytes, reviving only allowlisted classes.
+
+        Raises:
+            DisallowedObject: a class outside the allowlist or a malformed document.
+        """
+        try:
+            text = raw.decode()
+            obj = json.loads(text)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise DisallowedObject(f"malformed data: {exc}") from exc
+        if '"lc"' not in text and "__lc_escaped__" not in text:
+            return obj  # plain JSON: nothing to revive
+        return self._revive(obj)
+
+    # -- runnables --------------------------------------------------------------------------
+
+    def encode_runnable(self, runnable: Runnable[Any, Any]) -> bytes:
+        """Encode a runnable as LangChain JSON bytes, refusing what the allowlist would refuse.
+
+        Raises:
+            SerializationRefused: with the offending object's class and repr, and what to do.
+        """
+        try:
+            tree = dumpd(runnable)
+        except (TypeError, ValueError) as exc:
+            raise SerializationRefused(f"{runnable!r} cannot be serialized: {exc}") from exc
+        self._refuse_unsupported(tree, "runnable")
+        self._check_tree(tree)
+        return json.dumps(tree, separators=(",", ":")).encode()
+
+    def decode_runnable(self, raw: bytes) -> Runnable[Any, Any]:
+        """Rebuild a runnable from bytes that passed signature verification.
+
+        Raises:
+            DisallowedObject: a class outside the allowlist, forbidden constructor arguments,
+                or anything else that fails to construct.
+        """
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            raise DisallowedObject(f"malformed runnable: {exc}") from exc
+        result = self._revive(obj)
+        if not isinstance(result, Runnable):
+            raise DisallowedObject(f"payload is a {type(result).__name__}, not a Runnable")
+        return result
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _revive(self, obj: Any) -> Any:
+        reviver: Callable[[dict[str, Any]], Any] = self._reviver
+
+        def walk(node: Any, depth: int) -> Any:
+            if depth > _MAX_DEPTH:
+                raise DisallowedObject(f"payload nested more than {_MAX_DEPTH} levels deep")
+            if isinstance(node, dict):
+                # User dicts that contain an "lc" key are escaped by dumps (CVE-2025-68664);
+                # they stay plain data and are never revived.
+                if _is_escaped_dict(node):
+                    return _unescape_value(node)
+                return reviver({k: walk(v, depth + 1) for k, v in node.items()})
+            if isinstance(node, list):
+                return [walk(v, depth + 1) for v in node]
+            return node
+
+        try:
+            return walk(obj, 0)
+        except DisallowedObject:
+            raise
+        except (ValueError, TypeError, KeyError, NotImplementedError, ValidationError) as exc:
+            raise DisallowedObject(_first_line(exc)) from exc
+        except ImportError as exc:
+            raise DisallowedObject(f"cannot import a class named by the payload: {exc}") from exc
+        except Exception as exc:
+            # A constructor's own validation (e.g. a model missing its API key on this side).
+            raise DisallowedObject(f"cannot construct the payload: {_first_line(exc)}") from exc
+
+    def _refuse_unsupported(self, tree: Any, what: str) -> None:
+        for node, path in _walk_lc(tree):
+            if node.get("type") == "not_implemented":
+                cls = ".".join(str(p) for p in node.get("id", []))
+                shown = str(node.get("repr", ""))[:200]
+                raise SerializationRefused(
+                    f"{what} contains {cls} at {path or 'the top'}, which cannot be "
+                    f"serialized: {shown}. {_REGISTER_HINT}"
+                )
+
+    def _check_tree(self, tree: Any) -> None:
+        for node, path in _walk_lc(tree):
+            if node.get("type") != "constructor":
+                continue
+            class_path = tuple(str(p) for p in node.get("id", []))
+            if class_path not in self._paths:
+                raise SerializationRefused(
+                    f"{'.'.join(class_path)} at {path or 'the top'} is not in the allowlist of "
+                    f"classes workers may load. {_REGISTER_HINT}"
+                )
+            try:
+                init_validator(class_path, node.get("kwargs", {}))
+            except DisallowedObject as exc:
+                raise SerializationRefused(
+                    f"{exc}. Such settings belong in the worker's environment (for example "
+                    "OPENAI_BASE_URL), never in a payload sent through Redis."
+                ) from exc
+
+
+@lru_cache(maxsize=16)
+def runnable_codec(extra_paths: tuple[str, ...] = ()) -> Codec:
+    """The runnable codec for an allowlist (built once: a Reviver is costly to construct)."""
+    return Codec(runnable_allowlist(extra_paths))
+
+
+@lru_cache(maxsize=1)
+def data_codec() -> Codec:
+    """The codec for inputs, outputs and chunks."""
+    return Codec(data_allowlist())
+
+
+def _walk_lc(tree: Any, path: str = "") -> Any:
+    """Yield (node, path) for every LangChain-JSON node (a dict with lc == 1)."""
+    stack: list[tuple[Any, str]] = [(tree, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, dict):
+            if node.get("lc") == 1 and "type" in node:
+                yield node, where
+            for key, value in node.items():
+                stack.append((value, f"{where}.{key}" if where else str(key)))
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                stack.append((value, f"{where}[{index}]"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+# -- framing ---------------------------------------------------------------------------------
+# A body is one JSON head line followed by raw segments whose lengths the head lists. Segments
+# are JSON documents themselves; framing them instead of nesting them as strings avoids escaping
+# (and copying) megabytes of JSON inside JSON.
+
+
+def pack(head: dict[str, Any], *segments: bytes) -> bytes:
+    head = {**head, "seg": [len(s) for s in segments]}
+    return b"".join((json.dumps(head, separators=(",", ":")).encode(), b"\n", *segments))
+
+
+def unpack(body: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    """Split a verified body. Raises `SignatureRejected` if the framing is inconsistent."""
+    newline = body.find(b"\n")
+    try:
+        head = json.loads(body[:newline]) if newline > 0 else None
+    except ValueError:
+        head = None
+    lengths = head.get("seg") if isinstance(head, dict) else None
+    if not isinstance(head, dict) or not isinstance(lengths, list):
+        raise SignatureRejected("malformed body head")
+    segments: list[bytes] = []
+    offset = newline + 1
+    for length in lengths:
+        if not isinstance(length, int) or length < 0 or offset + length > len(body):
+            raise SignatureRejected("malformed body segments")
+        segments.append(body[offset : offset + length])
+        offset += length
+    if offset != len(body):
+        raise SignatureRejected("trailing bytes after body segments")
+    return head, segments

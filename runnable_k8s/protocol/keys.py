@@ -1,0 +1,35 @@
+"""Redis key names, in one place. Per-run keys share a hash tag so they live on one slot."""
+
+from __future__ import annotations
+
+from typing import Final
+
+PREFIX: Final = "rk8s"
+CANCEL_CHANNEL: Final = f"{PREFIX}:cancel"
+# kombu's hash of delivered-but-unacknowledged messages (running + reserved with late acks).
+UNACKED: Final = "unacked"
+
+
+def status(run_id: str) -> str:
+    """Signed status record (string)."""
+    return f"{PREFIX}:{{{run_id}}}:status"
+
+
+def events(run_id: str) -> str:
+    """Redis Stream of signed chunks and the final result."""
+    return f"{PREFIX}:{{{run_id}}}:events"
+
+
+def body(run_id: str) -> str:
+    """A large request body that travels beside its Celery message."""
+    return f"{PREFIX}:{{{run_id}}}:body"
+
+
+def lock(run_id: str) -> str:
+    """Held by the worker executing the run, so a duplicate delivery cannot run it twice."""
+    return f"{PREFIX}:{{{run_id}}}:lock"
+
+
+def cancel(run_id: str) -> str:
+    """Signed cancellation request; checked before a run starts."""
+    return f"{PREFIX}:{{{run_id}}}:cancel"

@@ -1,0 +1,273 @@
+"""The messages producers and workers exchange, and the one object that seals and opens them.
+
+`Protocol` is the small interface both sides use: it owns the signer and both codecs, so
+signing, size limits and allowlists live in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from runnable_k8s.errors import SignatureRejected
+from runnable_k8s.protocol import envelope as env
+from runnable_k8s.protocol.codec import data_codec, pack, runnable_codec, unpack
+from runnable_k8s.settings import Settings
+
+Mode = Literal["invoke", "batch", "stream"]
+MODES: Final = ("invoke", "batch", "stream")
+
+State = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled", "expired"]
+TERMINAL_STATES: Final = frozenset({"succeeded", "failed", "cancelled", "expired"})
+
+# Bodies above this size travel in their own Redis key beside the Celery message, so kombu's
+# JSON-in-JSON envelope never copies (and escapes) megabytes.
+INLINE_BODY_LIMIT: Final = 32 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """One task: a runnable (shipped as JSON, or named by reference) and its input(s)."""
+
+    run_id: str
+    mode: Mode
+    name: str
+    runnable: bytes
+    """LangChain JSON of the runnable; empty when `ref` names a registered one."""
+    input: bytes
+    """Encoded data: one input, or a JSON list of inputs for `batch`."""
+    expires_at: float
+    ref: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    configs: list[dict[str, Any]] | None = None
+    """Per-input configs for `batch`."""
+    trace: dict[str, str] | None = None
+    """LangSmith propagation headers of the caller's run, when tracing is on."""
+    time_limit: float | None = None
+    """Execution limit requested by the caller; the worker applies the lower of it and its own."""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFailure:
+    """A remote exception, as text: type name, message and traceback."""
+
+    type: str
+    message: str
+    traceback: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a run ended. `output` is encoded data (a list of item outcomes for `batch`)."""
+
+    run_id: str
+    state: State
+    output: bytes = b"null"
+    error: RemoteFailure | None = None
+    reason: str = ""
+    """Why it did not succeed, for states other than failed: timeout, rejected, ..."""
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatus:
+    """Where a run is: state, attempt and timestamps (seconds since the epoch)."""
+
+    run_id: str
+    state: State
+    name: str = ""
+    attempt: int = 0
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    reason: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+def _opt_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+class Protocol:
+    """Seals and opens every message that crosses Redis."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.signer = env.Signer(
+            settings.require_signing_key(), max_body_bytes=settings.max_body_bytes
+        )
+        self.runnables = runnable_codec(settings.allowed_classes)
+        self.data = data_codec()
+
+    # -- run requests -----------------------------------------------------------------------
+
+    def seal_request(self, request: RunRequest) -> tuple[bytes, bytes | None]:
+        """Return (wire for the Celery message, body to store beside it or None)."""
+        head: dict[str, Any] = {"mode": request.mode, "name": request.name}
+        for key in ("ref", "configs", "trace", "time_limit"):
+            value = getattr(request, key)
+            if value is not None:
+                head[key] = value
+        if request.config:
+            head["config"] = request.config
+        body = pack(head, request.runnable, request.input)
+        envelope = env.Envelope(env.RUN, request.run_id, request.expires_at, body)
+        if len(body) <= INLINE_BODY_LIMIT:
+            return self.signer.seal(envelope), None
+        beside = env.Envelope(
+            env.RUN, request.run_id, request.expires_at, body, flags=env.FLAG_BODY_BESIDE
+        )
+        return self.signer.seal(beside, detach_body=True), body
+
+    def open_request(
+        self, wire: bytes, *, beside: bytes | None = None, check_expiry: bool = True
+    ) -> RunRequest:
+        """Verify and parse a run request.
+
+        Raises:
+            MessageRejected: subclasses for size, signature, framing and expiry.
+        """
+        envelope = self.signer.open(wire, kind=env.RUN, body=beside, check_expiry=check_expiry)
+        head, segments = unpack(envelope.body)
+        mode = head.get("mode")
+        name = head.get("name", "")
+        ref = head.get("ref")
+        configs = head.get("configs")
+        trace = head.get("trace")
+        time_limit = head.get("time_limit")
+        if (
+            mode not in MODES
+            or len(segments) != 2
+            or not isinstance(name, str)
+            or not (ref is None or isinstance(ref, str))
+            or not (configs is None or isinstance(configs, list))
+            or not (trace is None or isinstance(trace, dict))
+            or not (time_limit is None or isinstance(time_limit, int | float))
+        ):
+            raise SignatureRejected("run request head has missing or mistyped fields")
+        return RunRequest(
+            run_id=envelope.run_id,
+            mode=mode,
+            name=name,
+            runnable=segments[0],
+            input=segments[1],
+            expires_at=envelope.expires_at,
+            ref=ref,
+            config=head.get("config") or {},
+            configs=configs,
+            trace=trace,
+            time_limit=time_limit,
+        )
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    def seal_outcome(self, outcome: Outcome) -> bytes:
+        head: dict[str, Any] = {
+            "state": outcome.state,
+            "reason": outcome.reason,
+            "attempt": outcome.attempt,
+        }
+        if outcome.error is not None:
+            head["error"] = outcome.error.as_json()
+        body = pack(head, outcome.output)
+        return self.signer.seal(env.Envelope(env.RESULT, outcome.run_id, _far_future(), body))
+
+    def open_outcome(self, wire: bytes, run_id: str) -> Outcome:
+        envelope = self.signer.open(wire, kind=env.RESULT)
+        _same_run(envelope, run_id)
+        head, segments = unpack(envelope.body)
+        error = head.get("error")
+        failure = None
+        if isinstance(error, dict):
+            failure = RemoteFailure(
+                str(error.get("type", "")),
+                str(error.get("message", "")),
+                str(error.get("traceback", "")),
+            )
+        state = head.get("state")
+        if state not in TERMINAL_STATES or len(segments) != 1:
+            raise SignatureRejected("outcome has an unknown state")
+        return Outcome(
+            run_id=run_id,
+            state=state,
+            output=segments[0],
+            error=failure,
+            reason=str(head.get("reason", "")),
+            attempt=int(head.get("attempt", 1)),
+        )
+
+    # -- stream chunks ----------------------------------------------------------------------
+
+    def seal_chunk(self, run_id: str, data: bytes) -> bytes:
+        return self.signer.seal(env.Envelope(env.CHUNK, run_id, _far_future(), data))
+
+    def open_chunk(self, wire: bytes, run_id: str) -> bytes:
+        envelope = self.signer.open(wire, kind=env.CHUNK)
+        _same_run(envelope, run_id)
+        return envelope.body
+
+    # -- statuses ---------------------------------------------------------------------------
+
+    def seal_status(self, status: RunStatus) -> bytes:
+        body = json.dumps(
+            {
+                "state": status.state,
+                "name": status.name,
+                "attempt": status.attempt,
+                "created_at": status.created_at,
+                "started_at": status.started_at,
+                "finished_at": status.finished_at,
+                "reason": status.reason,
+            },
+            separators=(",", ":"),
+        ).encode()
+        return self.signer.seal(env.Envelope(env.STATUS, status.run_id, _far_future(), body))
+
+    def open_status(self, wire: bytes, run_id: str) -> RunStatus:
+        envelope = self.signer.open(wire, kind=env.STATUS)
+        _same_run(envelope, run_id)
+        try:
+            raw = json.loads(envelope.body)
+            state = raw["state"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SignatureRejected("malformed status") from exc
+        return RunStatus(
+            run_id=run_id,
+            state=state,
+            name=str(raw.get("name", "")),
+            attempt=int(raw.get("attempt", 0)),
+            created_at=_opt_float(raw.get("created_at")),
+            started_at=_opt_float(raw.get("started_at")),
+            finished_at=_opt_float(raw.get("finished_at")),
+            reason=str(raw.get("reason", "")),
+        )
+
+    # -- cancellation -----------------------------------------------------------------------
+
+    def seal_cancel(self, run_id: str) -> bytes:
+        return self.signer.seal(
+            env.Envelope(env.CANCEL, run_id, time.time() + self.settings.result_ttl, b"")
+        )
+
+    def open_cancel(self, wire: bytes, run_id: str) -> None:
+        _same_run(self.signer.open(wire, kind=env.CANCEL), run_id)
+
+
+def _same_run(envelope: env.Envelope, run_id: str) -> None:
+    # A valid message copied into another run's key must not be accepted there.
+    if envelope.run_id != run_id:
+        raise SignatureRejected(f"message belongs to run {envelope.run_id}, not {run_id}")
+
+
+def _far_future() -> float:
+    # Results, chunks and statuses do not expire by signature; Redis TTLs bound their life,
+    # and `_same_run` binds them to one run.
+    return 4102444800.0  # 2100-01-01

@@ -1,0 +1,63 @@
+"""The Celery task message for one run, built directly as kombu's Redis transport stores it.
+
+Producers LPUSH this JSON onto the queue list themselves, in the same Redis round trip as the
+run's status record (and its large body, if any). That is why the producer does not need
+Celery at all, and why publishing costs one round trip. The format is Celery's task message
+protocol v2 (documented), wrapped as kombu's virtual transport wraps it; the body is left
+unencoded (no `body_encoding`), which kombu accepts, instead of base64 of JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from typing import Final
+
+TASK_NAME: Final = "runnable_k8s.run"
+_ORIGIN: Final = f"{os.getpid()}@{socket.gethostname()}"
+_EMBED: Final = '{"callbacks":null,"errbacks":null,"chain":null,"chord":null}'
+
+
+def build(wire: str, *, run_id: str, queue: str, description: str) -> str:
+    """Return the message to LPUSH onto `queue`.
+
+    Args:
+        wire: the sealed run envelope (the task's only argument).
+        run_id: used as Celery's task id, so Flower and `celery inspect` show our run ids.
+        queue: the queue (list) name.
+        description: a short, secret-free `argsrepr` for Flower and `celery inspect`.
+    """
+    body = "[[" + json.dumps(wire) + "],{}," + _EMBED + "]"
+    message = {
+        "body": body,
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py",
+            "task": TASK_NAME,
+            "id": run_id,
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [None, None],
+            "root_id": run_id,
+            "parent_id": None,
+            "argsrepr": description,
+            "kwargsrepr": "{}",
+            "origin": _ORIGIN,
+            "ignore_result": True,
+        },
+        "properties": {
+            "correlation_id": run_id,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return json.dumps(message, separators=(",", ":"))

@@ -1,0 +1,269 @@
+"""All configuration, read from the environment in exactly one place: `Settings.from_env()`.
+
+The producer and the worker read the same variables, so a `.env` or a Kubernetes ConfigMap
+shared by both keeps them in agreement. Nothing else in the package reads `os.environ`
+(the worker's model classes read their own API keys, which is the point).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from runnable_k8s.errors import ConfigurationError
+
+ENV_PREFIX = "RUNNABLE_K8S_"
+_SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
+
+
+class SigningKey:
+    """The shared HMAC key. Its value never appears in `repr`, `str` or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+
+    def reveal(self) -> bytes:
+        """Return the raw key bytes (for the signer only)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "SigningKey('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SigningKey) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration shared by producers, workers and the CLI.
+
+    Every field maps to an environment variable `RUNNABLE_K8S_<FIELD NAME IN CAPITALS>`.
+    """
+
+    signing_key: SigningKey | None = None
+    """HMAC-SHA256 key shared by producers and workers; at least 32 bytes. Required to send
+    or run anything. Never logged, never written to Redis."""
+
+    redis_url: str | None = None
+    """`redis://[:password@]host:port/db` or `rediss://...` (TLS). Broker and result store.
+    `None` means "not configured" (the demo and `dev` then start an embedded server)."""
+
+    queue: str = "runnable-k8s"
+    """Celery queue (a Redis list of this name). KEDA's trigger `listName` must equal it."""
+
+    time_limit: float = 600.0
+    """Seconds a run may execute on a worker before it is cancelled. Keep below the pod's
+    terminationGracePeriodSeconds and below `visibility_timeout`."""
+
+    visibility_timeout: float = 0.0
+    """Seconds before an unacknowledged message is redelivered (kombu). 0 means
+    `time_limit + 300`. Must be above `time_limit`, or long runs are delivered twice."""
+
+    run_expiry: float = 3600.0
+    """Seconds a submitted run may wait in the queue; later it is discarded as expired."""
+
+    result_ttl: float = 86400.0
+    """Seconds results, statuses and streams are kept in Redis after a run ends."""
+
+    wait_timeout: float = 900.0
+    """Default seconds a caller waits for a result (`invoke`, `result()`)."""
+
+    max_body_bytes: int = 16 * 1024 * 1024
+    """Largest signed body accepted (input, output or chunk), checked before parsing."""
+
+    allowed_classes: tuple[str, ...] = ()
+    """Extra `module:Class` (or `module.Class`) import paths that may be deserialized, added to
+    the built-in allowlist. Comma separated in the environment."""
+
+    allowed_refs: tuple[str, ...] = ()
+    """Import paths of registered runnables workers may run by reference (`ref=`). An entry
+    ending in `.` or `:` allows a module prefix; otherwise it names one exact `module:attr`."""
+
+    concurrency: int = 100
+    """Runs one worker process holds at once (threads that wait on its event loop)."""
+
+    batch_chunk_size: int = 64
+    """Inputs per task when a `batch` is split into tasks."""
+
+    log_level: str = "INFO"
+    """Worker log level."""
+
+    log_json: bool = False
+    """Worker logs one JSON object per line when true."""
+
+    heartbeat_file: str = "/tmp/runnable-k8s-heartbeat"
+    """File the worker touches while its event loop and Redis connection are healthy; the
+    liveness probe checks its age."""
+
+    heartbeat_interval: float = 5.0
+    """Seconds between heartbeats."""
+
+    metrics_port: int = 0
+    """Port of the worker's Prometheus endpoint; 0 disables it."""
+
+    retry_on: tuple[str, ...] = ()
+    """Import paths of exception types a worker retries (e.g. `openai:RateLimitError`)."""
+
+    max_attempts: int = 3
+    """Attempts per run when a `retry_on` error is raised (1 = no retries)."""
+
+    retry_backoff: float = 1.0
+    """First retry delay in seconds; doubles per attempt, with full jitter."""
+
+    retry_backoff_max: float = 60.0
+    """Cap on a single retry delay in seconds."""
+
+    openai_available: bool = field(default=False, compare=False)
+    """Whether `OPENAI_API_KEY` is set (the demo then uses ChatOpenAI). Only its presence is
+    read here; the value stays in the environment, where ChatOpenAI reads it on the worker."""
+
+    redact_values: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    """Values of secret-looking environment variables (`*KEY*`, `*TOKEN*`, `*SECRET*`,
+    `*PASSWORD*`), removed from error messages and tracebacks before they reach Redis."""
+
+    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    """`RUNNABLE_K8S_*` variables this version does not know (kept for diagnostics)."""
+
+    @property
+    def effective_visibility_timeout(self) -> float:
+        return self.visibility_timeout or self.time_limit + 300.0
+
+    @property
+    def redis_db(self) -> int:
+        """The database index of `redis_url` (0 when the URL names none)."""
+        if not self.redis_url:
+            return 0
+        path = urlsplit(self.redis_url).path.strip("/")
+        return int(path) if path.isdigit() else 0
+
+    def require_signing_key(self) -> SigningKey:
+        if self.signing_key is None:
+            raise ConfigurationError(
+                "RUNNABLE_K8S_SIGNING_KEY is not set: producers and workers need the same "
+                "secret key (32+ bytes), e.g. `python -c 'import secrets; "
+                "print(secrets.token_urlsafe(48))'`"
+            )
+        return self.signing_key
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise ConfigurationError(
+                "RUNNABLE_K8S_REDIS_URL is not set (e.g. redis://:password@redis:6379/0)"
+            )
+        return self.redis_url
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (validated like `from_env`)."""
+        return _validated(dataclasses.replace(self, **changes))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `RUNNABLE_K8S_*` variables (the process environment by default).
+
+        Raises:
+            ConfigurationError: a variable is malformed or values contradict each other.
+        """
+        env = os.environ if environ is None else environ
+        known = {f.name for f in dataclasses.fields(cls)} - {
+            "extra",
+            "redact_values",
+            "openai_available",
+        }
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, str] = {}
+        for name, raw in env.items():
+            if not name.startswith(ENV_PREFIX):
+                continue
+            key = name[len(ENV_PREFIX) :].lower()
+            if key not in known:
+                extra[name] = raw
+                continue
+            kwargs[key] = _parse(key, raw)
+        secrets = tuple(
+            sorted(
+                {
+                    value
+                    for name, value in env.items()
+                    if len(value) >= 8 and any(m in name.upper() for m in _SECRET_MARKERS)
+                },
+                key=len,
+                reverse=True,
+            )
+        )
+        return _validated(
+            cls(
+                **kwargs,
+                openai_available=bool(env.get("OPENAI_API_KEY")),
+                redact_values=secrets,
+                extra=extra,
+            )
+        )
+
+
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
+
+
+def _parse(key: str, raw: str) -> Any:
+    kind = str(_FIELD_TYPES[key])
+    name = ENV_PREFIX + key.upper()
+    try:
+        if key == "signing_key":
+            return SigningKey(raw.encode()) if raw else None
+        if kind.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off", ""}:
+                raise ValueError(raw)
+            return lowered in {"1", "true", "yes", "on"}
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind.startswith("str | None"):
+            return raw or None
+        return raw
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: cannot read {kind} from the value given") from exc
+
+
+def _validated(settings: Settings) -> Settings:
+    if settings.signing_key is not None and len(settings.signing_key.reveal()) < 32:
+        raise ConfigurationError("RUNNABLE_K8S_SIGNING_KEY must be at least 32 bytes long")
+    if settings.redis_url is not None:
+        scheme = urlsplit(settings.redis_url).scheme
+        if scheme not in {"redis", "rediss"}:
+            raise ConfigurationError(
+                f"RUNNABLE_K8S_REDIS_URL must start with redis:// or rediss://, not {scheme}://"
+            )
+    if not settings.queue or any(c.isspace() for c in settings.queue):
+        raise ConfigurationError("RUNNABLE_K8S_QUEUE must be a non-empty name without spaces")
+    for name in ("time_limit", "run_expiry", "result_ttl", "wait_timeout", "heartbeat_interval"):
+        if getattr(settings, name) <= 0:
+            raise ConfigurationError(f"{ENV_PREFIX}{name.upper()} must be positive")
+    if settings.effective_visibility_timeout <= settings.time_limit:
+        raise ConfigurationError(
+            "RUNNABLE_K8S_VISIBILITY_TIMEOUT must be above RUNNABLE_K8S_TIME_LIMIT, or a long "
+            "run is redelivered to a second worker while the first still runs it"
+        )
+    if settings.result_ttl < settings.run_expiry:
+        raise ConfigurationError(
+            "RUNNABLE_K8S_RESULT_TTL must be at least RUNNABLE_K8S_RUN_EXPIRY: a run's record "
+            "must outlive its message, or a replayed message could run again"
+        )
+    if settings.concurrency < 1 or settings.batch_chunk_size < 1 or settings.max_attempts < 1:
+        raise ConfigurationError("concurrency, batch chunk size and max attempts must be >= 1")
+    if settings.max_body_bytes < 1024:
+        raise ConfigurationError("RUNNABLE_K8S_MAX_BODY_BYTES must be at least 1024")
+    return settings

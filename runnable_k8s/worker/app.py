@@ -1,0 +1,114 @@
+"""The Celery application, configured explicitly from `Settings` (no config modules, no global
+app), and the `runnable-k8s worker` entry point."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from celery import Celery
+
+from runnable_k8s.protocol.task_message import TASK_NAME
+from runnable_k8s.settings import Settings
+from runnable_k8s.worker.execution import Executor
+from runnable_k8s.worker.health import heartbeat
+from runnable_k8s.worker.loop import LoopThread
+
+log = logging.getLogger("runnable_k8s.worker")
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings derived from ours. Each choice matters for not losing runs."""
+    visibility = settings.effective_visibility_timeout
+    transport = {"visibility_timeout": visibility}
+    config: dict[str, Any] = {
+        # JSON only: a pickle-accepting worker executes whatever anyone writes to Redis.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Ack after the run: a killed worker's run is redelivered, not lost.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # Prefetched messages leave the queue list and hide backlog from KEDA.
+        "worker_prefetch_multiplier": 1,
+        # Redelivery happens only after this; it must exceed the longest run.
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "task_default_queue": settings.queue,
+        "task_ignore_result": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_hijack_root_logger": True,
+        "worker_redirect_stdouts": False,
+        "task_send_sent_event": False,
+    }
+    if urlsplit(settings.require_redis_url()).scheme == "rediss":
+        query = parse_qs(urlsplit(settings.require_redis_url()).query)
+        if "ssl_cert_reqs" not in query:
+            config["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return config
+
+
+def create_app(settings: Settings, executor: Executor, loop: LoopThread) -> Celery:
+    """Build the Celery app whose one task hands each message to `executor` on `loop`."""
+    app = Celery("runnable_k8s", broker=settings.require_redis_url(), set_as_current=False)
+    app.conf.update(celery_config(settings))
+
+    @app.task(name=TASK_NAME, ignore_result=True, acks_late=True)  # type: ignore[untyped-decorator]
+    def run(wire: str) -> None:
+        # Blocks this pool thread until the run is over, so the message is acked only then.
+        loop.run(executor.handle(wire))
+
+    return app
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    concurrency: int | None = None,
+    queue: str | None = None,
+    loglevel: str | None = None,
+    hostname: str | None = None,
+) -> None:
+    """Run a worker in this process until it is told to stop (SIGTERM: warm shutdown)."""
+    if queue:
+        settings = settings.replace(queue=queue)
+    executor = Executor(settings)
+    loop = LoopThread()
+    loop.start()
+    background = [
+        loop.submit(executor.listen_for_cancellations()),
+        loop.submit(
+            heartbeat(executor.redis, settings.heartbeat_file, settings.heartbeat_interval)
+        ),
+    ]
+    app = create_app(settings, executor, loop)
+    argv = [
+        "worker",
+        "--pool=threads",
+        f"--concurrency={concurrency or settings.concurrency}",
+        f"--queues={settings.queue}",
+        f"--loglevel={loglevel or settings.log_level}",
+        # Mingle and gossip cost a second at start-up and chatter on Redis; we use neither.
+        "--without-mingle",
+        "--without-gossip",
+    ]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    try:
+        app.worker_main(argv)
+    finally:
+        for future in background:
+            future.cancel()
+        loop.submit(_close(executor)).result(timeout=5)
+        loop.stop()
+
+
+async def _close(executor: Executor) -> None:
+    await asyncio.sleep(0)
+    await executor.redis.aclose()

@@ -1,0 +1,332 @@
+"""What a worker does with one message: verify, claim, load, run, publish.
+
+Everything read from Redis is hostile until its signature checks out, and even then it only
+builds allowlisted classes. A message that fails verification is logged and dropped without
+touching any run's records (its run id is unproven); every other path ends with exactly one
+signed outcome in the run's event stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import socket
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aredis
+from langchain_core.runnables import Runnable, RunnableConfig
+
+from runnable_k8s.errors import DisallowedObject, MessageRejected, SerializationRefused
+from runnable_k8s.protocol import envelope, keys
+from runnable_k8s.protocol.messages import (
+    Outcome,
+    Protocol,
+    RemoteFailure,
+    RunRequest,
+    RunStatus,
+    State,
+)
+from runnable_k8s.protocol.remote_config import import_config
+from runnable_k8s.settings import Settings
+
+log = logging.getLogger("runnable_k8s.worker")
+
+_CACHE_SIZE = 256
+
+
+class Executor:
+    """Runs verified requests on the worker's event loop. One per worker process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.protocol = Protocol(settings)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._redis: aredis.Redis | None = None
+        self._cache: OrderedDict[str, Runnable[Any, Any]] = OrderedDict()
+        self.running: dict[str, asyncio.Task[Outcome]] = {}
+        self._cancelled: set[str] = set()
+        self.stats: dict[str, int] = {"rejected": 0, "cache_hits": 0, "cache_misses": 0}
+
+    @property
+    def redis(self) -> aredis.Redis:
+        if self._redis is None:
+            self._redis = aredis.Redis.from_url(
+                self.settings.require_redis_url(), health_check_interval=30
+            )
+        return self._redis
+
+    # -- entry point ------------------------------------------------------------------------
+
+    async def handle(self, wire: str) -> None:
+        """Handle one Celery message's argument. Never raises for bad input."""
+        raw = wire.encode() if isinstance(wire, str) else b""
+        try:
+            request = await self._verify(raw)
+        except MessageRejected as exc:
+            self._reject(raw, str(exc))
+            return
+        await self._execute(request)
+
+    async def _verify(self, raw: bytes) -> RunRequest:
+        if len(raw) > self.protocol.signer.max_body_bytes + 1024:
+            raise MessageRejected(f"message of {len(raw)} bytes exceeds the size limit")
+        beside = None
+        if envelope.needs_body_beside(raw):
+            header = envelope.peek_header(raw)
+            assert header is not None
+            stored = await self.redis.get(keys.body(header.run_id))
+            beside = stored if isinstance(stored, bytes) else None
+        # Expiry is checked after verification, so an authentic expired run is recorded.
+        return self.protocol.open_request(raw, beside=beside, check_expiry=False)
+
+    def _reject(self, raw: bytes, reason: str) -> None:
+        self.stats["rejected"] += 1
+        header = envelope.peek_header(raw)
+        claimed = header.run_id if header else "?"
+        log.warning("rejected message claimed_run=%s reason=%s", claimed, reason)
+
+    # -- one verified run -------------------------------------------------------------------
+
+    async def _execute(self, request: RunRequest) -> None:
+        run_id = request.run_id
+        previous = await self._read_status(run_id)
+        if previous is not None and previous.done:
+            log.warning(
+                "ignored delivery of finished run run=%s state=%s (replay or duplicate)",
+                run_id,
+                previous.state,
+            )
+            return
+        if time.time() > request.expires_at:
+            log.info("expired run=%s name=%s", run_id, request.name)
+            await self._finish(request, previous, Outcome(run_id, "expired", reason="expired"))
+            return
+        lock_ms = int((self._time_limit(request) + 60) * 1000)
+        if not await self.redis.set(keys.lock(run_id), self.worker_id, nx=True, px=lock_ms):
+            log.warning("ignored duplicate delivery of running run=%s", run_id)
+            return
+        try:
+            if await self._cancel_requested(run_id):
+                log.info("cancelled before start run=%s", run_id)
+                await self._finish(request, previous, Outcome(run_id, "cancelled"))
+                return
+            attempt = (previous.attempt if previous else 0) + 1
+            started = time.time()
+            await self._write_status(
+                RunStatus(
+                    run_id,
+                    "running",
+                    request.name,
+                    attempt,
+                    created_at=previous.created_at if previous else None,
+                    started_at=started,
+                )
+            )
+            log.info(
+                "started run=%s name=%s mode=%s attempt=%d",
+                run_id,
+                request.name,
+                request.mode,
+                attempt,
+            )
+            task = asyncio.ensure_future(self._run(request, attempt))
+            self.running[run_id] = task
+            try:
+                outcome = await asyncio.shield(task)
+            finally:
+                self.running.pop(run_id, None)
+            await self._finish(request, previous, outcome, started_at=started)
+            log.info(
+                "finished run=%s name=%s state=%s reason=%s duration=%.3f",
+                run_id,
+                request.name,
+                outcome.state,
+                outcome.reason,
+                time.time() - started,
+            )
+        finally:
+            await self.redis.delete(keys.lock(run_id))
+
+    async def _run(self, request: RunRequest, attempt: int) -> Outcome:
+        run_id = request.run_id
+        try:
+            runnable = self._load(request)
+            config = import_config(request.config)
+            payload = self.protocol.data.decode_data(request.input)
+        except (DisallowedObject, SerializationRefused) as exc:
+            self.stats["rejected"] += 1
+            log.warning("rejected run=%s name=%s reason=%s", run_id, request.name, exc)
+            return Outcome(run_id, "failed", reason=f"rejected: {exc}", attempt=attempt)
+        try:
+            async with asyncio.timeout(self._time_limit(request)):
+                output = await self._dispatch(request, runnable, payload, config)
+        except TimeoutError:
+            return Outcome(run_id, "failed", reason="timeout", attempt=attempt)
+        except asyncio.CancelledError:
+            if run_id in self._cancelled:
+                return Outcome(run_id, "cancelled", attempt=attempt)
+            raise
+        except Exception as exc:
+            return Outcome(run_id, "failed", error=self._failure(exc), attempt=attempt)
+        return Outcome(run_id, "succeeded", output=output, attempt=attempt)
+
+    async def _dispatch(
+        self,
+        request: RunRequest,
+        runnable: Runnable[Any, Any],
+        payload: Any,
+        config: RunnableConfig,
+    ) -> bytes:
+        data = self.protocol.data
+        if request.mode == "invoke":
+            return data.encode_data(await runnable.ainvoke(payload, config), what="output")
+        if request.mode == "batch":
+            if not isinstance(payload, list) or len(payload) != len(request.configs or []):
+                raise DisallowedObject("batch inputs and configs do not match")
+            configs = [import_config(c) for c in request.configs or []]
+            outputs = await runnable.abatch(payload, configs, return_exceptions=True)
+            items = [
+                {"ok": False, "e": self._failure(out).as_json()}
+                if isinstance(out, Exception)
+                else {"ok": True, "v": out}
+                for out in outputs
+            ]
+            return data.encode_data(items, what="output")
+        await self._publish_chunks(request.run_id, runnable.astream(payload, config))
+        return b"null"
+
+    async def _publish_chunks(self, run_id: str, chunks: AsyncIterator[Any]) -> None:
+        ttl = int(self.settings.result_ttl)
+        stream = keys.events(run_id)
+        async for chunk in chunks:
+            sealed = self.protocol.seal_chunk(run_id, self.protocol.data.encode_data(chunk))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(stream, {"k": "c", "m": sealed})
+                pipe.expire(stream, ttl)
+                await pipe.execute()
+
+    def _load(self, request: RunRequest) -> Runnable[Any, Any]:
+        if request.ref is not None:
+            raise DisallowedObject(f"runnable references are not enabled: {request.ref}")
+        digest = hashlib.sha256(request.runnable).hexdigest()
+        cached = self._cache.get(digest)
+        if cached is not None:
+            self._cache.move_to_end(digest)
+            self.stats["cache_hits"] += 1
+            return cached
+        self.stats["cache_misses"] += 1
+        runnable = self.protocol.runnables.decode_runnable(request.runnable)
+        self._cache[digest] = runnable
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return runnable
+
+    def _time_limit(self, request: RunRequest) -> float:
+        limit = self.settings.time_limit
+        if request.time_limit is not None and 0 < request.time_limit < limit:
+            return request.time_limit
+        return limit
+
+    def _failure(self, exc: BaseException) -> RemoteFailure:
+        kind = type(exc)
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else (f"{kind.__module__}.{kind.__qualname__}")
+        )
+        text = "".join(traceback.format_exception(exc))
+        return RemoteFailure(name, self._redact(str(exc)), self._redact(text))
+
+    def _redact(self, text: str) -> str:
+        # Defence in depth: an exception message must not carry a key into Redis.
+        for secret in self.settings.redact_values:
+            text = text.replace(secret, "[redacted]")
+        return text
+
+    # -- records ----------------------------------------------------------------------------
+
+    async def _read_status(self, run_id: str) -> RunStatus | None:
+        raw = await self.redis.get(keys.status(run_id))
+        if not isinstance(raw, bytes):
+            return None
+        try:
+            return self.protocol.open_status(raw, run_id)
+        except MessageRejected as exc:
+            log.warning("ignored unverifiable status record run=%s reason=%s", run_id, exc)
+            return None
+
+    async def _write_status(self, status: RunStatus) -> None:
+        await self.redis.set(
+            keys.status(status.run_id),
+            self.protocol.seal_status(status),
+            ex=int(self.settings.result_ttl),
+        )
+
+    async def _cancel_requested(self, run_id: str) -> bool:
+        raw = await self.redis.get(keys.cancel(run_id))
+        if not isinstance(raw, bytes):
+            return False
+        try:
+            self.protocol.open_cancel(raw, run_id)
+        except MessageRejected as exc:
+            log.warning("ignored forged cancellation run=%s reason=%s", run_id, exc)
+            return False
+        return True
+
+    async def _finish(
+        self,
+        request: RunRequest,
+        previous: RunStatus | None,
+        outcome: Outcome,
+        *,
+        started_at: float | None = None,
+    ) -> None:
+        """Publish the outcome and the final status in one transaction."""
+        run_id = request.run_id
+        ttl = int(self.settings.result_ttl)
+        state: State = outcome.state
+        status = RunStatus(
+            run_id,
+            state,
+            request.name,
+            outcome.attempt if started_at is not None else (previous.attempt if previous else 0),
+            created_at=previous.created_at if previous else None,
+            started_at=started_at,
+            finished_at=time.time(),
+            reason=outcome.reason or (outcome.error.type if outcome.error else ""),
+        )
+        stream = keys.events(run_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(stream, {"k": "r", "m": self.protocol.seal_outcome(outcome)})
+            pipe.expire(stream, ttl)
+            pipe.set(keys.status(run_id), self.protocol.seal_status(status), ex=ttl)
+            pipe.delete(keys.body(run_id))
+            await pipe.execute()
+
+    # -- cancellation -----------------------------------------------------------------------
+
+    async def listen_for_cancellations(self) -> None:
+        """Cancel local runs named on the cancel channel (after checking the signed request)."""
+        while True:
+            try:
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(keys.CANCEL_CHANNEL)
+                async for message in pubsub.listen():
+                    run_id = message.get("data", b"")
+                    run_id = run_id.decode() if isinstance(run_id, bytes) else str(run_id)
+                    task = self.running.get(run_id)
+                    if task is not None and await self._cancel_requested(run_id):
+                        log.info("cancelling run=%s", run_id)
+                        self._cancelled.add(run_id)
+                        task.cancel()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis went away: resubscribe after a pause
+                log.warning("cancel listener lost Redis: %s", exc)
+                await asyncio.sleep(1.0)

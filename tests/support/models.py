@@ -1,0 +1,113 @@
+"""Serializable test runnables. Workers import them (PYTHONPATH is the repo root) because the
+test settings add them to RUNNABLE_K8S_ALLOWED_CLASSES, as a user would add their own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import RunnableConfig, RunnableSerializable
+from langchain_core.runnables.config import ensure_config
+
+NAMESPACE = ["tests", "support", "models"]
+
+
+class _Serializable:
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        return NAMESPACE
+
+
+class SlowModel(_Serializable, BaseChatModel):
+    """Waits `delay` seconds (as an LLM call would), then echoes the last message.
+    Streams `chunks` chunks, waiting `delay` before each."""
+
+    delay: float = 0.2
+    chunks: int = 3
+
+    @property
+    def _llm_type(self) -> str:
+        return "slow-test"
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: Any = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kw: Any,
+    ) -> ChatResult:
+        raise NotImplementedError("async only")
+
+    async def _agenerate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> ChatResult:
+        await asyncio.sleep(self.delay)
+        text = f"echo: {messages[-1].content}"
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+    def _stream(self, *args: Any, **kw: Any) -> Iterator[ChatGenerationChunk]:
+        raise NotImplementedError("async only")
+
+    async def _astream(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        for index in range(self.chunks):
+            await asyncio.sleep(self.delay)
+            token = f"part{index} "
+            if run_manager:
+                await run_manager.on_llm_new_token(token)
+            yield ChatGenerationChunk(message=AIMessageChunk(content=token))
+
+
+class FailingModel(_Serializable, BaseChatModel):
+    """Raises `ValueError(message)` from a nested helper (so the traceback has depth)."""
+
+    message: str = "the model refused"
+
+    @property
+    def _llm_type(self) -> str:
+        return "failing-test"
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> ChatResult:
+        _explode(self.message)
+        raise AssertionError("unreachable")
+
+
+def _explode(message: str) -> None:
+    raise ValueError(message)
+
+
+class ConfigProbe(_Serializable, RunnableSerializable[Any, dict[str, Any]]):
+    """Returns the travelling parts of the config it ran with, and its input."""
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kw: Any) -> dict[str, Any]:
+        config = ensure_config(config)
+        return {
+            "input": input,
+            "tags": sorted(config.get("tags", [])),
+            "metadata": {
+                k: v
+                for k, v in config.get("metadata", {}).items()
+                if not k.startswith("ls_") and k not in ("lc_versions",)
+            },
+            "run_name": config.get("run_name"),
+            "configurable": dict(config.get("configurable", {})),
+            "recursion_limit": config.get("recursion_limit"),
+            "max_concurrency": config.get("max_concurrency"),
+        }
+
+
+TEST_CLASSES = ",".join(
+    f"tests.support.models:{name}" for name in ("SlowModel", "FailingModel", "ConfigProbe")
+)
