@@ -16,6 +16,7 @@ from runnable_k8s.settings import Settings
 from runnable_k8s.worker.execution import Executor
 from runnable_k8s.worker.health import heartbeat
 from runnable_k8s.worker.loop import LoopThread
+from runnable_k8s.worker.transport import TRANSPORT
 
 log = logging.getLogger("runnable_k8s.worker")
 
@@ -39,6 +40,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
         "task_default_queue": settings.queue,
+        # kombu's Redis transport, minus the crash on queue items that are not messages.
+        "broker_transport": TRANSPORT,
         "task_ignore_result": True,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,

@@ -1,0 +1,274 @@
+"""Forged, tampered, expired, replayed, disallowed and oversized messages: each is refused
+with a clear error or log line, nothing runs, and the worker serves the next good run."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_openai import ChatOpenAI
+from pydantic import SecretStr
+
+from runnable_k8s import (
+    BrokerUnavailable,
+    PayloadTooLarge,
+    RunExpired,
+    RunnableK8s,
+    RunRejected,
+    Settings,
+)
+from runnable_k8s.models import DemoChatModel
+from runnable_k8s.producer.client import client_for, new_run_id
+from runnable_k8s.protocol import keys, task_message
+from runnable_k8s.protocol.codec import data_codec
+from runnable_k8s.protocol.messages import Protocol, RunRequest
+from runnable_k8s.settings import SigningKey
+from tests.conftest import make_settings
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.redis_scan import contains
+from tests.support.workers import WorkerProcess
+
+
+def request_for(
+    settings: Settings, runnable_json: bytes, payload: object = "hi", **kw: object
+) -> RunRequest:
+    fields: dict[str, object] = {
+        "run_id": new_run_id(),
+        "mode": "invoke",
+        "name": "test",
+        "runnable": runnable_json,
+        "input": data_codec().encode_data(payload),
+        "expires_at": time.time() + 600,
+    }
+    fields.update(kw)
+    return RunRequest(**fields)  # type: ignore[arg-type]
+
+
+def demo_json(settings: Settings) -> bytes:
+    return Protocol(settings).runnables.encode_runnable(DemoChatModel())
+
+
+def push(client: redis.Redis, settings: Settings, wire: bytes, run_id: str) -> None:
+    message = task_message.build(
+        wire.decode(errors="replace"), run_id=run_id, queue=settings.queue, description="test"
+    )
+    client.lpush(settings.queue, message)
+
+
+def assert_still_serving(settings: Settings) -> None:
+    remote = RunnableK8s(bound=DemoChatModel(), settings=settings)
+    assert "Pichu" in remote.invoke("What does Pikachu evolve from?").content
+
+
+def assert_never_ran(client: redis.Redis, run_id: str) -> None:
+    assert client.exists(keys.events(run_id)) == 0
+    assert client.exists(keys.lock(run_id)) == 0
+
+
+def test_tampered_message_is_rejected_and_logged(
+    settings: Settings, worker: WorkerProcess, redis_client: redis.Redis
+) -> None:
+    request = request_for(settings, demo_json(settings), "What does Pikachu evolve from?")
+    wire, _ = Protocol(settings).seal_request(request)
+    tampered = wire.replace(b"Pikachu", b"Raichu!")
+    assert tampered != wire
+    push(redis_client, settings, tampered, request.run_id)
+    worker.wait_for_log(f"claimed_run={request.run_id} reason=signature mismatch")
+    assert_never_ran(redis_client, request.run_id)
+    assert_still_serving(settings)
+
+
+def test_unsigned_and_foreign_key_messages_are_rejected(
+    settings: Settings, worker: WorkerProcess, redis_client: redis.Redis
+) -> None:
+    request = request_for(settings, demo_json(settings))
+    wire, _ = Protocol(settings).seal_request(request)
+    header, _mac, body = wire.split(b"\n", 2)
+    unsigned = header + b"\n" + b"0" * 64 + b"\n" + body
+    push(redis_client, settings, unsigned, request.run_id)
+    worker.wait_for_log(f"claimed_run={request.run_id} reason=signature mismatch")
+
+    other = settings.replace(signing_key=SigningKey(secrets.token_bytes(48)))
+    foreign = request_for(settings, demo_json(settings))
+    push(redis_client, settings, Protocol(other).seal_request(foreign)[0], foreign.run_id)
+    worker.wait_for_log(f"claimed_run={foreign.run_id} reason=signature mismatch")
+
+    garbage_id = new_run_id()
+    push(redis_client, settings, b"not an envelope at all", garbage_id)
+    worker.wait_for_log("reason=malformed envelope")
+    # Not even a task argument Celery can decode: the worker must survive it too.
+    redis_client.lpush(settings.queue, b"\x00\xff garbage that is not JSON")
+    for run_id in (request.run_id, foreign.run_id):
+        assert_never_ran(redis_client, run_id)
+    assert_still_serving(settings)
+
+
+def test_expired_run_is_discarded_with_a_recorded_status(
+    settings: Settings, worker: WorkerProcess
+) -> None:
+    client = client_for(settings)
+    request = request_for(settings, demo_json(settings), expires_at=time.time() - 1)
+    client.submit([request])
+    outcome = next(e.outcome for e in client.events([request.run_id], timeout=30) if e.outcome)
+    assert outcome.state == "expired"
+    assert client.status(request.run_id).state == "expired"
+    remote = RunnableK8s(bound=DemoChatModel(), settings=settings)
+    with pytest.raises(RunExpired):
+        from runnable_k8s.producer.results import unwrap
+
+        unwrap(client.protocol, outcome)
+    assert remote.invoke("Eevee?").content
+
+
+def test_replayed_message_does_not_run_again(
+    settings: Settings, worker: WorkerProcess, redis_client: redis.Redis
+) -> None:
+    client = client_for(settings)
+    request = request_for(settings, demo_json(settings), "Pikachu?")
+    client.submit([request])
+    first = next(e.outcome for e in client.events([request.run_id], timeout=30) if e.outcome)
+    assert first.state == "succeeded"
+    wire, _ = client.protocol.seal_request(request)
+    push(redis_client, settings, wire, request.run_id)
+    worker.wait_for_log(f"ignored delivery of finished run run={request.run_id}")
+    assert redis_client.xlen(keys.events(request.run_id)) == 1
+    assert_still_serving(settings)
+
+
+def test_disallowed_class_is_refused_by_the_worker(
+    settings: Settings, worker: WorkerProcess, redis_client: redis.Redis
+) -> None:
+    # Signed with the right key (a compromised producer, or a bug): the allowlist still holds.
+    forged = {
+        "lc": 1,
+        "type": "constructor",
+        "id": ["langchain_core", "prompts", "few_shot", "FewShotPromptTemplate"],
+        "kwargs": {"examples": [], "example_prompt": None, "prefix": "", "suffix": ""},
+    }
+    request = request_for(settings, json.dumps(forged).encode())
+    client = client_for(settings)
+    client.submit([request])
+    outcome = next(e.outcome for e in client.events([request.run_id], timeout=30) if e.outcome)
+    from runnable_k8s.producer.results import unwrap
+
+    with pytest.raises(RunRejected, match=r"FewShotPromptTemplate.*not allowed"):
+        unwrap(client.protocol, outcome)
+    worker.wait_for_log(f"rejected run={request.run_id}")
+    assert_still_serving(settings)
+
+
+def test_producer_refuses_oversized_input_before_enqueueing(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    small = settings.replace(max_body_bytes=64 * 1024)
+    before = redis_client.llen(small.queue)
+    with pytest.raises(PayloadTooLarge, match="exceeds RUNNABLE_K8S_MAX_BODY_BYTES"):
+        RunnableK8s(bound=DemoChatModel(), settings=small).invoke("x" * 100_000)
+    assert redis_client.llen(small.queue) == before
+
+
+@pytest.fixture(scope="module")
+def strict_worker(redis_url: str, logs_dir: Path) -> Iterator[tuple[Settings, WorkerProcess]]:
+    """A worker whose size limit is lower than its producers'."""
+    settings = make_settings(redis_url, max_body_bytes=64 * 1024)
+    process = WorkerProcess(settings, logs_dir, name="strict")
+    process.wait_ready()
+    yield settings, process
+    process.stop()
+
+
+def test_worker_rejects_oversized_bodies_and_keeps_serving(
+    strict_worker: tuple[Settings, WorkerProcess], redis_client: redis.Redis
+) -> None:
+    settings, worker = strict_worker
+    generous = settings.replace(max_body_bytes=16 * 1024 * 1024)
+    # A 200 KB body travels beside its message; the worker checks it against its own limit.
+    big = request_for(generous, demo_json(generous), "x" * 200_000)
+    client_for(generous).submit([big])
+    worker.wait_for_log(f"claimed_run={big.run_id} reason=detached body of")
+    # A huge inline message is refused before any parsing.
+    huge_id = new_run_id()
+    push(redis_client, settings, b"[1,2,3]\n" + b"A" * 300_000, huge_id)
+    worker.wait_for_log("exceeds the size limit")
+    assert_never_ran(redis_client, big.run_id)
+    assert_still_serving(settings)
+
+
+def test_dead_redis_gives_a_clear_error(settings: Settings) -> None:
+    from runnable_k8s.embedded import free_port
+
+    dead = settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(BrokerUnavailable, match="cannot enqueue"):
+        RunnableK8s(bound=DemoChatModel(), settings=dead).invoke("hello")
+
+
+@pytest.fixture(scope="module")
+def openai_worker(
+    redis_url: str, logs_dir: Path
+) -> Iterator[tuple[Settings, WorkerProcess, FakeOpenAI, str]]:
+    worker_key = "sk-worker-" + secrets.token_hex(16)
+    with FakeOpenAI() as fake:
+        settings = make_settings(redis_url)
+        process = WorkerProcess(
+            settings,
+            logs_dir,
+            name="openai",
+            env={"OPENAI_API_KEY": worker_key, "OPENAI_BASE_URL": fake.url},
+        )
+        process.wait_ready()
+        yield settings, process, fake, worker_key
+        process.stop()
+
+
+def test_chatopenai_uses_only_the_workers_key_and_no_secret_reaches_redis(
+    openai_worker: tuple[Settings, WorkerProcess, FakeOpenAI, str], redis_client: redis.Redis
+) -> None:
+    settings, _, fake, worker_key = openai_worker
+    placeholder = "sk-placeholder-" + secrets.token_hex(8)
+    llm = ChatOpenAI(model="gpt-4o-mini", api_key=SecretStr(placeholder))
+    prompt = ChatPromptTemplate.from_messages(
+        [("system", "You are a Pokemon expert."), ("human", "{input}")]
+    )
+    chain = prompt | RunnableK8s(bound=llm, settings=settings) | StrOutputParser()
+    assert chain.invoke({"input": "What does Pikachu evolve from?"}) == fake.answer
+    assert len(fake.requests) == 1
+    assert fake.requests[0]["headers"]["authorization"] == f"Bearer {worker_key}"
+    assert fake.requests[0]["body"]["messages"][-1]["content"] == "What does Pikachu evolve from?"
+    assert contains(redis_client, worker_key) == []
+    assert contains(redis_client, placeholder) == []
+    assert contains(redis_client, settings.require_signing_key().reveal().decode()) == []
+
+
+def test_payload_chosen_base_url_never_receives_the_key(
+    openai_worker: tuple[Settings, WorkerProcess, FakeOpenAI, str],
+) -> None:
+    settings, _, fake, worker_key = openai_worker
+    with FakeOpenAI() as attacker:
+        honest = Protocol(settings).runnables.encode_runnable(
+            ChatOpenAI(model="gpt-4o-mini", api_key=SecretStr("sk-x"))
+        )
+        tree = json.loads(honest)
+        tree["kwargs"]["openai_api_base"] = attacker.url
+        request = request_for(settings, json.dumps(tree).encode())
+        client = client_for(settings)
+        client.submit([request])
+        outcome = next(e.outcome for e in client.events([request.run_id], timeout=30) if e.outcome)
+        from runnable_k8s.producer.results import unwrap
+
+        with pytest.raises(RunRejected, match="openai_api_base"):
+            unwrap(client.protocol, outcome)
+        assert attacker.requests == []
+    before = len(fake.requests)
+    remote = RunnableK8s(
+        bound=ChatOpenAI(model="gpt-4o-mini", api_key=SecretStr("sk-x")), settings=settings
+    )
+    assert remote.invoke("still serving?").content == fake.answer
+    assert len(fake.requests) == before + 1
+    assert worker_key not in str(fake.requests[-1]["body"])
