@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import click
 
+from runnable_k8s.cluster.cli import cluster
 from runnable_k8s.errors import RunnableK8sError
 from runnable_k8s.settings import Settings, SigningKey
 
@@ -140,12 +141,4 @@ def demo(question: str) -> None:
         click.echo(answer)
 
 
-def _register_optional_groups() -> None:
-    try:
-        from runnable_k8s.cluster.cli import cluster
-    except ImportError:
-        return
-    main.add_command(cluster)
-
-
-_register_optional_groups()
+main.add_command(cluster)

@@ -1,0 +1,176 @@
+"""What the workers are doing: Deployment replicas, ScaledObject conditions, queue depth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from runnable_k8s.cluster.checks import INFLIGHT_KEY
+from runnable_k8s.cluster.kube import KubeApi
+from runnable_k8s.cluster.manifests import WORKER
+from runnable_k8s.errors import RunnableK8sError
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """Replica counts of the worker Deployment (`desired` is KEDA's current choice)."""
+
+    desired: int
+    current: int
+    ready: int
+    updated: int
+    available: int
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """The ScaledObject's state and the Redis keys its triggers count."""
+
+    conditions: list[Condition]
+    min_replicas: int
+    max_replicas: int
+    queue: str | None
+    database: str | None
+
+
+@dataclass(frozen=True)
+class Queue:
+    """Live counts read from Redis; `error` says why they are missing."""
+
+    name: str
+    database: int
+    queued: int | None = None
+    inflight: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class Status:
+    namespace: str
+    replicas: Replicas | None = None
+    scaler: Scaler | None = None
+    queue: Queue | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        readable = self.queue is None or self.queue.error is None
+        return self.replicas is not None and self.scaler is not None and readable
+
+
+def read_cluster(api: KubeApi, namespace: str) -> Status:
+    """Read the worker Deployment and its ScaledObject.
+
+    Raises:
+        RunnableK8sError: the API failed, or the worker Deployment does not exist.
+    """
+    status = Status(namespace)
+    deployment = api.get("apps/v1", "Deployment", WORKER, namespace)
+    if deployment is None:
+        raise RunnableK8sError(
+            f"Deployment {WORKER} not found in namespace {namespace}: deploy first, or pass "
+            "--namespace"
+        )
+    spec, live = deployment.get("spec") or {}, deployment.get("status") or {}
+    status.replicas = Replicas(
+        desired=int(spec.get("replicas") or 0),
+        current=int(live.get("replicas") or 0),
+        ready=int(live.get("readyReplicas") or 0),
+        updated=int(live.get("updatedReplicas") or 0),
+        available=int(live.get("availableReplicas") or 0),
+    )
+    if not api.knows("keda.sh/v1alpha1", "ScaledObject"):
+        status.warnings.append("KEDA is not installed: nothing scales the workers")
+        return status
+    scaled = api.get("keda.sh/v1alpha1", "ScaledObject", WORKER, namespace)
+    if scaled is None:
+        status.warnings.append(f"ScaledObject {WORKER} not found: nothing scales the workers")
+        return status
+    status.scaler = _scaler(scaled)
+    return status
+
+
+def _scaler(scaled: dict[str, Any]) -> Scaler:
+    spec = scaled.get("spec") or {}
+    queue = database = None
+    for trigger in spec.get("triggers") or []:
+        metadata = trigger.get("metadata") or {}
+        if trigger.get("type") == "redis" and metadata.get("listName") != INFLIGHT_KEY:
+            queue = metadata.get("listName")
+            database = str(metadata.get("databaseIndex", "0"))
+    conditions = [
+        Condition(
+            str(c.get("type")),
+            str(c.get("status")),
+            str(c.get("reason") or ""),
+            str(c.get("message") or ""),
+        )
+        for c in (scaled.get("status") or {}).get("conditions") or []
+    ]
+    return Scaler(
+        conditions=conditions,
+        min_replicas=int(spec.get("minReplicaCount", 0)),
+        max_replicas=int(spec.get("maxReplicaCount", 100)),
+        queue=queue,
+        database=database,
+    )
+
+
+def read_queue(redis_url: str, queue: str, *, timeout: float = 5.0) -> Queue:
+    """LLEN of the queue and HLEN of kombu's `unacked` hash, in the URL's database."""
+    import redis
+
+    from runnable_k8s.settings import Settings
+
+    database = Settings(redis_url=redis_url).redis_db
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        queued = int(client.llen(queue))
+        inflight = int(client.hlen(INFLIGHT_KEY))
+    except redis.RedisError as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return Queue(queue, database, error=f"cannot read Redis: {text}")
+    finally:
+        client.close()
+    return Queue(queue, database, queued=queued, inflight=inflight)
+
+
+def format_status(status: Status) -> str:
+    """Plain text for humans, one fact a line."""
+    lines = [f"namespace:  {status.namespace}"]
+    if status.replicas:
+        r = status.replicas
+        lines.append(
+            f"workers:    {r.ready}/{r.desired} ready ({r.current} running, "
+            f"{r.updated} up to date, {r.available} available)"
+        )
+    if status.scaler:
+        s = status.scaler
+        lines.append(
+            f"scaler:     {s.min_replicas}..{s.max_replicas} replicas on list {s.queue!r} "
+            f"(db {s.database}) + {INFLIGHT_KEY!r}"
+        )
+        for c in s.conditions:
+            detail = f" {c.reason}: {c.message}" if c.reason or c.message else ""
+            lines.append(f"  {c.type}={c.status}{detail}")
+        if not s.conditions:
+            lines.append("  (no conditions yet: is the KEDA operator running?)")
+    if status.queue:
+        q = status.queue
+        if q.error:
+            lines.append(f"queue:      {q.name!r} (db {q.database}): {q.error}")
+        else:
+            lines.append(
+                f"queue:      {q.queued} queued, {q.inflight} in flight "
+                f"(list {q.name!r}, db {q.database})"
+            )
+    lines += [f"warning:    {w}" for w in status.warnings]
+    return "\n".join(lines)
