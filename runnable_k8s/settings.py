@@ -8,6 +8,7 @@ shared by both keeps them in agreement. Nothing else in the package reads `os.en
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ class Settings:
     """HMAC-SHA256 key shared by producers and workers; at least 32 bytes. Required to send
     or run anything. Never logged, never written to Redis."""
 
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)
     """`redis://[:password@]host:port/db` or `rediss://...` (TLS). Broker and result store.
     `None` means "not configured" (the demo and `dev` then start an embedded server)."""
 
@@ -249,9 +250,20 @@ def _validated(settings: Settings) -> Settings:
             )
     if not settings.queue or any(c.isspace() for c in settings.queue):
         raise ConfigurationError("RUNNABLE_K8S_QUEUE must be a non-empty name without spaces")
-    for name in ("time_limit", "run_expiry", "result_ttl", "wait_timeout", "heartbeat_interval"):
-        if getattr(settings, name) <= 0:
-            raise ConfigurationError(f"{ENV_PREFIX}{name.upper()} must be positive")
+    for name in (
+        "time_limit",
+        "visibility_timeout",
+        "run_expiry",
+        "result_ttl",
+        "wait_timeout",
+        "heartbeat_interval",
+        "retry_backoff",
+        "retry_backoff_max",
+    ):
+        value = getattr(settings, name)
+        # NaN passes every comparison below; infinity would never expire anything.
+        if not math.isfinite(value) or value < 0 or (value == 0 and name != "visibility_timeout"):
+            raise ConfigurationError(f"{ENV_PREFIX}{name.upper()} must be a positive number")
     if settings.effective_visibility_timeout <= settings.time_limit:
         raise ConfigurationError(
             "RUNNABLE_K8S_VISIBILITY_TIMEOUT must be above RUNNABLE_K8S_TIME_LIMIT, or a long "

@@ -19,6 +19,7 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
 
 from runnable_k8s.errors import (
     BrokerUnavailable,
@@ -33,6 +34,7 @@ from runnable_k8s.settings import Settings
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 # Longest single XREAD block; the loop re-arms it until the caller's deadline.
 _MAX_BLOCK_MS = 30_000
+_WATCH_RETRIES = 20
 
 
 def new_run_id() -> str:
@@ -41,11 +43,13 @@ def new_run_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One entry of a run's event stream: a chunk (encoded data) or the final outcome."""
+    """One entry of a run's event stream: an output chunk (encoded data), a callback event of
+    a model inside the remote run (encoded data), or the final outcome."""
 
     run_id: str
     chunk: bytes | None = None
     outcome: Outcome | None = None
+    callback: bytes | None = None
 
 
 def _queued_status(protocol: Protocol, request: RunRequest, now: float) -> bytes:
@@ -99,6 +103,8 @@ def _parse_entries(protocol: Protocol, response: Any, cursors: dict[str, str]) -
             wire = fields.get(b"m", b"")
             if kind == b"c":
                 events.append(Event(run_id, chunk=protocol.open_chunk(wire, run_id)))
+            elif kind == b"e":
+                events.append(Event(run_id, callback=protocol.open_chunk(wire, run_id)))
             elif kind == b"r":
                 events.append(Event(run_id, outcome=protocol.open_outcome(wire, run_id)))
             else:
@@ -117,6 +123,39 @@ def _block_ms(deadline: float | None) -> int:
 
 def _status_or_none(protocol: Protocol, raw: Any, run_id: str) -> RunStatus | None:
     return None if not isinstance(raw, bytes) else protocol.open_status(raw, run_id)
+
+
+def _existing(protocol: Protocol, raw: Any, run_id: str) -> RunStatus:
+    status = _status_or_none(protocol, raw, run_id)
+    if status is None:
+        raise RunNotFound(f"no run {run_id} (never submitted, or expired)", run_id=run_id)
+    return status
+
+
+def _queue_cancel(pipe: Any, protocol: Protocol, status: RunStatus) -> None:
+    """Queue the commands that cancel a run in state `status` (inside MULTI)."""
+    if status.done:
+        return
+    run_id = status.run_id
+    ttl = int(protocol.settings.result_ttl)
+    pipe.set(keys.cancel(run_id), protocol.seal_cancel(run_id), ex=ttl)
+    if status.state == "queued":
+        # Nobody has started it: record the outcome now, so waiters return at once even with
+        # no worker running; a worker that later receives the message sees a finished run.
+        outcome = Outcome(run_id, "cancelled", reason="cancelled before start", attempt=0)
+        pipe.xadd(keys.events(run_id), {"k": "r", "m": protocol.seal_outcome(outcome)})
+        pipe.expire(keys.events(run_id), ttl)
+        cancelled = RunStatus(
+            run_id,
+            "cancelled",
+            status.name,
+            0,
+            created_at=status.created_at,
+            finished_at=time.time(),
+            reason="cancelled before start",
+        )
+        pipe.set(keys.status(run_id), protocol.seal_status(cancelled), ex=ttl)
+    pipe.publish(keys.CANCEL_CHANNEL, run_id)
 
 
 class Client:
@@ -149,14 +188,12 @@ class Client:
             raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
 
     def status(self, run_id: str) -> RunStatus:
+        """Raises: RunNotFound for an unknown or expired id."""
         try:
             raw = self._redis.get(keys.status(run_id))
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot read status from Redis: {exc}") from exc
-        status = _status_or_none(self.protocol, raw, run_id)
-        if status is None:
-            raise RunNotFound(f"no run {run_id} (never submitted, or expired)", run_id=run_id)
-        return status
+        return _existing(self.protocol, raw, run_id)
 
     def events(
         self, run_ids: Sequence[str], *, timeout: float | None, from_start: bool = True
@@ -186,18 +223,28 @@ class Client:
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"lost Redis while waiting: {exc}") from exc
 
-    def cancel(self, run_id: str) -> None:
+    def cancel(self, run_id: str) -> RunStatus:
+        """Cancel a run: a queued one is marked cancelled at once and never starts; a running
+        one is cancelled by its worker. Returns the status before cancelling.
+
+        Raises:
+            RunNotFound: no such run.
+        """
         try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(
-                    keys.cancel(run_id),
-                    self.protocol.seal_cancel(run_id),
-                    ex=int(self.settings.result_ttl),
-                )
-                pipe.publish(keys.CANCEL_CHANNEL, run_id)
-                pipe.execute()
+            with self._redis.pipeline(transaction=True) as pipe:
+                for _ in range(_WATCH_RETRIES):
+                    try:
+                        pipe.watch(keys.status(run_id))  # type: ignore[no-untyped-call]
+                        status = _existing(self.protocol, pipe.get(keys.status(run_id)), run_id)
+                        pipe.multi()
+                        _queue_cancel(pipe, self.protocol, status)
+                        pipe.execute()
+                        return status
+                    except WatchError:
+                        continue
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot cancel on Redis: {exc}") from exc
+        raise BrokerUnavailable(f"run {run_id} changed state too often to cancel")
 
 
 class AsyncClient:
@@ -229,10 +276,7 @@ class AsyncClient:
             raw = await self._redis.get(keys.status(run_id))
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot read status from Redis: {exc}") from exc
-        status = _status_or_none(self.protocol, raw, run_id)
-        if status is None:
-            raise RunNotFound(f"no run {run_id} (never submitted, or expired)", run_id=run_id)
-        return status
+        return _existing(self.protocol, raw, run_id)
 
     async def events(
         self, run_ids: Sequence[str], *, timeout: float | None, from_start: bool = True
@@ -256,18 +300,23 @@ class AsyncClient:
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"lost Redis while waiting: {exc}") from exc
 
-    async def cancel(self, run_id: str) -> None:
+    async def cancel(self, run_id: str) -> RunStatus:
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(
-                    keys.cancel(run_id),
-                    self.protocol.seal_cancel(run_id),
-                    ex=int(self.settings.result_ttl),
-                )
-                pipe.publish(keys.CANCEL_CHANNEL, run_id)
-                await pipe.execute()
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for _ in range(_WATCH_RETRIES):
+                    try:
+                        await pipe.watch(keys.status(run_id))
+                        raw = await pipe.get(keys.status(run_id))
+                        status = _existing(self.protocol, raw, run_id)
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        _queue_cancel(pipe, self.protocol, status)
+                        await pipe.execute()
+                        return status
+                    except WatchError:
+                        continue
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot cancel on Redis: {exc}") from exc
+        raise BrokerUnavailable(f"run {run_id} changed state too often to cancel")
 
 
 # One client per settings (and per event loop for asyncio): connection pools are shared by

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
@@ -20,10 +20,13 @@ from pydantic import BaseModel
 
 from runnable_k8s.errors import ConfigurationError, RunnableK8sError
 from runnable_k8s.producer.client import async_client_for, client_for, new_run_id
-from runnable_k8s.producer.results import unwrap, unwrap_items
+from runnable_k8s.producer.handles import RemoteRun
+from runnable_k8s.producer.replay import EventReplayer, wants_events
+from runnable_k8s.producer.results import error_for, unwrap, unwrap_items
 from runnable_k8s.protocol.codec import runnable_codec
 from runnable_k8s.protocol.messages import Mode, Outcome, RunRequest
 from runnable_k8s.protocol.remote_config import export_config
+from runnable_k8s.protocol.tracing import trace_headers
 from runnable_k8s.settings import Settings
 
 
@@ -133,6 +136,9 @@ class RunnableK8s(Runnable[Input, Output]):
         config: dict[str, Any],
         kwargs: dict[str, Any],
         configs: list[dict[str, Any]] | None = None,
+        *,
+        run_manager: Any = None,
+        events: bool = False,
     ) -> RunRequest:
         """Build a request. `config`/`configs` are already exported (JSON-safe)."""
         data = client_for(self.settings).protocol.data
@@ -146,7 +152,9 @@ class RunnableK8s(Runnable[Input, Output]):
             ref=self.ref,
             config=config,
             configs=configs,
+            trace=trace_headers(run_manager) if run_manager is not None else None,
             time_limit=self.time_limit,
+            events=events,
         )
 
     # -- invoke -----------------------------------------------------------------------------
@@ -164,7 +172,8 @@ class RunnableK8s(Runnable[Input, Output]):
         **kwargs: Any,
     ) -> Output:
         client = client_for(self.settings)
-        request = self._request("invoke", input, kwargs.pop("_remote"), kwargs)
+        remote = kwargs.pop("_remote")
+        request = self._request("invoke", input, remote, kwargs, run_manager=run_manager)
         client.submit([request])
         for event in client.events([request.run_id], timeout=self._wait):
             if event.outcome is not None:
@@ -185,7 +194,8 @@ class RunnableK8s(Runnable[Input, Output]):
         **kwargs: Any,
     ) -> Output:
         client = async_client_for(self.settings)
-        request = self._request("invoke", input, kwargs.pop("_remote"), kwargs)
+        remote = kwargs.pop("_remote")
+        request = self._request("invoke", input, remote, kwargs, run_manager=run_manager)
         await client.submit([request])
         async for event in client.events([request.run_id], timeout=self._wait):
             if event.outcome is not None:
@@ -323,3 +333,99 @@ class RunnableK8s(Runnable[Input, Output]):
 
         await asyncio.gather(*(run_one(*entry) for entry in requests))
         return results
+
+    # -- stream -----------------------------------------------------------------------------
+
+    def stream(
+        self, input: Input, config: RunnableConfig | None = None, **kwargs: Any | None
+    ) -> Iterator[Output]:
+        """Yield the bound runnable's output chunks as the worker produces them."""
+        remote = export_config(config)
+        yield from self._transform_stream_with_config(
+            iter([input]), self._stream, config, _remote=remote, **kwargs
+        )
+
+    def _stream(
+        self,
+        inputs: Iterator[Input],
+        run_manager: CallbackManagerForChainRun,
+        config: RunnableConfig,
+        **kwargs: Any,
+    ) -> Iterator[Output]:
+        client = client_for(self.settings)
+        remote = kwargs.pop("_remote")
+        request = self._request("stream", next(inputs), remote, kwargs, run_manager=run_manager)
+        client.submit([request])
+        for event in client.events([request.run_id], timeout=self._wait):
+            if event.chunk is not None:
+                yield cast(Output, client.protocol.data.decode_data(event.chunk))
+            elif event.outcome is not None and event.outcome.state != "succeeded":
+                raise error_for(event.outcome)
+
+    async def astream(
+        self, input: Input, config: RunnableConfig | None = None, **kwargs: Any | None
+    ) -> AsyncIterator[Output]:
+        remote = export_config(config)
+
+        async def one() -> AsyncIterator[Input]:
+            yield input
+
+        async for chunk in self._atransform_stream_with_config(
+            one(), self._astream, config, _remote=remote, **kwargs
+        ):
+            yield chunk
+
+    async def _astream(
+        self,
+        inputs: AsyncIterator[Input],
+        run_manager: AsyncCallbackManagerForChainRun,
+        config: RunnableConfig,
+        **kwargs: Any,
+    ) -> AsyncIterator[Output]:
+        client = async_client_for(self.settings)
+        remote = kwargs.pop("_remote")
+        payload = await anext(inputs)
+        replayer = EventReplayer(run_manager) if wants_events(run_manager) else None
+        request = self._request(
+            "stream", payload, remote, kwargs, run_manager=run_manager, events=replayer is not None
+        )
+        await client.submit([request])
+        try:
+            async for event in client.events([request.run_id], timeout=self._wait):
+                if event.chunk is not None:
+                    yield cast(Output, client.protocol.data.decode_data(event.chunk))
+                elif event.callback is not None and replayer is not None:
+                    await replayer.replay(client.protocol.data.decode_data(event.callback))
+                elif event.outcome is not None and event.outcome.state != "succeeded":
+                    raise error_for(event.outcome)
+        finally:
+            if replayer is not None:
+                await replayer.close()
+
+    # -- fire and forget --------------------------------------------------------------------
+
+    def submit(
+        self, input: Input, config: RunnableConfig | None = None, *, stream: bool = False
+    ) -> RemoteRun:
+        """Enqueue a run and return its handle at once (no waiting).
+
+        Args:
+            stream: publish output chunks as they are produced (for `RemoteRun.stream`).
+
+        Raises:
+            SerializationRefused, PayloadTooLarge: before anything is enqueued.
+            BrokerUnavailable: Redis is unreachable; nothing was enqueued.
+        """
+        mode: Mode = "stream" if stream else "invoke"
+        request = self._request(mode, input, export_config(config), {})
+        client_for(self.settings).submit([request])
+        return RemoteRun(request.run_id, self.settings, timeout=self.timeout)
+
+    async def asubmit(
+        self, input: Input, config: RunnableConfig | None = None, *, stream: bool = False
+    ) -> RemoteRun:
+        """Like `submit`, without blocking the event loop."""
+        mode: Mode = "stream" if stream else "invoke"
+        request = self._request(mode, input, export_config(config), {})
+        await async_client_for(self.settings).submit([request])
+        return RemoteRun(request.run_id, self.settings, timeout=self.timeout)

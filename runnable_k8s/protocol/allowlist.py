@@ -148,13 +148,17 @@ def init_validator(class_path: tuple[str, ...], kwargs: dict[str, Any]) -> None:
         )
 
 
+_NODE_KEYS = frozenset({"lc", "type", "id", "kwargs", "name", "graph"})
+
+
 def _forbidden_key(value: Any, depth: int = 0) -> str | None:
     if depth > 50:
         return "<too deeply nested>"
     if isinstance(value, Mapping):
-        # A nested LangChain object is validated on its own when it is revived; only plain
-        # dicts belong to this constructor.
-        if value.get("lc") == 1 and "type" in value:
+        # A nested constructor node is validated on its own when it is revived; only plain
+        # dicts belong to this constructor. Never at depth 0: the kwargs themselves are
+        # checked whatever keys they carry (a payload can add "lc" and "type" to them).
+        if depth > 0 and value.get("type") == "constructor" and set(value) <= _NODE_KEYS:
             return None
         for key, item in value.items():
             lowered = str(key).lower()

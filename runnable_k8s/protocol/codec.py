@@ -14,9 +14,9 @@ from typing import Any, Final
 
 from langchain_core.load import dumpd, dumps
 from langchain_core.load._validation import _is_escaped_dict, _unescape_value
-from langchain_core.load.load import Reviver
+from langchain_core.load.load import InitValidator, Reviver, default_init_validator
 from langchain_core.runnables import Runnable
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from runnable_k8s.errors import DisallowedObject, SerializationRefused, SignatureRejected
 from runnable_k8s.protocol.allowlist import (
@@ -39,17 +39,18 @@ _REGISTER_HINT: Final = (
 class Codec:
     """Encodes and decodes one kind of payload against one allowlist."""
 
-    __slots__ = ("_paths", "_reviver")
+    __slots__ = ("_paths", "_reviver", "_validator")
 
-    def __init__(self, allowlist: Allowlist) -> None:
+    def __init__(self, allowlist: Allowlist, validator: InitValidator = init_validator) -> None:
         self._paths = allowlist.class_paths()
+        self._validator = validator
         # Built once: constructing a Reviver computes class paths against every mapping.
         self._reviver = Reviver(
             allowed_objects=list(allowlist.classes),
             secrets_map={},
             valid_namespaces=list(allowlist.namespaces),
             secrets_from_env=False,
-            init_validator=init_validator,
+            init_validator=validator,
         )
 
     # -- data -------------------------------------------------------------------------------
@@ -62,12 +63,15 @@ class Codec:
         """
         try:
             text = dumps(value)
-        except (TypeError, ValueError) as exc:
-            raise SerializationRefused(f"{what} cannot be encoded as JSON: {exc}") from exc
-        if "not_implemented" in text:
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise SerializationRefused(f"{what} cannot be encoded as JSON: {exc!r}"[:500]) from exc
+        if '"lc"' in text:
             # dumps never raises on unsupported objects; it writes a marker that only fails
-            # on load. Find it here, where we can still name the object.
-            self._refuse_unsupported(json.loads(text), what)
+            # on load. Find it here, where we can still name the object, and refuse classes
+            # the other side would refuse.
+            tree = json.loads(text)
+            self._check_tree(tree, what=what)
+            self._refuse_unsupported(tree, what)
         return text.encode()
 
     def decode_data(self, raw: bytes) -> Any:
@@ -79,8 +83,8 @@ class Codec:
         try:
             text = raw.decode()
             obj = json.loads(text)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise DisallowedObject(f"malformed data: {exc}") from exc
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise DisallowedObject(f"malformed data: {type(exc).__name__}") from exc
         if '"lc"' not in text and "__lc_escaped__" not in text:
             return obj  # plain JSON: nothing to revive
         return self._revive(obj)
@@ -95,10 +99,13 @@ class Codec:
         """
         try:
             tree = dumpd(runnable)
-        except (TypeError, ValueError) as exc:
-            raise SerializationRefused(f"{runnable!r} cannot be serialized: {exc}") from exc
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise SerializationRefused(f"{runnable!r} cannot be serialized: {exc!r}") from exc
+        # Classes first: `.with_retry()` is refused as RunnableRetry, not as the exception
+        # types it holds.
+        self._check_tree(tree, what="runnable")
         self._refuse_unsupported(tree, "runnable")
-        self._check_tree(tree)
+        _refuse_dropped_clients(runnable)
         return json.dumps(tree, separators=(",", ":")).encode()
 
     def decode_runnable(self, raw: bytes) -> Runnable[Any, Any]:
@@ -110,8 +117,8 @@ class Codec:
         """
         try:
             obj = json.loads(raw)
-        except ValueError as exc:
-            raise DisallowedObject(f"malformed runnable: {exc}") from exc
+        except (ValueError, RecursionError) as exc:
+            raise DisallowedObject(f"malformed runnable: {type(exc).__name__}") from exc
         result = self._revive(obj)
         if not isinstance(result, Runnable):
             raise DisallowedObject(f"payload is a {type(result).__name__}, not a Runnable")
@@ -157,19 +164,19 @@ class Codec:
                     f"serialized: {shown}. {_REGISTER_HINT}"
                 )
 
-    def _check_tree(self, tree: Any) -> None:
+    def _check_tree(self, tree: Any, *, what: str) -> None:
         for node, path in _walk_lc(tree):
             if node.get("type") != "constructor":
                 continue
             class_path = tuple(str(p) for p in node.get("id", []))
             if class_path not in self._paths:
                 raise SerializationRefused(
-                    f"{'.'.join(class_path)} at {path or 'the top'} is not in the allowlist of "
-                    f"classes workers may load. {_REGISTER_HINT}"
+                    f"{what} contains {'.'.join(class_path)} at {path or 'the top'}, which is "
+                    f"not in the allowlist of classes the other side may load. {_REGISTER_HINT}"
                 )
             try:
-                init_validator(class_path, node.get("kwargs", {}))
-            except DisallowedObject as exc:
+                self._validator(class_path, node.get("kwargs", {}))
+            except (DisallowedObject, ValueError) as exc:
                 raise SerializationRefused(
                     f"{exc}. Such settings belong in the worker's environment (for example "
                     "OPENAI_BASE_URL), never in a payload sent through Redis."
@@ -178,14 +185,46 @@ class Codec:
 
 @lru_cache(maxsize=16)
 def runnable_codec(extra_paths: tuple[str, ...] = ()) -> Codec:
-    """The runnable codec for an allowlist (built once: a Reviver is costly to construct)."""
+    """The runnable codec for an allowlist (built once: a Reviver is costly to construct).
+    Its validator refuses payload-chosen endpoints, headers, proxies and clients."""
     return Codec(runnable_allowlist(extra_paths))
 
 
 @lru_cache(maxsize=1)
 def data_codec() -> Codec:
-    """The codec for inputs, outputs and chunks."""
-    return Codec(data_allowlist())
+    """The codec for inputs, outputs and chunks. Data classes (messages, documents, prompt
+    values) open no connections, so their arguments may name URLs (e.g. `image_url` content
+    blocks); LangChain's own validator still applies."""
+    return Codec(data_allowlist(), default_init_validator)
+
+
+# Fields that LangChain's dumpd leaves out instead of serializing: a caller who set them would
+# silently get a worker without their proxy or TLS settings, so refuse rather than drop.
+_DROPPED_FIELDS: Final = ("http_client", "http_async_client")
+
+
+def _refuse_dropped_clients(runnable: Any) -> None:
+    seen: set[int] = set()
+    stack: list[Any] = [runnable]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen or not isinstance(node, BaseModel):
+            continue
+        seen.add(id(node))
+        for name in _DROPPED_FIELDS:
+            if getattr(node, name, None) is not None:
+                raise SerializationRefused(
+                    f"{type(node).__name__}.{name} is set: HTTP clients cannot travel and would "
+                    "be dropped. Configure proxies and TLS in the worker's environment instead."
+                )
+        for field_name in type(node).model_fields:
+            value = getattr(node, field_name, None)
+            if isinstance(value, BaseModel):
+                stack.append(value)
+            elif isinstance(value, list | tuple):
+                stack.extend(v for v in value if isinstance(v, BaseModel))
+            elif isinstance(value, dict):
+                stack.extend(v for v in value.values() if isinstance(v, BaseModel))
 
 
 def _walk_lc(tree: Any, path: str = "") -> Any:
@@ -194,6 +233,8 @@ def _walk_lc(tree: Any, path: str = "") -> Any:
     while stack:
         node, where = stack.pop()
         if isinstance(node, dict):
+            if _is_escaped_dict(node):
+                continue  # user data, never an object
             if node.get("lc") == 1 and "type" in node:
                 yield node, where
             for key, value in node.items():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Final
@@ -125,13 +126,14 @@ class Signer:
         head, mac, inline_body = _split(wire, self._max_body)
         try:
             version, got_kind, run_id, expires_at, flags = json.loads(head)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
             raise SignatureRejected("malformed envelope header") from exc
         if (
             version != VERSION
             or not isinstance(got_kind, str)
             or not isinstance(run_id, str)
             or not isinstance(expires_at, int | float)
+            or not math.isfinite(expires_at)
             or not isinstance(flags, int)
         ):
             raise SignatureRejected("unsupported envelope version or header fields")
@@ -160,7 +162,7 @@ def peek_header(wire: bytes) -> Header | None:
         head = wire[: wire.index(b"\n", 0, _MAX_HEADER)]
         _, kind, run_id, expires_at, flags = json.loads(head)
         return Header(str(kind)[:32], str(run_id)[:64], float(expires_at), int(flags))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError, RecursionError):
         return None
 
 

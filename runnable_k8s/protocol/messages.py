@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 from runnable_k8s.errors import SignatureRejected
 from runnable_k8s.protocol import envelope as env
@@ -21,6 +21,7 @@ MODES: Final = ("invoke", "batch", "stream")
 
 State = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled", "expired"]
 TERMINAL_STATES: Final = frozenset({"succeeded", "failed", "cancelled", "expired"})
+STATES: Final = TERMINAL_STATES | {"queued", "running", "retrying"}
 
 # Bodies above this size travel in their own Redis key beside the Celery message, so kombu's
 # JSON-in-JSON envelope never copies (and escapes) megabytes.
@@ -47,6 +48,8 @@ class RunRequest:
     """LangSmith propagation headers of the caller's run, when tracing is on."""
     time_limit: float | None = None
     """Execution limit requested by the caller; the worker applies the lower of it and its own."""
+    events: bool = False
+    """`stream` mode: also forward the callback events of models inside the run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,8 @@ class Protocol:
                 head[key] = value
         if request.config:
             head["config"] = request.config
+        if request.events:
+            head["events"] = True
         body = pack(head, request.runnable, request.input)
         envelope = env.Envelope(env.RUN, request.run_id, request.expires_at, body)
         if len(body) <= INLINE_BODY_LIMIT:
@@ -165,6 +170,7 @@ class Protocol:
             configs=configs,
             trace=trace,
             time_limit=time_limit,
+            events=head.get("events") is True,
         )
 
     # -- outcomes ---------------------------------------------------------------------------
@@ -239,9 +245,11 @@ class Protocol:
             state = raw["state"]
         except (ValueError, KeyError, TypeError) as exc:
             raise SignatureRejected("malformed status") from exc
+        if not isinstance(state, str) or state not in STATES:
+            raise SignatureRejected("status has an unknown state")
         return RunStatus(
             run_id=run_id,
-            state=state,
+            state=cast(State, state),
             name=str(raw.get("name", "")),
             attempt=int(raw.get("attempt", 0)),
             created_at=_opt_float(raw.get("created_at")),

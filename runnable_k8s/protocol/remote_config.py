@@ -32,7 +32,7 @@ def _json_safe(value: Any) -> bool:
     return True
 
 
-def _safe_mapping(mapping: Mapping[str, Any]) -> dict[str, Any]:
+def json_safe_mapping(mapping: Mapping[str, Any]) -> dict[str, Any]:
     # LangChain puts private objects under "__..." keys of `configurable` (e.g. LangGraph's
     # "__pregel_*" internals); they are process-local by definition.
     return {
@@ -52,7 +52,7 @@ def export_config(config: RunnableConfig | None) -> dict[str, Any]:
         if value is None:
             continue
         if key in ("metadata", "configurable") and isinstance(value, Mapping):
-            safe = _safe_mapping(value)
+            safe = json_safe_mapping(value)
             if safe:
                 out[key] = safe
         elif key == "tags" and isinstance(value, list | tuple):
@@ -76,9 +76,9 @@ def import_config(raw: Any) -> RunnableConfig:
         if key in raw and not isinstance(raw[key], dict):
             raise DisallowedObject(f"config.{key} must be an object")
     if "metadata" in raw:
-        config["metadata"] = _safe_mapping(raw["metadata"])
+        config["metadata"] = json_safe_mapping(raw["metadata"])
     if "configurable" in raw:
-        config["configurable"] = _safe_mapping(raw["configurable"])
+        config["configurable"] = json_safe_mapping(raw["configurable"])
     if "run_name" in raw:
         if not isinstance(raw["run_name"], str):
             raise DisallowedObject("config.run_name must be a string")

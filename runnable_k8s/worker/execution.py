@@ -9,31 +9,41 @@ signed outcome in the run's event stream.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import os
+import random
 import socket
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aredis
 from langchain_core.runnables import Runnable, RunnableConfig
+from redis.exceptions import WatchError
 
-from runnable_k8s.errors import DisallowedObject, MessageRejected, SerializationRefused
+from runnable_k8s.errors import (
+    ConfigurationError,
+    DisallowedObject,
+    MessageRejected,
+    SerializationRefused,
+)
 from runnable_k8s.protocol import envelope, keys
+from runnable_k8s.protocol.allowlist import import_object
 from runnable_k8s.protocol.messages import (
     Outcome,
     Protocol,
     RemoteFailure,
     RunRequest,
     RunStatus,
-    State,
 )
 from runnable_k8s.protocol.remote_config import import_config
+from runnable_k8s.protocol.tracing import remote_parent, sanitize
 from runnable_k8s.settings import Settings
+from runnable_k8s.worker.streaming import Progress as _Progress
+from runnable_k8s.worker.streaming import StreamPublisher as _StreamPublisher
 
 log = logging.getLogger("runnable_k8s.worker")
 
@@ -52,6 +62,7 @@ class Executor:
         self.running: dict[str, asyncio.Task[Outcome]] = {}
         self._cancelled: set[str] = set()
         self.stats: dict[str, int] = {"rejected": 0, "cache_hits": 0, "cache_misses": 0}
+        self._retry_types = _exception_types(settings.retry_on)
 
     @property
     def redis(self) -> aredis.Redis:
@@ -116,45 +127,40 @@ class Executor:
                 log.info("cancelled before start run=%s", run_id)
                 await self._finish(request, previous, Outcome(run_id, "cancelled"))
                 return
-            attempt = (previous.attempt if previous else 0) + 1
-            started = time.time()
-            await self._write_status(
-                RunStatus(
-                    run_id,
-                    "running",
-                    request.name,
-                    attempt,
-                    created_at=previous.created_at if previous else None,
-                    started_at=started,
-                )
-            )
+            started = await self._start(request)
+            if started is None:
+                log.warning("ignored delivery of finished run run=%s (finished meanwhile)", run_id)
+                return
             log.info(
                 "started run=%s name=%s mode=%s attempt=%d",
                 run_id,
                 request.name,
                 request.mode,
-                attempt,
+                started.attempt,
             )
-            task = asyncio.ensure_future(self._run(request, attempt))
+            task = asyncio.ensure_future(self._run(request, started))
             self.running[run_id] = task
             try:
                 outcome = await asyncio.shield(task)
             finally:
                 self.running.pop(run_id, None)
-            await self._finish(request, previous, outcome, started_at=started)
+                self._cancelled.discard(run_id)
+            await self._finish(request, started, outcome, started_at=started.started_at)
             log.info(
-                "finished run=%s name=%s state=%s reason=%s duration=%.3f",
+                "finished run=%s name=%s state=%s reason=%s attempt=%d duration=%.3f",
                 run_id,
                 request.name,
                 outcome.state,
                 outcome.reason,
-                time.time() - started,
+                outcome.attempt,
+                time.time() - (started.started_at or time.time()),
             )
         finally:
             await self.redis.delete(keys.lock(run_id))
 
-    async def _run(self, request: RunRequest, attempt: int) -> Outcome:
+    async def _run(self, request: RunRequest, started: RunStatus) -> Outcome:
         run_id = request.run_id
+        attempt = started.attempt
         try:
             runnable = self._load(request)
             config = import_config(request.config)
@@ -163,18 +169,57 @@ class Executor:
             self.stats["rejected"] += 1
             log.warning("rejected run=%s name=%s reason=%s", run_id, request.name, exc)
             return Outcome(run_id, "failed", reason=f"rejected: {exc}", attempt=attempt)
+        progress = _Progress()
         try:
+            # One limit for the whole run, retries included, so the lock and the visibility
+            # timeout (both above the limit) always outlive it.
             async with asyncio.timeout(self._time_limit(request)):
-                output = await self._dispatch(request, runnable, payload, config)
+                while True:
+                    try:
+                        output = await self._dispatch(request, runnable, payload, config, progress)
+                        return Outcome(run_id, "succeeded", output=output, attempt=attempt)
+                    except Exception as exc:
+                        if not self._should_retry(exc, attempt, progress):
+                            return Outcome(
+                                run_id, "failed", error=self._failure(exc), attempt=attempt
+                            )
+                        attempt = await self._backoff(request, started, attempt, exc)
         except TimeoutError:
             return Outcome(run_id, "failed", reason="timeout", attempt=attempt)
         except asyncio.CancelledError:
             if run_id in self._cancelled:
                 return Outcome(run_id, "cancelled", attempt=attempt)
             raise
-        except Exception as exc:
-            return Outcome(run_id, "failed", error=self._failure(exc), attempt=attempt)
-        return Outcome(run_id, "succeeded", output=output, attempt=attempt)
+
+    def _should_retry(self, exc: Exception, attempt: int, progress: _Progress) -> bool:
+        # A stream that already sent chunks cannot be replayed without duplicating them.
+        return (
+            attempt < self.settings.max_attempts
+            and not progress.published
+            and isinstance(exc, self._retry_types)
+        )
+
+    async def _backoff(
+        self, request: RunRequest, started: RunStatus, attempt: int, exc: Exception
+    ) -> int:
+        # Exponential backoff with full jitter: retries from many runs spread out instead of
+        # hitting a rate-limited provider in waves.
+        cap = min(self.settings.retry_backoff_max, self.settings.retry_backoff * 2 ** (attempt - 1))
+        delay = random.uniform(0, cap)
+        log.info(
+            "retrying run=%s attempt=%d delay=%.2f error=%s",
+            request.run_id,
+            attempt + 1,
+            delay,
+            type(exc).__name__,
+        )
+        retrying = dataclasses.replace(
+            started, state="retrying", attempt=attempt + 1, reason=type(exc).__name__
+        )
+        await self._write_status(retrying)
+        await asyncio.sleep(delay)
+        await self._write_status(dataclasses.replace(retrying, state="running", reason=""))
+        return attempt + 1
 
     async def _dispatch(
         self,
@@ -182,34 +227,30 @@ class Executor:
         runnable: Runnable[Any, Any],
         payload: Any,
         config: RunnableConfig,
+        progress: _Progress,
     ) -> bytes:
         data = self.protocol.data
-        if request.mode == "invoke":
-            return data.encode_data(await runnable.ainvoke(payload, config), what="output")
-        if request.mode == "batch":
-            if not isinstance(payload, list) or len(payload) != len(request.configs or []):
-                raise DisallowedObject("batch inputs and configs do not match")
-            configs = [import_config(c) for c in request.configs or []]
-            outputs = await runnable.abatch(payload, configs, return_exceptions=True)
-            items = [
-                {"ok": False, "e": self._failure(out).as_json()}
-                if isinstance(out, Exception)
-                else {"ok": True, "v": out}
-                for out in outputs
-            ]
-            return data.encode_data(items, what="output")
-        await self._publish_chunks(request.run_id, runnable.astream(payload, config))
-        return b"null"
-
-    async def _publish_chunks(self, run_id: str, chunks: AsyncIterator[Any]) -> None:
-        ttl = int(self.settings.result_ttl)
-        stream = keys.events(run_id)
-        async for chunk in chunks:
-            sealed = self.protocol.seal_chunk(run_id, self.protocol.data.encode_data(chunk))
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(stream, {"k": "c", "m": sealed})
-                pipe.expire(stream, ttl)
-                await pipe.execute()
+        with remote_parent(sanitize(request.trace)):
+            if request.mode == "invoke":
+                return data.encode_data(await runnable.ainvoke(payload, config), what="output")
+            if request.mode == "batch":
+                if not isinstance(payload, list) or len(payload) != len(request.configs or []):
+                    raise DisallowedObject("batch inputs and configs do not match")
+                configs = [import_config(c) for c in request.configs or []]
+                outputs = await runnable.abatch(payload, configs, return_exceptions=True)
+                items = [
+                    {"ok": False, "e": self._failure(out).as_json()}
+                    if isinstance(out, Exception)
+                    else {"ok": True, "v": out}
+                    for out in outputs
+                ]
+                return data.encode_data(items, what="output")
+            publisher = _StreamPublisher(self, request.run_id, progress)
+            if request.events:
+                final = await publisher.events(runnable.astream_events(payload, config))
+            else:
+                final = await publisher.chunks(runnable.astream(payload, config))
+            return data.encode_data(final, what="output")
 
     def _load(self, request: RunRequest) -> Runnable[Any, Any]:
         if request.ref is not None:
@@ -252,7 +293,9 @@ class Executor:
     # -- records ----------------------------------------------------------------------------
 
     async def _read_status(self, run_id: str) -> RunStatus | None:
-        raw = await self.redis.get(keys.status(run_id))
+        return self._verified_status(await self.redis.get(keys.status(run_id)), run_id)
+
+    def _verified_status(self, raw: Any, run_id: str) -> RunStatus | None:
         if not isinstance(raw, bytes):
             return None
         try:
@@ -279,6 +322,32 @@ class Executor:
             return False
         return True
 
+    async def _start(self, request: RunRequest) -> RunStatus | None:
+        """Record "running" unless the run finished meanwhile (e.g. cancelled while queued):
+        a WATCHed check-and-set, so a concurrent cancel and a start cannot both win."""
+        key = keys.status(request.run_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    previous = self._verified_status(await pipe.get(key), request.run_id)
+                    if previous is not None and previous.done:
+                        return None
+                    status = RunStatus(
+                        request.run_id,
+                        "running",
+                        request.name,
+                        (previous.attempt if previous else 0) + 1,
+                        created_at=previous.created_at if previous else None,
+                        started_at=time.time(),
+                    )
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(key, self.protocol.seal_status(status), ex=self._ttl)
+                    await pipe.execute()
+                    return status
+                except WatchError:
+                    continue
+
     async def _finish(
         self,
         request: RunRequest,
@@ -286,14 +355,13 @@ class Executor:
         outcome: Outcome,
         *,
         started_at: float | None = None,
-    ) -> None:
-        """Publish the outcome and the final status in one transaction."""
+    ) -> bool:
+        """Publish the outcome and the final status in one transaction, unless an outcome is
+        already recorded (exactly one outcome per run). Returns whether this one was."""
         run_id = request.run_id
-        ttl = int(self.settings.result_ttl)
-        state: State = outcome.state
         status = RunStatus(
             run_id,
-            state,
+            outcome.state,
             request.name,
             outcome.attempt if started_at is not None else (previous.attempt if previous else 0),
             created_at=previous.created_at if previous else None,
@@ -301,13 +369,31 @@ class Executor:
             finished_at=time.time(),
             reason=outcome.reason or (outcome.error.type if outcome.error else ""),
         )
+        key = keys.status(run_id)
         stream = keys.events(run_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(stream, {"k": "r", "m": self.protocol.seal_outcome(outcome)})
-            pipe.expire(stream, ttl)
-            pipe.set(keys.status(run_id), self.protocol.seal_status(status), ex=ttl)
-            pipe.delete(keys.body(run_id))
-            await pipe.execute()
+            while True:
+                try:
+                    await pipe.watch(key)
+                    current = self._verified_status(await pipe.get(key), run_id)
+                    if current is not None and current.done:
+                        log.warning(
+                            "outcome already recorded run=%s state=%s", run_id, current.state
+                        )
+                        return False
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.xadd(stream, {"k": "r", "m": self.protocol.seal_outcome(outcome)})
+                    pipe.expire(stream, self._ttl)
+                    pipe.set(key, self.protocol.seal_status(status), ex=self._ttl)
+                    pipe.delete(keys.body(run_id))
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+
+    @property
+    def _ttl(self) -> int:
+        return int(self.settings.result_ttl)
 
     # -- cancellation -----------------------------------------------------------------------
 
@@ -330,3 +416,14 @@ class Executor:
             except Exception as exc:  # Redis went away: resubscribe after a pause
                 log.warning("cancel listener lost Redis: %s", exc)
                 await asyncio.sleep(1.0)
+
+
+def _exception_types(paths: tuple[str, ...]) -> tuple[type[BaseException], ...]:
+    """Resolve `RUNNABLE_K8S_RETRY_ON` import paths (at start-up: a typo fails loudly)."""
+    types: list[type[BaseException]] = []
+    for path in paths:
+        obj = import_object(path)
+        if not (isinstance(obj, type) and issubclass(obj, BaseException)):
+            raise ConfigurationError(f"RUNNABLE_K8S_RETRY_ON: {path!r} is not an exception type")
+        types.append(obj)
+    return tuple(types)

@@ -13,6 +13,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import ensure_config
+from pydantic import PrivateAttr
 
 NAMESPACE = ["tests", "support", "models"]
 
@@ -108,6 +109,33 @@ class ConfigProbe(_Serializable, RunnableSerializable[Any, dict[str, Any]]):
         }
 
 
+class TransientError(RuntimeError):
+    """Stands in for a provider's rate-limit error."""
+
+
+class FlakyModel(_Serializable, BaseChatModel):
+    """Fails `failures` times with TransientError, then answers. `token` makes each test's
+    instance distinct (workers cache loaded runnables by digest)."""
+
+    failures: int = 2
+    token: str = ""
+    _calls: int = PrivateAttr(default=0)
+
+    @property
+    def _llm_type(self) -> str:
+        return "flaky-test"
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> ChatResult:
+        self._calls += 1
+        if self._calls <= self.failures:
+            raise TransientError(f"rate limited (call {self._calls})")
+        text = f"ok after {self._calls} calls"
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+
 TEST_CLASSES = ",".join(
-    f"tests.support.models:{name}" for name in ("SlowModel", "FailingModel", "ConfigProbe")
+    f"tests.support.models:{name}"
+    for name in ("SlowModel", "FailingModel", "ConfigProbe", "FlakyModel")
 )

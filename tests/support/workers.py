@@ -27,6 +27,11 @@ def worker_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[
             "RUNNABLE_K8S_MAX_BODY_BYTES": str(settings.max_body_bytes),
             "RUNNABLE_K8S_TIME_LIMIT": str(settings.time_limit),
             "RUNNABLE_K8S_HEARTBEAT_INTERVAL": "0.5",
+            "RUNNABLE_K8S_RETRY_ON": ",".join(settings.retry_on),
+            "RUNNABLE_K8S_RETRY_BACKOFF": str(settings.retry_backoff),
+            "RUNNABLE_K8S_MAX_ATTEMPTS": str(settings.max_attempts),
+            "RUNNABLE_K8S_RESULT_TTL": str(settings.result_ttl),
+            "RUNNABLE_K8S_RUN_EXPIRY": str(settings.run_expiry),
         }
     )
     env.update(extra or {})
