@@ -49,9 +49,18 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A throw-away server: `with EmbeddedRedis() as url: ...`."""
 
-    def __init__(self, *, password: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, *, password: str | None = None, port: int | None = None, durable: bool = False
+    ) -> None:
+        """Args:
+        password: `requirepass` for the server.
+        port: a fixed port (default: a free one). `start()` after `stop()` reuses it.
+        durable: keep an fsync-always append-only file, so a restart keeps every write
+            (for tests of Redis restarts; the demo needs none).
+        """
         self.password = password
         self.port = port
+        self.durable = durable
         self._process: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
@@ -62,7 +71,8 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 10.0) -> str:
         binary = server_binary()
-        self._dir = tempfile.TemporaryDirectory(prefix="runnable-k8s-redis-")
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="runnable-k8s-redis-")
         fixed = self.port
         # A free port can be taken between finding it and binding it: try a few.
         for _ in range(1 if fixed is not None else 5):

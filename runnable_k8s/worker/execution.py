@@ -42,6 +42,8 @@ from runnable_k8s.protocol.messages import (
 from runnable_k8s.protocol.remote_config import import_config
 from runnable_k8s.protocol.tracing import remote_parent, sanitize
 from runnable_k8s.settings import Settings
+from runnable_k8s.worker.claims import POLL as CLAIM_POLL
+from runnable_k8s.worker.claims import RunLock
 from runnable_k8s.worker.streaming import Progress as _Progress
 from runnable_k8s.worker.streaming import StreamPublisher as _StreamPublisher
 
@@ -118,11 +120,10 @@ class Executor:
             log.info("expired run=%s name=%s", run_id, request.name)
             await self._finish(request, previous, Outcome(run_id, "expired", reason="expired"))
             return
-        lock_ms = int((self._time_limit(request) + 60) * 1000)
-        if not await self.redis.set(keys.lock(run_id), self.worker_id, nx=True, px=lock_ms):
-            log.warning("ignored duplicate delivery of running run=%s", run_id)
+        lock = RunLock(self.redis, run_id, self.worker_id)
+        if not await self._claim(run_id, lock):
             return
-        try:
+        async with lock.held():
             if await self._cancel_requested(run_id):
                 log.info("cancelled before start run=%s", run_id)
                 await self._finish(request, previous, Outcome(run_id, "cancelled"))
@@ -155,8 +156,22 @@ class Executor:
                 outcome.attempt,
                 time.time() - (started.started_at or time.time()),
             )
-        finally:
-            await self.redis.delete(keys.lock(run_id))
+
+    async def _claim(self, run_id: str, lock: RunLock) -> bool:
+        """Take the run's lock. If another worker holds it (a duplicate delivery, e.g. after
+        the visibility timeout), wait: until the holder records an outcome (nothing left to
+        do) or its lease lapses without one (it died: this delivery runs the run)."""
+        waiting = False
+        while not await lock.acquire():
+            if not waiting:
+                log.warning("duplicate delivery of running run=%s: waiting for its holder", run_id)
+                waiting = True
+            status = await self._read_status(run_id)
+            if status is not None and status.done:
+                log.warning("ignored duplicate delivery of run=%s (finished by its holder)", run_id)
+                return False
+            await asyncio.sleep(CLAIM_POLL)
+        return True
 
     async def _run(self, request: RunRequest, started: RunStatus) -> Outcome:
         run_id = request.run_id
