@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import click
 
+from runnable_k8s.cli_runs import COMMANDS
 from runnable_k8s.cluster.cli import cluster
 from runnable_k8s.errors import RunnableK8sError
 from runnable_k8s.settings import Settings, SigningKey
@@ -142,3 +143,5 @@ def demo(question: str) -> None:
 
 
 main.add_command(cluster)
+for _command in COMMANDS:
+    main.add_command(_command)

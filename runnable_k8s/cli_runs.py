@@ -1,0 +1,211 @@
+"""Run verbs for shells and cron jobs: submit, status, result, cancel, stream, batch.
+
+A runnable is named by import path (`module:attribute`, as uvicorn names apps), imported here
+on the producer side from the current directory. A `RunnableK8s` is used as it is; any other
+runnable is shipped (`bound=`), or run by reference with `--ref`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from langchain_core.load import dumpd
+from langchain_core.runnables import Runnable
+
+from runnable_k8s.errors import RemoteError, RunnableK8sError
+from runnable_k8s.producer.client import client_for
+from runnable_k8s.producer.handles import RemoteRun
+from runnable_k8s.producer.results import unwrap
+from runnable_k8s.producer.runnable import RunnableK8s
+from runnable_k8s.protocol.allowlist import import_object
+from runnable_k8s.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except RunnableK8sError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _errors(func: F) -> F:
+    """Turn library errors into one clear line and a non-zero exit."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RunnableK8sError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
+def load_runnable(path: str, settings: Settings, *, ref: bool) -> RunnableK8s[Any, Any]:
+    """The RunnableK8s for an import path (or a reference to it, with `ref`)."""
+    if ref:
+        return RunnableK8s(ref=path, settings=settings)
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    obj = import_object(path)
+    if isinstance(obj, RunnableK8s):
+        return obj
+    if not isinstance(obj, Runnable):
+        raise click.ClickException(f"{path} is a {type(obj).__name__}, not a LangChain Runnable")
+    return RunnableK8s(bound=obj, settings=settings)
+
+
+def to_json(value: Any) -> Any:
+    """A JSON-able form of an output (LangChain objects as their serialized form)."""
+    return dumpd(value)
+
+
+def _parse_input(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}") from exc
+
+
+def _chunk_text(chunk: Any) -> str:
+    content = getattr(chunk, "content", chunk)
+    return content if isinstance(content, str) else json.dumps(to_json(chunk))
+
+
+@click.command()
+@click.argument("runnable")
+@click.option("--input", "input_", required=True, help="The input, as JSON.")
+@click.option("--stream", is_flag=True, help="Publish chunks (for `runnable-k8s stream ID`).")
+@click.option("--ref", is_flag=True, help="Run RUNNABLE by reference (worker imports it).")
+@_errors
+def submit(runnable: str, input_: str, stream: bool, ref: bool) -> None:
+    """Submit RUNNABLE (module:attribute) with --input JSON; print the run id."""
+    settings = _settings()
+    handle = load_runnable(runnable, settings, ref=ref).submit(_parse_input(input_), stream=stream)
+    click.echo(handle.id)
+
+
+@click.command()
+@click.argument("run_id")
+@_errors
+def status(run_id: str) -> None:
+    """Print a run's status as JSON."""
+    st = RemoteRun(run_id, _settings()).status()
+    click.echo(
+        json.dumps(
+            {
+                "id": st.run_id,
+                "state": st.state,
+                "name": st.name,
+                "attempt": st.attempt,
+                "created_at": st.created_at,
+                "started_at": st.started_at,
+                "finished_at": st.finished_at,
+                "reason": st.reason,
+            }
+        )
+    )
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--timeout", type=float, default=None, help="Seconds to wait.")
+@_errors
+def result(run_id: str, timeout: float | None) -> None:
+    """Wait for a run and print its output as JSON (errors: message, exit 1)."""
+    click.echo(json.dumps(to_json(RemoteRun(run_id, _settings()).result(timeout=timeout))))
+
+
+@click.command()
+@click.argument("run_id")
+@_errors
+def cancel(run_id: str) -> None:
+    """Cancel a run (queued: never starts; running: cancelled by its worker)."""
+    before = RemoteRun(run_id, _settings()).cancel()
+    click.echo(f"cancel requested ({before.state} before)" if not before.done else before.state)
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--timeout", type=float, default=None, help="Seconds to wait.")
+@_errors
+def stream(run_id: str, timeout: float | None) -> None:
+    """Print a run's output chunks as they arrive (text as it is, other chunks as JSON)."""
+    for chunk in RemoteRun(run_id, _settings()).stream(timeout=timeout):
+        click.echo(_chunk_text(chunk), nl=not isinstance(getattr(chunk, "content", chunk), str))
+    click.echo()
+
+
+def _read_inputs(path: Path) -> Iterator[Any]:
+    with path.open() as lines:
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except ValueError as exc:
+                    raise click.ClickException(f"{path}:{number}: not JSON: {exc}") from exc
+
+
+@click.command()
+@click.argument("runnable")
+@click.option(
+    "--input-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="One JSON input per line.",
+)
+@click.option(
+    "--output-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="One JSON result per line, in input order.",
+)
+@click.option("--ref", is_flag=True, help="Run RUNNABLE by reference (worker imports it).")
+@click.option("--timeout", type=float, default=None, help="Seconds to wait for all results.")
+@_errors
+def batch(
+    runnable: str, input_file: Path, output_file: Path, ref: bool, timeout: float | None
+) -> None:
+    """Submit every line of --input-file as a run; write results in input order."""
+    settings = _settings()
+    remote = load_runnable(runnable, settings, ref=ref)
+    inputs = list(_read_inputs(input_file))
+    client = client_for(settings)
+    handles = [remote.submit(value) for value in inputs]
+    index = {handle.id: i for i, handle in enumerate(handles)}
+    lines: list[str | None] = [None] * len(handles)
+    wait = timeout if timeout is not None else settings.wait_timeout
+    with click.progressbar(length=len(handles), label="runs", file=sys.stderr) as bar:
+        for event in client.events(list(index), timeout=wait):
+            if event.outcome is None:
+                continue
+            i = index[event.run_id]
+            try:
+                line = {
+                    "index": i,
+                    "ok": True,
+                    "output": to_json(unwrap(client.protocol, event.outcome)),
+                }
+            except RunnableK8sError as exc:
+                error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+                if isinstance(exc, RemoteError):
+                    error = {"type": exc.remote_type, "message": exc.remote_message}
+                line = {"index": i, "ok": False, "error": error}
+            lines[i] = json.dumps(line)
+            bar.update(1)
+    with output_file.open("w") as out:
+        for line_text in lines:
+            out.write(f"{line_text}\n")
+    failed = sum(1 for text in lines if text and '"ok": false' in text)
+    click.echo(f"{len(lines)} runs, {failed} failed -> {output_file}", err=True)
+
+
+COMMANDS = (submit, status, result, cancel, stream, batch)
