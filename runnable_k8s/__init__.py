@@ -22,7 +22,9 @@ from runnable_k8s.errors import (
     SignatureRejected,
     WaitTimeout,
 )
+from runnable_k8s.producer.handles import RemoteRun
 from runnable_k8s.producer.runnable import RunnableK8s
+from runnable_k8s.protocol.messages import RunStatus
 from runnable_k8s.settings import Settings
 
 __all__ = [
@@ -34,11 +36,13 @@ __all__ = [
     "MessageRejected",
     "PayloadTooLarge",
     "RemoteError",
+    "RemoteRun",
     "RunCancelled",
     "RunError",
     "RunExpired",
     "RunNotFound",
     "RunRejected",
+    "RunStatus",
     "RunnableK8s",
     "RunnableK8sError",
     "SerializationRefused",
