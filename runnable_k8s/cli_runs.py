@@ -17,7 +17,12 @@ import click
 from langchain_core.load import dumpd
 from langchain_core.runnables import Runnable
 
-from runnable_k8s.errors import RemoteError, RunnableK8sError
+from runnable_k8s.errors import (
+    ConfigurationError,
+    RemoteError,
+    RunnableK8sError,
+    SerializationRefused,
+)
 from runnable_k8s.producer.client import client_for
 from runnable_k8s.producer.handles import RemoteRun
 from runnable_k8s.producer.results import unwrap
@@ -50,17 +55,30 @@ def _errors(func: F) -> F:
 
 
 def load_runnable(path: str, settings: Settings, *, ref: bool) -> RunnableK8s[Any, Any]:
-    """The RunnableK8s for an import path (or a reference to it, with `ref`)."""
+    """The RunnableK8s for an import path.
+
+    With `ref`, or when the path cannot be imported here (the code lives only in the worker
+    image), or when the runnable cannot travel (a LangGraph graph, a RunnableLambda), the
+    workers run it by reference; they must list it in RUNNABLE_K8S_ALLOWED_REFS.
+    """
     if ref:
         return RunnableK8s(ref=path, settings=settings)
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
-    obj = import_object(path)
+    try:
+        obj = import_object(path)
+    except ConfigurationError:
+        click.echo(f"({path} is not importable here: running it by reference)", err=True)
+        return RunnableK8s(ref=path, settings=settings)
     if isinstance(obj, RunnableK8s):
         return obj
     if not isinstance(obj, Runnable):
         raise click.ClickException(f"{path} is a {type(obj).__name__}, not a LangChain Runnable")
-    return RunnableK8s(bound=obj, settings=settings)
+    try:
+        return RunnableK8s(bound=obj, settings=settings)
+    except SerializationRefused:
+        click.echo(f"({path} cannot travel as JSON: running it by reference)", err=True)
+        return RunnableK8s(ref=path, settings=settings)
 
 
 def to_json(value: Any) -> Any:

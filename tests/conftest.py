@@ -66,6 +66,7 @@ def make_settings(redis_url: str, **changes: object) -> Settings:
         queue=f"test-{uuid.uuid4().hex[:8]}",
         allowed_classes=tuple(TEST_CLASSES.split(",")),
         wait_timeout=60.0,
+        allowed_refs=("tests.support.refs:",),
         retry_on=("tests.support.models:TransientError",),
         retry_backoff=0.05,
         max_attempts=3,

@@ -7,6 +7,7 @@ so the caller's callbacks and tracers see the remote step as one run with its in
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, cast
@@ -18,11 +19,17 @@ from langchain_core.runnables.graph import Graph
 from langchain_core.runnables.utils import ConfigurableFieldSpec, Input, Output
 from pydantic import BaseModel
 
-from runnable_k8s.errors import ConfigurationError, RunnableK8sError
+from runnable_k8s.errors import (
+    ConfigurationError,
+    DisallowedObject,
+    RunnableK8sError,
+    SerializationRefused,
+)
 from runnable_k8s.producer.client import async_client_for, client_for, new_run_id
 from runnable_k8s.producer.handles import RemoteRun
 from runnable_k8s.producer.replay import EventReplayer, wants_events
 from runnable_k8s.producer.results import error_for, unwrap, unwrap_items
+from runnable_k8s.protocol.allowlist import check_call_kwargs
 from runnable_k8s.protocol.codec import runnable_codec
 from runnable_k8s.protocol.messages import Mode, Outcome, RunRequest
 from runnable_k8s.protocol.remote_config import export_config
@@ -120,10 +127,8 @@ class RunnableK8s(Runnable[Input, Output]):
         return self.timeout if self.timeout is not None else self.settings.wait_timeout
 
     def _runnable_bytes(self, kwargs: dict[str, Any]) -> bytes:
-        if not kwargs:
+        if not kwargs or self.bound is None:
             return self._encoded
-        if self.bound is None:
-            raise ConfigurationError("call-time keyword arguments need bound=, not ref=")
         # `.bind(stop=...)` on RunnableK8s (or kwargs to invoke) apply to the remote runnable.
         return runnable_codec(self.settings.allowed_classes).encode_runnable(
             self.bound.bind(**kwargs)
@@ -155,7 +160,18 @@ class RunnableK8s(Runnable[Input, Output]):
             trace=trace_headers(run_manager) if run_manager is not None else None,
             time_limit=self.time_limit,
             events=events,
+            kwargs=self._call_kwargs(kwargs),
         )
+
+    def _call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        """Keyword arguments that travel as such: only for a referenced runnable."""
+        if self.ref is None or not kwargs:
+            return None
+        try:
+            json.dumps(kwargs)
+            return check_call_kwargs(dict(kwargs))
+        except (TypeError, ValueError, DisallowedObject) as exc:
+            raise SerializationRefused(f"call keyword arguments cannot travel: {exc}") from exc
 
     # -- invoke -----------------------------------------------------------------------------
 

@@ -230,3 +230,14 @@ def runnable_allowlist(extra_paths: tuple[str, ...] = ()) -> Allowlist:
 def data_allowlist() -> Allowlist:
     """Classes allowed in inputs, outputs and stream chunks."""
     return Allowlist(DATA_CLASSES, ("langchain_core",))
+
+
+def check_call_kwargs(kwargs: Any) -> dict[str, Any]:
+    """Validate call keyword arguments for a referenced runnable: a JSON object whose keys
+    name nothing that could redirect a request (same rule as constructor arguments)."""
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise DisallowedObject("call keyword arguments must be a JSON object")
+    bad = _forbidden_key(kwargs)
+    if bad is not None:
+        raise DisallowedObject(f"call keyword argument {bad!r} may not come from a payload")
+    return kwargs

@@ -50,6 +50,9 @@ class RunRequest:
     """Execution limit requested by the caller; the worker applies the lower of it and its own."""
     events: bool = False
     """`stream` mode: also forward the callback events of models inside the run."""
+    kwargs: dict[str, Any] | None = None
+    """Call keyword arguments for a runnable run by reference (e.g. LangGraph's
+    `stream_mode`); a shipped runnable has them bound into it instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +118,7 @@ class Protocol:
     def seal_request(self, request: RunRequest) -> tuple[bytes, bytes | None]:
         """Return (wire for the Celery message, body to store beside it or None)."""
         head: dict[str, Any] = {"mode": request.mode, "name": request.name}
-        for key in ("ref", "configs", "trace", "time_limit"):
+        for key in ("ref", "configs", "trace", "time_limit", "kwargs"):
             value = getattr(request, key)
             if value is not None:
                 head[key] = value
@@ -148,6 +151,7 @@ class Protocol:
         configs = head.get("configs")
         trace = head.get("trace")
         time_limit = head.get("time_limit")
+        kwargs = head.get("kwargs")
         if (
             mode not in MODES
             or len(segments) != 2
@@ -156,6 +160,7 @@ class Protocol:
             or not (configs is None or isinstance(configs, list))
             or not (trace is None or isinstance(trace, dict))
             or not (time_limit is None or isinstance(time_limit, int | float))
+            or not (kwargs is None or isinstance(kwargs, dict))
         ):
             raise SignatureRejected("run request head has missing or mistyped fields")
         return RunRequest(
@@ -171,6 +176,7 @@ class Protocol:
             trace=trace,
             time_limit=time_limit,
             events=head.get("events") is True,
+            kwargs=kwargs,
         )
 
     # -- outcomes ---------------------------------------------------------------------------

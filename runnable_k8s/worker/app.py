@@ -10,12 +10,15 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery
+from celery.worker.request import Request
 
 from runnable_k8s.protocol.task_message import TASK_NAME
 from runnable_k8s.settings import Settings
+from runnable_k8s.worker import logs
 from runnable_k8s.worker.execution import Executor
 from runnable_k8s.worker.health import heartbeat
 from runnable_k8s.worker.loop import LoopThread
+from runnable_k8s.worker.metrics import WorkerMetrics
 from runnable_k8s.worker.transport import TRANSPORT
 
 log = logging.getLogger("runnable_k8s.worker")
@@ -49,6 +52,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": True,
         "worker_redirect_stdouts": False,
         "task_send_sent_event": False,
+        # Task events (for Flower) stay off until a monitor asks: Flower turns them on with
+        # the `enable_events` remote-control command, which works without mingle and gossip.
+        "worker_send_task_events": False,
+        "worker_enable_remote_control": True,
     }
     if urlsplit(settings.require_redis_url()).scheme == "rediss":
         query = parse_qs(urlsplit(settings.require_redis_url()).query)
@@ -57,12 +64,23 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
+class DescribedRequest(Request):  # type: ignore[misc]
+    """A task request that describes itself to remote control (`celery inspect active`,
+    `reserved`, `scheduled`, `query_task`, Flower) by its `argsrepr`, "{mode} {name} run={id}",
+    set by the producer, never by its argument: the signed envelope with the caller's input."""
+
+    def info(self, safe: bool = False) -> dict[str, Any]:
+        return dict(super().info(safe=True))
+
+
 def create_app(settings: Settings, executor: Executor, loop: LoopThread) -> Celery:
     """Build the Celery app whose one task hands each message to `executor` on `loop`."""
     app = Celery("runnable_k8s", broker=settings.require_redis_url(), set_as_current=False)
     app.conf.update(celery_config(settings))
 
-    @app.task(name=TASK_NAME, ignore_result=True, acks_late=True)  # type: ignore[untyped-decorator]
+    @app.task(  # type: ignore[untyped-decorator]
+        name=TASK_NAME, ignore_result=True, acks_late=True, Request=DescribedRequest
+    )
     def run(wire: str) -> None:
         # Blocks this pool thread until the run is over, so the message is acked only then.
         loop.run(executor.handle(wire))
@@ -81,17 +99,22 @@ def run_worker(
     """Run a worker in this process until it is told to stop (SIGTERM: warm shutdown)."""
     if queue:
         settings = settings.replace(queue=queue)
-    executor = Executor(settings)
+    metrics = WorkerMetrics()
+    executor = Executor(settings, metrics)
+    logs.install(settings, executor.worker_id)
+    metrics.serve(settings.metrics_port)
     loop = LoopThread()
     loop.start()
     background = [
         loop.submit(executor.listen_for_cancellations()),
         loop.submit(
-            heartbeat(executor.redis, settings.heartbeat_file, settings.heartbeat_interval)
+            heartbeat(executor.redis, settings.heartbeat_file, settings.heartbeat_interval, metrics)
         ),
     ]
     app = create_app(settings, executor, loop)
     argv = [
+        # Celery's banner is not a log line: no banner when every line must be JSON.
+        *(["--quiet"] if settings.log_json else []),
         "worker",
         "--pool=threads",
         f"--concurrency={concurrency or settings.concurrency}",

@@ -58,9 +58,7 @@ class RunLock:
         while True:
             await asyncio.sleep(RENEW_EVERY)
             with contextlib.suppress(Exception):  # Redis blip: the next renewal retries
-                await self._client.eval(
-                    _RENEW, 1, self._key, self._owner, int(LEASE * 1000)
-                )
+                await self._client.eval(_RENEW, 1, self._key, self._owner, int(LEASE * 1000))
 
     @contextlib.asynccontextmanager
     async def held(self) -> AsyncIterator[None]:

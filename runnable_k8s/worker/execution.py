@@ -27,11 +27,13 @@ from redis.exceptions import WatchError
 from runnable_k8s.errors import (
     ConfigurationError,
     DisallowedObject,
+    MessageExpired,
     MessageRejected,
+    PayloadTooLarge,
     SerializationRefused,
 )
 from runnable_k8s.protocol import envelope, keys
-from runnable_k8s.protocol.allowlist import import_object
+from runnable_k8s.protocol.allowlist import check_call_kwargs, import_object
 from runnable_k8s.protocol.messages import (
     Outcome,
     Protocol,
@@ -44,6 +46,9 @@ from runnable_k8s.protocol.tracing import remote_parent, sanitize
 from runnable_k8s.settings import Settings
 from runnable_k8s.worker.claims import POLL as CLAIM_POLL
 from runnable_k8s.worker.claims import RunLock
+from runnable_k8s.worker.logs import RunEvent, run_event
+from runnable_k8s.worker.metrics import RejectReason, RunOutcome, WorkerMetrics
+from runnable_k8s.worker.registry import Registry
 from runnable_k8s.worker.streaming import Progress as _Progress
 from runnable_k8s.worker.streaming import StreamPublisher as _StreamPublisher
 
@@ -55,16 +60,17 @@ _CACHE_SIZE = 256
 class Executor:
     """Runs verified requests on the worker's event loop. One per worker process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or WorkerMetrics()
         self.protocol = Protocol(settings)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._redis: aredis.Redis | None = None
         self._cache: OrderedDict[str, Runnable[Any, Any]] = OrderedDict()
         self.running: dict[str, asyncio.Task[Outcome]] = {}
         self._cancelled: set[str] = set()
-        self.stats: dict[str, int] = {"rejected": 0, "cache_hits": 0, "cache_misses": 0}
         self._retry_types = _exception_types(settings.retry_on)
+        self.registry = Registry(settings.allowed_refs)
 
     @property
     def redis(self) -> aredis.Redis:
@@ -82,13 +88,21 @@ class Executor:
         try:
             request = await self._verify(raw)
         except MessageRejected as exc:
-            self._reject(raw, str(exc))
+            self._reject(raw, exc)
             return
+        _event(
+            logging.INFO,
+            RunEvent("received", request.run_id, request.name),
+            "received run=%s name=%s mode=%s",
+            request.run_id,
+            request.name,
+            request.mode,
+        )
         await self._execute(request)
 
     async def _verify(self, raw: bytes) -> RunRequest:
         if len(raw) > self.protocol.signer.max_body_bytes + 1024:
-            raise MessageRejected(f"message of {len(raw)} bytes exceeds the size limit")
+            raise PayloadTooLarge(f"message of {len(raw)} bytes exceeds the size limit")
         beside = None
         if envelope.needs_body_beside(raw):
             header = envelope.peek_header(raw)
@@ -98,11 +112,33 @@ class Executor:
         # Expiry is checked after verification, so an authentic expired run is recorded.
         return self.protocol.open_request(raw, beside=beside, check_expiry=False)
 
-    def _reject(self, raw: bytes, reason: str) -> None:
-        self.stats["rejected"] += 1
+    def _reject(self, raw: bytes, exc: MessageRejected) -> None:
+        reason = _reject_reason(exc)
+        self.metrics.reject(reason)
         header = envelope.peek_header(raw)
-        claimed = header.run_id if header else "?"
-        log.warning("rejected message claimed_run=%s reason=%s", claimed, reason)
+        # Unverified: the id is only what the message claims, cut short.
+        claimed = header.run_id[:100] if header else None
+        _event(
+            logging.WARNING,
+            RunEvent("rejected", claimed, reason=reason),
+            "rejected message claimed_run=%s reason=%s",
+            claimed or "?",
+            exc,
+        )
+
+    def _refuse(
+        self, request: RunRequest, reason: RejectReason, message: str, *args: object
+    ) -> None:
+        """Log and count a verified run that is not executed (replay, duplicate, expired);
+        `message` takes the run id first, then `args`."""
+        self.metrics.reject(reason)
+        _event(
+            logging.INFO if reason == "expired" else logging.WARNING,
+            RunEvent("rejected", request.run_id, request.name, reason=reason),
+            message,
+            request.run_id,
+            *args,
+        )
 
     # -- one verified run -------------------------------------------------------------------
 
@@ -110,57 +146,94 @@ class Executor:
         run_id = request.run_id
         previous = await self._read_status(run_id)
         if previous is not None and previous.done:
-            log.warning(
+            self._refuse(
+                request,
+                "replay",
                 "ignored delivery of finished run run=%s state=%s (replay or duplicate)",
-                run_id,
                 previous.state,
             )
             return
         if time.time() > request.expires_at:
-            log.info("expired run=%s name=%s", run_id, request.name)
-            await self._finish(request, previous, Outcome(run_id, "expired", reason="expired"))
+            self._refuse(request, "expired", "expired run=%s name=%s", request.name)
+            outcome = Outcome(run_id, "expired", reason="expired")
+            if await self._finish(request, previous, outcome):
+                self.metrics.finished(request.name, "expired", None)
             return
         lock = RunLock(self.redis, run_id, self.worker_id)
-        if not await self._claim(run_id, lock):
+        if not await self._claim(request, lock):
             return
         async with lock.held():
             if await self._cancel_requested(run_id):
-                log.info("cancelled before start run=%s", run_id)
-                await self._finish(request, previous, Outcome(run_id, "cancelled"))
+                if await self._finish(request, previous, Outcome(run_id, "cancelled")):
+                    self.metrics.finished(request.name, "cancelled", None)
+                _event(
+                    logging.INFO,
+                    RunEvent("finished", run_id, request.name, outcome="cancelled"),
+                    "cancelled before start run=%s",
+                    run_id,
+                )
                 return
             started = await self._start(request)
             if started is None:
-                log.warning("ignored delivery of finished run run=%s (finished meanwhile)", run_id)
+                self._refuse(
+                    request,
+                    "replay",
+                    "ignored delivery of finished run run=%s (finished meanwhile)",
+                )
                 return
-            log.info(
-                "started run=%s name=%s mode=%s attempt=%d",
-                run_id,
-                request.name,
-                request.mode,
-                started.attempt,
-            )
-            task = asyncio.ensure_future(self._run(request, started))
-            self.running[run_id] = task
-            try:
-                outcome = await asyncio.shield(task)
-            finally:
-                self.running.pop(run_id, None)
-                self._cancelled.discard(run_id)
-            await self._finish(request, started, outcome, started_at=started.started_at)
-            log.info(
-                "finished run=%s name=%s state=%s reason=%s attempt=%d duration=%.3f",
-                run_id,
-                request.name,
-                outcome.state,
-                outcome.reason,
-                outcome.attempt,
-                time.time() - (started.started_at or time.time()),
-            )
+            await self._run_started(request, started)
 
-    async def _claim(self, run_id: str, lock: RunLock) -> bool:
+    async def _run_started(self, request: RunRequest, started: RunStatus) -> None:
+        run_id = request.run_id
+        self.metrics.started(started.created_at, started.started_at)
+        _event(
+            logging.INFO,
+            RunEvent("started", run_id, request.name, attempt=started.attempt),
+            "started run=%s name=%s mode=%s attempt=%d",
+            run_id,
+            request.name,
+            request.mode,
+            started.attempt,
+        )
+        task = asyncio.ensure_future(self._run(request, started))
+        self.running[run_id] = task
+        self.metrics.in_flight.inc()
+        try:
+            outcome = await asyncio.shield(task)
+        finally:
+            self.metrics.in_flight.dec()
+            self.running.pop(run_id, None)
+            self._cancelled.discard(run_id)
+        recorded = await self._finish(request, started, outcome, started_at=started.started_at)
+        duration = time.time() - (started.started_at or time.time())
+        label, reason = _outcome_label(outcome), _short_reason(outcome)
+        if recorded:
+            self.metrics.finished(request.name, label, duration)
+        _event(
+            logging.INFO,
+            RunEvent(
+                "finished",
+                run_id,
+                request.name,
+                attempt=outcome.attempt,
+                duration=duration,
+                outcome=label,
+                reason=reason or None,
+            ),
+            "finished run=%s name=%s state=%s reason=%s attempt=%d duration=%.3f",
+            run_id,
+            request.name,
+            outcome.state,
+            reason,
+            outcome.attempt,
+            duration,
+        )
+
+    async def _claim(self, request: RunRequest, lock: RunLock) -> bool:
         """Take the run's lock. If another worker holds it (a duplicate delivery, e.g. after
         the visibility timeout), wait: until the holder records an outcome (nothing left to
         do) or its lease lapses without one (it died: this delivery runs the run)."""
+        run_id = request.run_id
         waiting = False
         while not await lock.acquire():
             if not waiting:
@@ -168,7 +241,11 @@ class Executor:
                 waiting = True
             status = await self._read_status(run_id)
             if status is not None and status.done:
-                log.warning("ignored duplicate delivery of run=%s (finished by its holder)", run_id)
+                self._refuse(
+                    request,
+                    "duplicate",
+                    "ignored duplicate delivery of run=%s (finished by its holder)",
+                )
                 return False
             await asyncio.sleep(CLAIM_POLL)
         return True
@@ -177,12 +254,21 @@ class Executor:
         run_id = request.run_id
         attempt = started.attempt
         try:
-            runnable = self._load(request)
+            runnable = await self._load(request)
             config = import_config(request.config)
             payload = self.protocol.data.decode_data(request.input)
+            if request.kwargs:
+                check_call_kwargs(request.kwargs)
         except (DisallowedObject, SerializationRefused) as exc:
-            self.stats["rejected"] += 1
-            log.warning("rejected run=%s name=%s reason=%s", run_id, request.name, exc)
+            self.metrics.reject("disallowed")
+            _event(
+                logging.WARNING,
+                RunEvent("rejected", run_id, request.name, attempt=attempt, reason="disallowed"),
+                "rejected run=%s name=%s reason=%s",
+                run_id,
+                request.name,
+                exc,
+            )
             return Outcome(run_id, "failed", reason=f"rejected: {exc}", attempt=attempt)
         progress = _Progress()
         try:
@@ -221,7 +307,12 @@ class Executor:
         # hitting a rate-limited provider in waves.
         cap = min(self.settings.retry_backoff_max, self.settings.retry_backoff * 2 ** (attempt - 1))
         delay = random.uniform(0, cap)
-        log.info(
+        self.metrics.retried(request.name)
+        _event(
+            logging.INFO,
+            RunEvent(
+                "retrying", request.run_id, request.name, attempt + 1, reason=type(exc).__name__
+            ),
             "retrying run=%s attempt=%d delay=%.2f error=%s",
             request.run_id,
             attempt + 1,
@@ -245,14 +336,16 @@ class Executor:
         progress: _Progress,
     ) -> bytes:
         data = self.protocol.data
+        call = request.kwargs or {}  # validated in _run
         with remote_parent(sanitize(request.trace)):
             if request.mode == "invoke":
-                return data.encode_data(await runnable.ainvoke(payload, config), what="output")
+                output = await runnable.ainvoke(payload, config, **call)
+                return data.encode_data(output, what="output")
             if request.mode == "batch":
                 if not isinstance(payload, list) or len(payload) != len(request.configs or []):
                     raise DisallowedObject("batch inputs and configs do not match")
                 configs = [import_config(c) for c in request.configs or []]
-                outputs = await runnable.abatch(payload, configs, return_exceptions=True)
+                outputs = await runnable.abatch(payload, configs, return_exceptions=True, **call)
                 items = [
                     {"ok": False, "e": self._failure(out).as_json()}
                     if isinstance(out, Exception)
@@ -262,22 +355,28 @@ class Executor:
                 return data.encode_data(items, what="output")
             publisher = _StreamPublisher(self, request.run_id, progress)
             if request.events:
-                final = await publisher.events(runnable.astream_events(payload, config))
+                events = runnable.astream_events(payload, config, version="v2", **call)
+                final = await publisher.events(events)
             else:
-                final = await publisher.chunks(runnable.astream(payload, config))
+                final = await publisher.chunks(runnable.astream(payload, config, **call))
             return data.encode_data(final, what="output")
 
-    def _load(self, request: RunRequest) -> Runnable[Any, Any]:
+    async def _load(self, request: RunRequest) -> Runnable[Any, Any]:
+        # Only names of runnables that loaded (passed the allowlist) become metric labels.
         if request.ref is not None:
-            raise DisallowedObject(f"runnable references are not enabled: {request.ref}")
+            loaded = await self.registry.load(request.ref)
+            self.metrics.names.admit(request.name)
+            return loaded
         digest = hashlib.sha256(request.runnable).hexdigest()
         cached = self._cache.get(digest)
         if cached is not None:
             self._cache.move_to_end(digest)
-            self.stats["cache_hits"] += 1
+            self.metrics.cache_hits.inc()
+            self.metrics.names.admit(request.name)
             return cached
-        self.stats["cache_misses"] += 1
+        self.metrics.cache_misses.inc()
         runnable = self.protocol.runnables.decode_runnable(request.runnable)
+        self.metrics.names.admit(request.name)
         self._cache[digest] = runnable
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
@@ -423,7 +522,12 @@ class Executor:
                     run_id = run_id.decode() if isinstance(run_id, bytes) else str(run_id)
                     task = self.running.get(run_id)
                     if task is not None and await self._cancel_requested(run_id):
-                        log.info("cancelling run=%s", run_id)
+                        _event(
+                            logging.INFO,
+                            RunEvent("cancelling", run_id),
+                            "cancelling run=%s",
+                            run_id,
+                        )
                         self._cancelled.add(run_id)
                         task.cancel()
             except asyncio.CancelledError:
@@ -431,6 +535,40 @@ class Executor:
             except Exception as exc:  # Redis went away: resubscribe after a pause
                 log.warning("cancel listener lost Redis: %s", exc)
                 await asyncio.sleep(1.0)
+
+
+def _event(level: int, fields: RunEvent, message: str, *args: object) -> None:
+    run_event(log, level, fields, message, *args)
+
+
+def _reject_reason(exc: MessageRejected) -> RejectReason:
+    """The metric label of a refused message: a fixed set, never the message's own text."""
+    if isinstance(exc, PayloadTooLarge):
+        return "too_large"
+    if isinstance(exc, MessageExpired):
+        return "expired"
+    if isinstance(exc, DisallowedObject):
+        return "disallowed"
+    if str(exc).startswith(("signature mismatch", "expected a ", "message belongs to run")):
+        return "bad_signature"
+    return "malformed"
+
+
+def _outcome_label(outcome: Outcome) -> RunOutcome:
+    if outcome.state == "failed" and outcome.reason == "timeout":
+        return "timeout"
+    if outcome.state == "failed" and outcome.reason.startswith("rejected"):
+        return "rejected"
+    if outcome.state in ("succeeded", "cancelled", "expired"):
+        return outcome.state
+    return "failed"
+
+
+def _short_reason(outcome: Outcome) -> str:
+    # A rejection's text may quote the refused object: logs get its kind instead.
+    if outcome.reason.startswith("rejected"):
+        return "disallowed"
+    return outcome.reason or (outcome.error.type if outcome.error else "")
 
 
 def _exception_types(paths: tuple[str, ...]) -> tuple[type[BaseException], ...]:

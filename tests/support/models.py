@@ -137,5 +137,27 @@ class FlakyModel(_Serializable, BaseChatModel):
 
 TEST_CLASSES = ",".join(
     f"tests.support.models:{name}"
-    for name in ("SlowModel", "FailingModel", "ConfigProbe", "FlakyModel")
+    for name in ("SlowModel", "FailingModel", "ConfigProbe", "FlakyModel", "LoopBlockingModel")
 )
+
+
+class LoopBlockingModel(_Serializable, BaseChatModel):
+    """Calls `time.sleep(seconds)` on the worker's event loop (the bug a liveness probe must
+    catch: a wedged loop stalls every run of the process), then answers."""
+
+    seconds: float = 3.0
+
+    @property
+    def _llm_type(self) -> str:
+        return "loop-blocking-test"
+
+    def _generate(self, *args: Any, **kw: Any) -> ChatResult:
+        raise NotImplementedError("async only")
+
+    async def _agenerate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> ChatResult:
+        import time
+
+        time.sleep(self.seconds)  # deliberately blocking the loop
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content="unblocked"))])

@@ -24,6 +24,7 @@ def worker_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[
             "RUNNABLE_K8S_SIGNING_KEY": settings.require_signing_key().reveal().decode(),
             "RUNNABLE_K8S_QUEUE": settings.queue,
             "RUNNABLE_K8S_ALLOWED_CLASSES": ",".join(settings.allowed_classes),
+            "RUNNABLE_K8S_ALLOWED_REFS": ",".join(settings.allowed_refs),
             "RUNNABLE_K8S_MAX_BODY_BYTES": str(settings.max_body_bytes),
             "RUNNABLE_K8S_TIME_LIMIT": str(settings.time_limit),
             "RUNNABLE_K8S_HEARTBEAT_INTERVAL": "0.5",

@@ -1,0 +1,136 @@
+"""Worker logging: one line per run event, as text or (`RUNNABLE_K8S_LOG_JSON`) one JSON object
+per line, Celery's own lines included.
+
+A run event carries its fields beside the human-readable message (`run_event`). The JSON
+formatter writes a fixed set of keys and nothing else from the record, so an `extra` a library
+attaches (Celery passes task arguments that way) never reaches the output. Payloads are never
+logged; as a second line of defence every handler also redacts the signing key and the values
+of secret-looking environment variables, in both formats.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+from celery import signals
+
+from runnable_k8s.settings import Settings
+
+_FIELDS: Final = "runnable_k8s_event"
+MAX_NAME_LENGTH: Final = 200
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    """The structured part of a run's log line."""
+
+    event: str
+    run_id: str | None = None
+    name: str | None = None
+    attempt: int | None = None
+    duration: float | None = None
+    outcome: str | None = None
+    reason: str | None = None
+
+
+def run_event(
+    logger: logging.Logger, level: int, fields: RunEvent, message: str, *args: object
+) -> None:
+    """Log `message % args` with `fields` attached (written as keys in JSON mode)."""
+    logger.log(level, message, *args, extra={_FIELDS: fields})
+
+
+class JsonFormatter(logging.Formatter):
+    """ts, level, event, run_id, name, attempt, duration, outcome, reason, worker, logger,
+    message (and exc for a traceback): always these keys, null when not applicable."""
+
+    def __init__(self, worker: str) -> None:
+        super().__init__()
+        self._worker = worker
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, _FIELDS, None)
+        if not isinstance(fields, RunEvent):
+            fields = RunEvent(event="log")
+        line: dict[str, Any] = {
+            "ts": _timestamp(record.created),
+            "level": record.levelname,
+            "event": fields.event,
+            "run_id": fields.run_id,
+            "name": fields.name[:MAX_NAME_LENGTH] if fields.name is not None else None,
+            "attempt": fields.attempt,
+            "duration": round(fields.duration, 6) if fields.duration is not None else None,
+            "outcome": fields.outcome,
+            "reason": fields.reason,
+            "worker": self._worker,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exc"] = record.exc_text
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def _timestamp(created: float) -> str:
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    return f"{seconds}.{int(created % 1 * 1000):03d}Z"
+
+
+class Redact(logging.Filter):
+    """Replaces secret values in a record's final message and traceback text."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        super().__init__()
+        self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._secrets:
+            return True
+        message = record.getMessage()
+        redacted = self._scrub(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        if record.exc_info:
+            record.exc_text = self._scrub(
+                record.exc_text or logging.Formatter().formatException(record.exc_info)
+            )
+        return True
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        return text
+
+
+class _DropPoolApply(logging.Filter):
+    # Celery's DEBUG "TaskPool: Apply" line prints the task's arguments: the whole envelope.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("TaskPool: Apply")
+
+
+def install(settings: Settings, worker: str) -> None:
+    """Hook Celery's logging set-up (it installs its handlers when the worker starts) so every
+    handler redacts secrets and, with `log_json`, writes JSON lines."""
+    key = settings.signing_key.reveal().decode(errors="replace") if settings.signing_key else ""
+    redact = Redact((key, *settings.redact_values))
+    formatter = JsonFormatter(worker) if settings.log_json else None
+
+    def adopt(logger: logging.Logger, **_: Any) -> None:
+        for handler in logger.handlers:
+            if redact not in handler.filters:
+                handler.addFilter(redact)
+            if formatter is not None:
+                handler.setFormatter(formatter)
+
+    signals.after_setup_logger.connect(adopt, weak=False, dispatch_uid="runnable_k8s.logs")
+    signals.after_setup_task_logger.connect(adopt, weak=False, dispatch_uid="runnable_k8s.tlogs")
+    logging.getLogger("celery.pool").addFilter(_DropPoolApply())
+    if settings.log_json:
+        # Python warnings would otherwise go to stderr as plain text.
+        logging.captureWarnings(True)

@@ -1,0 +1,80 @@
+"""Registered runnables: code in the worker image, run by reference (`ref="pkg.mod:attr"`).
+
+What cannot travel as JSON (RunnableLambda, tools, compiled LangGraph graphs) runs by name,
+as Celery runs tasks by name. A reference is checked against `RUNNABLE_K8S_ALLOWED_REFS`
+*before* anything is imported, since importing a module runs its code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+from typing import Any, Final
+
+from langchain_core.runnables import Runnable
+
+from runnable_k8s.errors import ConfigurationError, DisallowedObject
+from runnable_k8s.protocol.allowlist import import_object
+
+REF_PATTERN: Final = re.compile(
+    r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$"
+)
+
+
+def ref_allowed(ref: str, allowed: tuple[str, ...]) -> bool:
+    """Whether `ref` matches an entry: exact `module:attr`, or a prefix ending in `.` or `:`."""
+    for entry in allowed:
+        if entry.endswith((".", ":")):
+            if ref.startswith(entry):
+                return True
+        elif ref == entry:
+            return True
+    return False
+
+
+class Registry:
+    """Loads allowed references once per process. An attribute may be a runnable, or a
+    factory (sync or async callable) returning one, called once: e.g. a LangGraph graph
+    compiled with a checkpointer that needs the event loop to connect."""
+
+    def __init__(self, allowed: tuple[str, ...]) -> None:
+        self._allowed = allowed
+        self._loaded: dict[str, Runnable[Any, Any]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def load(self, ref: str) -> Runnable[Any, Any]:
+        """Raises: DisallowedObject for a malformed, unlisted or broken reference."""
+        cached = self._loaded.get(ref)
+        if cached is not None:
+            return cached
+        if not REF_PATTERN.match(ref):
+            raise DisallowedObject(f"{ref[:200]!r} is not a reference like 'package.module:name'")
+        if not ref_allowed(ref, self._allowed):
+            raise DisallowedObject(
+                f"reference {ref!r} is not in this worker's RUNNABLE_K8S_ALLOWED_REFS"
+            )
+        async with self._locks.setdefault(ref, asyncio.Lock()):
+            if ref in self._loaded:
+                return self._loaded[ref]
+            runnable = await self._build(ref)
+            self._loaded[ref] = runnable
+            return runnable
+
+    async def _build(self, ref: str) -> Runnable[Any, Any]:
+        try:
+            obj = import_object(ref)
+        except ConfigurationError as exc:
+            raise DisallowedObject(f"cannot import reference {ref!r}: {exc}") from exc
+        if not isinstance(obj, Runnable) and callable(obj):
+            try:
+                obj = obj()
+                if inspect.isawaitable(obj):
+                    obj = await obj
+            except Exception as exc:  # not cached: the next run tries the factory again
+                raise DisallowedObject(
+                    f"factory {ref!r} failed: {type(exc).__name__}: {exc}"[:500]
+                ) from exc
+        if not isinstance(obj, Runnable):
+            raise DisallowedObject(f"reference {ref!r} is a {type(obj).__name__}, not a Runnable")
+        return obj

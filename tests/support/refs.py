@@ -1,0 +1,79 @@
+"""Application code that cannot travel as JSON, run by reference. Workers import it because
+the test settings allow `tests.support.refs:` in RUNNABLE_K8S_ALLOWED_REFS, as a user's worker
+image would allow its own package."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from typing import Any
+
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from langgraph.graph import END, START, MessagesState, StateGraph
+
+from runnable_k8s.models import DemoChatModel
+from tests.support.models import ConfigProbe, TransientError
+
+prompt = ChatPromptTemplate.from_messages(
+    [("system", "You are a Pokemon expert."), ("human", "{input}")]
+)
+# A RunnableLambda: refused by RunnableK8s(bound=...), fine by reference.
+lambda_chain = prompt | DemoChatModel() | StrOutputParser() | RunnableLambda(str.upper)
+
+
+async def _sleep(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return f"slept {seconds}"
+
+
+slow = RunnableLambda(_sleep)
+probe = ConfigProbe()
+
+_calls = itertools.count(1)
+
+
+def _flaky(text: str) -> str:
+    call = next(_calls)
+    if call % 3:  # fails twice, then succeeds
+        raise TransientError(f"rate limited (call {call})")
+    return f"{text} after retries"
+
+
+flaky = RunnableLambda(_flaky)
+
+
+async def _call_model(state: MessagesState, config: RunnableConfig) -> dict[str, Any]:
+    reply = await DemoChatModel().ainvoke(state["messages"], config)
+    return {"messages": [reply]}
+
+
+def _count(state: MessagesState) -> dict[str, Any]:
+    return {}
+
+
+def build_graph(checkpointer: Any = None) -> Runnable[Any, Any]:
+    builder = StateGraph(MessagesState)
+    builder.add_node("model", _call_model)
+    builder.add_node("done", _count)
+    builder.add_edge(START, "model")
+    builder.add_edge("model", "done")
+    builder.add_edge("done", END)
+    return builder.compile(checkpointer=checkpointer)
+
+
+# A graph without memory, and a factory for one whose conversations live in a SQLite file
+# every worker on this machine shares (in a cluster: Postgres via langgraph-checkpoint-postgres).
+graph = build_graph()
+
+
+async def make_chat_graph() -> Runnable[Any, Any]:
+    import aiosqlite
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    conn = await aiosqlite.connect(os.environ["RK8S_TEST_GRAPH_DB"])
+    saver = AsyncSqliteSaver(conn)
+    await saver.setup()
+    return build_graph(saver)
