@@ -16,7 +16,6 @@ from k8s_helpers import K8S, SCHEMAS, free_port
 from runnable_k8s.cluster import manifests
 
 
-
 @pytest.fixture(scope="session")
 def kubectl() -> str:
     return manifests.find_kubectl()

@@ -48,7 +48,7 @@ async def test_runnables_and_factories_load_once() -> None:
     assert isinstance(chain, Runnable)
     assert await registry.load("tests.support.refs:lambda_chain") is chain
     # A factory (sync or async callable) is called once and must return a runnable.
-    with pytest.raises(DisallowedObject, match="factory .* failed: TypeError"):
+    with pytest.raises(DisallowedObject, match=r"factory .* failed: TypeError"):
         await registry.load("tests.support.refs:_flaky")  # needs an argument
     with pytest.raises(DisallowedObject, match="not a Runnable"):
         await registry.load("tests.support.refs:prompt.input_variables")
