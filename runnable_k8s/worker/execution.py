@@ -10,51 +10,46 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import os
 import random
 import socket
 import time
-import traceback
-from collections import OrderedDict
 from typing import Any
 
 import redis.asyncio as aredis
 from langchain_core.runnables import Runnable, RunnableConfig
-from redis.exceptions import WatchError
 
 from runnable_k8s.errors import (
-    ConfigurationError,
     DisallowedObject,
-    MessageExpired,
     MessageRejected,
     PayloadTooLarge,
     SerializationRefused,
 )
 from runnable_k8s.protocol import envelope, keys
-from runnable_k8s.protocol.allowlist import check_call_kwargs, import_object
-from runnable_k8s.protocol.messages import (
-    Outcome,
-    Protocol,
-    RemoteFailure,
-    RunRequest,
-    RunStatus,
-)
+from runnable_k8s.protocol.allowlist import check_call_kwargs
+from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.protocol.remote_config import import_config
 from runnable_k8s.protocol.tracing import remote_parent, sanitize
 from runnable_k8s.settings import Settings
+from runnable_k8s.worker.cancellation import Cancellations
+from runnable_k8s.worker.claims import LEASE, RunLease
 from runnable_k8s.worker.claims import POLL as CLAIM_POLL
-from runnable_k8s.worker.claims import RunLock
+from runnable_k8s.worker.failures import (
+    describe,
+    exception_types,
+    outcome_label,
+    reject_reason,
+    short_reason,
+)
 from runnable_k8s.worker.logs import RunEvent, run_event
-from runnable_k8s.worker.metrics import RejectReason, RunOutcome, WorkerMetrics
-from runnable_k8s.worker.registry import Registry
+from runnable_k8s.worker.metrics import RejectReason, WorkerMetrics
+from runnable_k8s.worker.records import RunRecords, Snapshot
+from runnable_k8s.worker.registry import Registry, RunnableSource
 from runnable_k8s.worker.streaming import Progress as _Progress
 from runnable_k8s.worker.streaming import StreamPublisher as _StreamPublisher
 
 log = logging.getLogger("runnable_k8s.worker")
-
-_CACHE_SIZE = 256
 
 
 class Executor:
@@ -66,11 +61,12 @@ class Executor:
         self.protocol = Protocol(settings)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._redis: aredis.Redis | None = None
-        self._cache: OrderedDict[str, Runnable[Any, Any]] = OrderedDict()
-        self.running: dict[str, asyncio.Task[Outcome]] = {}
-        self._cancelled: set[str] = set()
-        self._retry_types = _exception_types(settings.retry_on)
-        self.registry = Registry(settings.allowed_refs)
+        self._records: RunRecords | None = None
+        self.cancellations = Cancellations()
+        self._retry_types = exception_types(settings.retry_on)
+        self.runnables = RunnableSource(
+            self.protocol, Registry(settings.allowed_refs), self.metrics
+        )
 
     @property
     def redis(self) -> aredis.Redis:
@@ -79,6 +75,14 @@ class Executor:
                 self.settings.require_redis_url(), health_check_interval=30
             )
         return self._redis
+
+    @property
+    def records(self) -> RunRecords:
+        if self._records is None:
+            self._records = RunRecords(
+                self.redis, self.protocol, ttl=int(self.settings.result_ttl), on_forged=_forged
+            )
+        return self._records
 
     # -- entry point ------------------------------------------------------------------------
 
@@ -113,7 +117,7 @@ class Executor:
         return self.protocol.open_request(raw, beside=beside, check_expiry=False)
 
     def _reject(self, raw: bytes, exc: MessageRejected) -> None:
-        reason = _reject_reason(exc)
+        reason = reject_reason(exc)
         self.metrics.reject(reason)
         header = envelope.peek_header(raw)
         # Unverified: the id is only what the message claims, cut short.
@@ -144,47 +148,73 @@ class Executor:
 
     async def _execute(self, request: RunRequest) -> None:
         run_id = request.run_id
-        previous = await self._read_status(run_id)
-        if previous is not None and previous.done:
-            self._refuse(
-                request,
-                "replay",
-                "ignored delivery of finished run run=%s state=%s (replay or duplicate)",
-                previous.state,
+        waiting = False
+        while True:
+            seen = await self.records.read(run_id)
+            if seen.status is not None and seen.status.done:
+                if waiting:
+                    self._refuse(
+                        request,
+                        "duplicate",
+                        "ignored duplicate delivery of run=%s (finished by its holder)",
+                    )
+                else:
+                    self._refuse(
+                        request,
+                        "replay",
+                        "ignored delivery of finished run run=%s state=%s (replay or duplicate)",
+                        seen.status.state,
+                    )
+                return
+            expired = time.time() > request.expires_at
+            running = None if expired else _running(request, seen.status)
+            verdict, in_place = await self.records.claim(
+                run_id, seen, running, owner=self.worker_id, lease=LEASE
             )
-            return
-        if time.time() > request.expires_at:
-            self._refuse(request, "expired", "expired run=%s name=%s", request.name)
-            outcome = Outcome(run_id, "expired", reason="expired")
-            if await self._finish(request, previous, outcome):
-                self.metrics.finished(request.name, "expired", None)
-            return
-        lock = RunLock(self.redis, run_id, self.worker_id)
-        if not await self._claim(request, lock):
-            return
-        async with lock.held():
-            if await self._cancel_requested(run_id):
-                if await self._finish(request, previous, Outcome(run_id, "cancelled")):
-                    self.metrics.finished(request.name, "cancelled", None)
+            if verdict == "locked":
+                if not waiting:
+                    log.warning(
+                        "duplicate delivery of running run=%s: waiting for its holder", run_id
+                    )
+                    waiting = True
+                await asyncio.sleep(CLAIM_POLL)
+            elif verdict != "changed":
+                break
+        async with RunLease(self.redis, run_id, self.worker_id).renewing():
+            if verdict == "cancelled":
+                await self._end_unstarted(request, seen, Outcome(run_id, "cancelled"))
                 _event(
                     logging.INFO,
                     RunEvent("finished", run_id, request.name, outcome="cancelled"),
                     "cancelled before start run=%s",
                     run_id,
                 )
-                return
-            started = await self._start(request)
-            if started is None:
-                self._refuse(
-                    request,
-                    "replay",
-                    "ignored delivery of finished run run=%s (finished meanwhile)",
+            elif running is None:
+                self._refuse(request, "expired", "expired run=%s name=%s", request.name)
+                await self._end_unstarted(
+                    request, seen, Outcome(run_id, "expired", reason="expired")
                 )
-                return
-            await self._run_started(request, started)
+            else:
+                await self._run_started(request, _Live(running, in_place))
 
-    async def _run_started(self, request: RunRequest, started: RunStatus) -> None:
+    async def _end_unstarted(self, request: RunRequest, seen: Snapshot, outcome: Outcome) -> None:
+        """Record the outcome of a run that never started (cancelled while queued, expired)."""
+        base = seen.status
+        status = RunStatus(
+            request.run_id,
+            outcome.state,
+            request.name,
+            base.attempt if base else 0,
+            created_at=base.created_at if base else None,
+            finished_at=time.time(),
+            reason=outcome.reason or outcome.state,
+        )
+        if await self.records.finish(seen.raw, status, outcome, owner=self.worker_id):
+            self.metrics.finished(request.name, outcome_label(outcome), None)
+
+    async def _run_started(self, request: RunRequest, live: _Live) -> None:
         run_id = request.run_id
+        started = live.status
         self.metrics.started(started.created_at, started.started_at)
         _event(
             logging.INFO,
@@ -195,20 +225,32 @@ class Executor:
             request.mode,
             started.attempt,
         )
-        task = asyncio.ensure_future(self._run(request, started))
-        self.running[run_id] = task
+        task = asyncio.ensure_future(self._run(request, live))
+        self.cancellations.track(run_id, task)
         self.metrics.in_flight.inc()
         try:
             outcome = await asyncio.shield(task)
         finally:
             self.metrics.in_flight.dec()
-            self.running.pop(run_id, None)
-            self._cancelled.discard(run_id)
-        recorded = await self._finish(request, started, outcome, started_at=started.started_at)
-        duration = time.time() - (started.started_at or time.time())
-        label, reason = _outcome_label(outcome), _short_reason(outcome)
+            self.cancellations.forget(run_id)
+        finished_at = time.time()
+        status = RunStatus(
+            run_id,
+            outcome.state,
+            request.name,
+            outcome.attempt,
+            created_at=started.created_at,
+            started_at=started.started_at,
+            finished_at=finished_at,
+            reason=outcome.reason or (outcome.error.type if outcome.error else ""),
+        )
+        recorded = await self.records.finish(live.expected, status, outcome, owner=self.worker_id)
+        duration = finished_at - (started.started_at or finished_at)
+        label, reason = outcome_label(outcome), short_reason(outcome)
         if recorded:
             self.metrics.finished(request.name, label, duration)
+        else:
+            log.warning("outcome already recorded run=%s (not overwritten)", run_id)
         _event(
             logging.INFO,
             RunEvent(
@@ -229,32 +271,11 @@ class Executor:
             duration,
         )
 
-    async def _claim(self, request: RunRequest, lock: RunLock) -> bool:
-        """Take the run's lock. If another worker holds it (a duplicate delivery, e.g. after
-        the visibility timeout), wait: until the holder records an outcome (nothing left to
-        do) or its lease lapses without one (it died: this delivery runs the run)."""
+    async def _run(self, request: RunRequest, live: _Live) -> Outcome:
         run_id = request.run_id
-        waiting = False
-        while not await lock.acquire():
-            if not waiting:
-                log.warning("duplicate delivery of running run=%s: waiting for its holder", run_id)
-                waiting = True
-            status = await self._read_status(run_id)
-            if status is not None and status.done:
-                self._refuse(
-                    request,
-                    "duplicate",
-                    "ignored duplicate delivery of run=%s (finished by its holder)",
-                )
-                return False
-            await asyncio.sleep(CLAIM_POLL)
-        return True
-
-    async def _run(self, request: RunRequest, started: RunStatus) -> Outcome:
-        run_id = request.run_id
-        attempt = started.attempt
+        attempt = live.status.attempt
         try:
-            runnable = await self._load(request)
+            runnable = await self.runnables.load(request)
             config = import_config(request.config)
             payload = self.protocol.data.decode_data(request.input)
             if request.kwargs:
@@ -281,14 +302,13 @@ class Executor:
                         return Outcome(run_id, "succeeded", output=output, attempt=attempt)
                     except Exception as exc:
                         if not self._should_retry(exc, attempt, progress):
-                            return Outcome(
-                                run_id, "failed", error=self._failure(exc), attempt=attempt
-                            )
-                        attempt = await self._backoff(request, started, attempt, exc)
+                            failure = describe(exc, self.settings.redact_values)
+                            return Outcome(run_id, "failed", error=failure, attempt=attempt)
+                        attempt = await self._backoff(request, live, attempt, exc)
         except TimeoutError:
             return Outcome(run_id, "failed", reason="timeout", attempt=attempt)
         except asyncio.CancelledError:
-            if run_id in self._cancelled:
+            if self.cancellations.requested(run_id):
                 return Outcome(run_id, "cancelled", attempt=attempt)
             raise
 
@@ -300,9 +320,7 @@ class Executor:
             and isinstance(exc, self._retry_types)
         )
 
-    async def _backoff(
-        self, request: RunRequest, started: RunStatus, attempt: int, exc: Exception
-    ) -> int:
+    async def _backoff(self, request: RunRequest, live: _Live, attempt: int, exc: Exception) -> int:
         # Exponential backoff with full jitter: retries from many runs spread out instead of
         # hitting a rate-limited provider in waves.
         cap = min(self.settings.retry_backoff_max, self.settings.retry_backoff * 2 ** (attempt - 1))
@@ -320,11 +338,14 @@ class Executor:
             type(exc).__name__,
         )
         retrying = dataclasses.replace(
-            started, state="retrying", attempt=attempt + 1, reason=type(exc).__name__
+            live.status, state="retrying", attempt=attempt + 1, reason=type(exc).__name__
         )
-        await self._write_status(retrying)
+        # The lease holder writes blindly, and remembers what `finish` must find in place.
+        live.expected = await self.records.write_status(retrying)
         await asyncio.sleep(delay)
-        await self._write_status(dataclasses.replace(retrying, state="running", reason=""))
+        live.expected = await self.records.write_status(
+            dataclasses.replace(retrying, state="running", reason="")
+        )
         return attempt + 1
 
     async def _dispatch(
@@ -347,7 +368,7 @@ class Executor:
                 configs = [import_config(c) for c in request.configs or []]
                 outputs = await runnable.abatch(payload, configs, return_exceptions=True, **call)
                 items = [
-                    {"ok": False, "e": self._failure(out).as_json()}
+                    {"ok": False, "e": describe(out, self.settings.redact_values).as_json()}
                     if isinstance(out, Exception)
                     else {"ok": True, "v": out}
                     for out in outputs
@@ -361,222 +382,48 @@ class Executor:
                 final = await publisher.chunks(runnable.astream(payload, config, **call))
             return data.encode_data(final, what="output")
 
-    async def _load(self, request: RunRequest) -> Runnable[Any, Any]:
-        # Only names of runnables that loaded (passed the allowlist) become metric labels.
-        if request.ref is not None:
-            loaded = await self.registry.load(request.ref)
-            self.metrics.names.admit(request.name)
-            return loaded
-        digest = hashlib.sha256(request.runnable).hexdigest()
-        cached = self._cache.get(digest)
-        if cached is not None:
-            self._cache.move_to_end(digest)
-            self.metrics.cache_hits.inc()
-            self.metrics.names.admit(request.name)
-            return cached
-        self.metrics.cache_misses.inc()
-        runnable = self.protocol.runnables.decode_runnable(request.runnable)
-        self.metrics.names.admit(request.name)
-        self._cache[digest] = runnable
-        if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return runnable
-
     def _time_limit(self, request: RunRequest) -> float:
         limit = self.settings.time_limit
         if request.time_limit is not None and 0 < request.time_limit < limit:
             return request.time_limit
         return limit
 
-    def _failure(self, exc: BaseException) -> RemoteFailure:
-        kind = type(exc)
-        name = (
-            kind.__qualname__
-            if kind.__module__ == "builtins"
-            else (f"{kind.__module__}.{kind.__qualname__}")
-        )
-        text = "".join(traceback.format_exception(exc))
-        return RemoteFailure(name, self._redact(str(exc)), self._redact(text))
-
-    def _redact(self, text: str) -> str:
-        # Defence in depth: an exception message must not carry a key into Redis.
-        for secret in self.settings.redact_values:
-            text = text.replace(secret, "[redacted]")
-        return text
-
-    # -- records ----------------------------------------------------------------------------
-
-    async def _read_status(self, run_id: str) -> RunStatus | None:
-        return self._verified_status(await self.redis.get(keys.status(run_id)), run_id)
-
-    def _verified_status(self, raw: Any, run_id: str) -> RunStatus | None:
-        if not isinstance(raw, bytes):
-            return None
-        try:
-            return self.protocol.open_status(raw, run_id)
-        except MessageRejected as exc:
-            log.warning("ignored unverifiable status record run=%s reason=%s", run_id, exc)
-            return None
-
-    async def _write_status(self, status: RunStatus) -> None:
-        await self.redis.set(
-            keys.status(status.run_id),
-            self.protocol.seal_status(status),
-            ex=int(self.settings.result_ttl),
-        )
-
-    async def _cancel_requested(self, run_id: str) -> bool:
-        raw = await self.redis.get(keys.cancel(run_id))
-        if not isinstance(raw, bytes):
-            return False
-        try:
-            self.protocol.open_cancel(raw, run_id)
-        except MessageRejected as exc:
-            log.warning("ignored forged cancellation run=%s reason=%s", run_id, exc)
-            return False
-        return True
-
-    async def _start(self, request: RunRequest) -> RunStatus | None:
-        """Record "running" unless the run finished meanwhile (e.g. cancelled while queued):
-        a WATCHed check-and-set, so a concurrent cancel and a start cannot both win."""
-        key = keys.status(request.run_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    previous = self._verified_status(await pipe.get(key), request.run_id)
-                    if previous is not None and previous.done:
-                        return None
-                    status = RunStatus(
-                        request.run_id,
-                        "running",
-                        request.name,
-                        (previous.attempt if previous else 0) + 1,
-                        created_at=previous.created_at if previous else None,
-                        started_at=time.time(),
-                    )
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(key, self.protocol.seal_status(status), ex=self._ttl)
-                    await pipe.execute()
-                    return status
-                except WatchError:
-                    continue
-
-    async def _finish(
-        self,
-        request: RunRequest,
-        previous: RunStatus | None,
-        outcome: Outcome,
-        *,
-        started_at: float | None = None,
-    ) -> bool:
-        """Publish the outcome and the final status in one transaction, unless an outcome is
-        already recorded (exactly one outcome per run). Returns whether this one was."""
-        run_id = request.run_id
-        status = RunStatus(
-            run_id,
-            outcome.state,
-            request.name,
-            outcome.attempt if started_at is not None else (previous.attempt if previous else 0),
-            created_at=previous.created_at if previous else None,
-            started_at=started_at,
-            finished_at=time.time(),
-            reason=outcome.reason or (outcome.error.type if outcome.error else ""),
-        )
-        key = keys.status(run_id)
-        stream = keys.events(run_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    current = self._verified_status(await pipe.get(key), run_id)
-                    if current is not None and current.done:
-                        log.warning(
-                            "outcome already recorded run=%s state=%s", run_id, current.state
-                        )
-                        return False
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.xadd(stream, {"k": "r", "m": self.protocol.seal_outcome(outcome)})
-                    pipe.expire(stream, self._ttl)
-                    pipe.set(key, self.protocol.seal_status(status), ex=self._ttl)
-                    pipe.delete(keys.body(run_id))
-                    await pipe.execute()
-                    return True
-                except WatchError:
-                    continue
-
-    @property
-    def _ttl(self) -> int:
-        return int(self.settings.result_ttl)
-
     # -- cancellation -----------------------------------------------------------------------
 
     async def listen_for_cancellations(self) -> None:
         """Cancel local runs named on the cancel channel (after checking the signed request)."""
-        while True:
-            try:
-                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(keys.CANCEL_CHANNEL)
-                async for message in pubsub.listen():
-                    run_id = message.get("data", b"")
-                    run_id = run_id.decode() if isinstance(run_id, bytes) else str(run_id)
-                    task = self.running.get(run_id)
-                    if task is not None and await self._cancel_requested(run_id):
-                        _event(
-                            logging.INFO,
-                            RunEvent("cancelling", run_id),
-                            "cancelling run=%s",
-                            run_id,
-                        )
-                        self._cancelled.add(run_id)
-                        task.cancel()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis went away: resubscribe after a pause
-                log.warning("cancel listener lost Redis: %s", exc)
-                await asyncio.sleep(1.0)
+
+        async def verified(run_id: str) -> bool:
+            return (await self.records.read(run_id)).cancel_requested
+
+        def announce(run_id: str) -> None:
+            _event(logging.INFO, RunEvent("cancelling", run_id), "cancelling run=%s", run_id)
+
+        await self.cancellations.listen(self.redis, verified, announce)
+
+
+@dataclasses.dataclass
+class _Live:
+    """A started run: its status, and the exact status bytes in Redis (for `finish`)."""
+
+    status: RunStatus
+    expected: bytes
+
+
+def _running(request: RunRequest, previous: RunStatus | None) -> RunStatus:
+    return RunStatus(
+        request.run_id,
+        "running",
+        request.name,
+        (previous.attempt if previous else 0) + 1,
+        created_at=previous.created_at if previous else None,
+        started_at=time.time(),
+    )
 
 
 def _event(level: int, fields: RunEvent, message: str, *args: object) -> None:
     run_event(log, level, fields, message, *args)
 
 
-def _reject_reason(exc: MessageRejected) -> RejectReason:
-    """The metric label of a refused message: a fixed set, never the message's own text."""
-    if isinstance(exc, PayloadTooLarge):
-        return "too_large"
-    if isinstance(exc, MessageExpired):
-        return "expired"
-    if isinstance(exc, DisallowedObject):
-        return "disallowed"
-    if str(exc).startswith(("signature mismatch", "expected a ", "message belongs to run")):
-        return "bad_signature"
-    return "malformed"
-
-
-def _outcome_label(outcome: Outcome) -> RunOutcome:
-    if outcome.state == "failed" and outcome.reason == "timeout":
-        return "timeout"
-    if outcome.state == "failed" and outcome.reason.startswith("rejected"):
-        return "rejected"
-    if outcome.state in ("succeeded", "cancelled", "expired"):
-        return outcome.state
-    return "failed"
-
-
-def _short_reason(outcome: Outcome) -> str:
-    # A rejection's text may quote the refused object: logs get its kind instead.
-    if outcome.reason.startswith("rejected"):
-        return "disallowed"
-    return outcome.reason or (outcome.error.type if outcome.error else "")
-
-
-def _exception_types(paths: tuple[str, ...]) -> tuple[type[BaseException], ...]:
-    """Resolve `RUNNABLE_K8S_RETRY_ON` import paths (at start-up: a typo fails loudly)."""
-    types: list[type[BaseException]] = []
-    for path in paths:
-        obj = import_object(path)
-        if not (isinstance(obj, type) and issubclass(obj, BaseException)):
-            raise ConfigurationError(f"RUNNABLE_K8S_RETRY_ON: {path!r} is not an exception type")
-        types.append(obj)
-    return tuple(types)
+def _forged(what: str, run_id: str, exc: Exception) -> None:
+    log.warning("ignored unverifiable %s run=%s reason=%s", what, run_id, exc)

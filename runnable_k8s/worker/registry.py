@@ -1,4 +1,5 @@
-"""Registered runnables: code in the worker image, run by reference (`ref="pkg.mod:attr"`).
+"""Where a worker's runnables come from: shipped JSON (cached by digest) or registered code
+in the worker image, run by reference (`ref="pkg.mod:attr"`).
 
 What cannot travel as JSON (RunnableLambda, tools, compiled LangGraph graphs) runs by name,
 as Celery runs tasks by name. A reference is checked against `RUNNABLE_K8S_ALLOWED_REFS`
@@ -8,14 +9,18 @@ as Celery runs tasks by name. A reference is checked against `RUNNABLE_K8S_ALLOW
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import re
+from collections import OrderedDict
 from typing import Any, Final
 
 from langchain_core.runnables import Runnable
 
 from runnable_k8s.errors import ConfigurationError, DisallowedObject
 from runnable_k8s.protocol.allowlist import import_object
+from runnable_k8s.protocol.messages import Protocol, RunRequest
+from runnable_k8s.worker.metrics import WorkerMetrics
 
 REF_PATTERN: Final = re.compile(
     r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$"
@@ -78,3 +83,39 @@ class Registry:
         if not isinstance(obj, Runnable):
             raise DisallowedObject(f"reference {ref!r} is a {type(obj).__name__}, not a Runnable")
         return obj
+
+
+_CACHE_SIZE: Final = 256
+
+
+class RunnableSource:
+    """Loads the runnable of a verified request. Shipped runnables are rebuilt once per
+    digest (rebuilding costs more than running a small chain); references come from the
+    registry."""
+
+    def __init__(self, protocol: Protocol, registry: Registry, metrics: WorkerMetrics) -> None:
+        self._protocol = protocol
+        self._registry = registry
+        self._metrics = metrics
+        self._cache: OrderedDict[str, Runnable[Any, Any]] = OrderedDict()
+
+    async def load(self, request: RunRequest) -> Runnable[Any, Any]:
+        """Raises: DisallowedObject. Only names of runnables that loaded (passed the
+        allowlist) become metric labels."""
+        if request.ref is not None:
+            loaded = await self._registry.load(request.ref)
+            self._metrics.names.admit(request.name)
+            return loaded
+        digest = hashlib.sha256(request.runnable).hexdigest()
+        cached = self._cache.get(digest)
+        if cached is not None:
+            self._cache.move_to_end(digest)
+            self._metrics.cache_hits.inc()
+        else:
+            self._metrics.cache_misses.inc()
+            cached = self._protocol.runnables.decode_runnable(request.runnable)
+            self._cache[digest] = cached
+            if len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        self._metrics.names.admit(request.name)
+        return cached

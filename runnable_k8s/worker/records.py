@@ -1,0 +1,140 @@
+"""A run's records in Redis, changed only by compare-and-set, in as few round trips as can be.
+
+Every record is signed, so Redis cannot check a state itself; instead each change names the
+exact bytes it expects to replace. Three round trips per run:
+
+1. `read`: the status and any cancellation request (one pipeline);
+2. `claim`: take the lease and write "running", unless the status changed since `read`, a
+   cancellation arrived, or another worker holds the lease (one script);
+3. `finish`: release the lease, and append the outcome, write the final status and drop the
+   large body, unless the status changed since the run started (one script).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import redis.asyncio as aredis
+
+from runnable_k8s.errors import MessageRejected
+from runnable_k8s.protocol import keys
+from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
+
+Claim = Literal["ok", "locked", "changed", "cancelled"]
+
+# KEYS: status, lock, cancel. ARGV: expected status ("" = none), new status ("" = leave it),
+# owner, lease ms, ttl s. The lease is taken before 'cancelled' is answered, so the caller may
+# record the cancellation as the lease holder.
+_CLAIM: Final = """
+local holder = redis.call('get', KEYS[2])
+if holder and holder ~= ARGV[3] then return 'locked' end
+local current = redis.call('get', KEYS[1]) or ''
+if current ~= ARGV[1] then return 'changed' end
+redis.call('set', KEYS[2], ARGV[3], 'PX', ARGV[4])
+if redis.call('exists', KEYS[3]) == 1 then return 'cancelled' end
+if ARGV[2] ~= '' then redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[5]) end
+return 'ok'
+"""
+
+# KEYS: status, events, body, lock. ARGV: expected status ("" = none), new status, outcome,
+# ttl s, owner.
+# The lease is released either way: after `finish` this worker is done with the run.
+_FINISH: Final = """
+if redis.call('get', KEYS[4]) == ARGV[5] then redis.call('del', KEYS[4]) end
+local current = redis.call('get', KEYS[1]) or ''
+if current ~= ARGV[1] then return 0 end
+redis.call('xadd', KEYS[2], '*', 'k', 'r', 'm', ARGV[3])
+redis.call('expire', KEYS[2], ARGV[4])
+redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[4])
+redis.call('del', KEYS[3])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What `read` saw: the verified status (None if absent or unverifiable), its exact
+    bytes (for compare-and-set), and whether a verified cancellation is pending."""
+
+    status: RunStatus | None
+    raw: bytes
+    cancel_requested: bool
+
+
+class RunRecords:
+    def __init__(
+        self, client: aredis.Redis, protocol: Protocol, *, ttl: int, on_forged: Any = None
+    ) -> None:
+        self._client = client
+        self._protocol = protocol
+        self._ttl = ttl
+        self._claim = client.register_script(_CLAIM)
+        self._finish = client.register_script(_FINISH)
+        self._on_forged = on_forged
+
+    async def read(self, run_id: str) -> Snapshot:
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.get(keys.status(run_id))
+            pipe.get(keys.cancel(run_id))
+            raw_status, raw_cancel = await pipe.execute()
+        status = self.verify_status(raw_status, run_id)
+        cancel = False
+        if isinstance(raw_cancel, bytes):
+            try:
+                self._protocol.open_cancel(raw_cancel, run_id)
+                cancel = True
+            except MessageRejected as exc:
+                self._forged("cancellation", run_id, exc)
+        raw = raw_status if isinstance(raw_status, bytes) and status is not None else b""
+        return Snapshot(status, raw, cancel)
+
+    def verify_status(self, raw: Any, run_id: str) -> RunStatus | None:
+        if not isinstance(raw, bytes):
+            return None
+        try:
+            return self._protocol.open_status(raw, run_id)
+        except MessageRejected as exc:
+            self._forged("status record", run_id, exc)
+            return None
+
+    def _forged(self, what: str, run_id: str, exc: Exception) -> None:
+        if self._on_forged is not None:
+            self._on_forged(what, run_id, exc)
+
+    async def claim(
+        self, run_id: str, seen: Snapshot, status: RunStatus | None, *, owner: str, lease: float
+    ) -> tuple[Claim, bytes]:
+        """Take the lease and record `status` (None: leave the status as it is). Returns the
+        verdict and the status bytes now in place (the expected value for `finish`)."""
+        sealed = self._protocol.seal_status(status) if status is not None else b""
+        verdict = await self._claim(
+            keys=[keys.status(run_id), keys.lock(run_id), keys.cancel(run_id)],
+            args=[seen.raw, sealed, owner, int(lease * 1000), self._ttl],
+        )
+        text = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
+        in_place = sealed if text == "ok" and status is not None else seen.raw
+        return text, in_place  # type: ignore[return-value]
+
+    async def write_status(self, status: RunStatus) -> bytes:
+        """Blind write, for the lease holder (retry progress). Returns the bytes written."""
+        sealed = self._protocol.seal_status(status)
+        await self._client.set(keys.status(status.run_id), sealed, ex=self._ttl)
+        return sealed
+
+    async def finish(
+        self, expected: bytes, status: RunStatus, outcome: Outcome, *, owner: str
+    ) -> bool:
+        """Record the outcome unless the status is no longer `expected`."""
+        run_id = status.run_id
+        done = await self._finish(
+            keys=[keys.status(run_id), keys.events(run_id), keys.body(run_id), keys.lock(run_id)],
+            args=[
+                expected,
+                self._protocol.seal_status(status),
+                self._protocol.seal_outcome(outcome),
+                self._ttl,
+                owner,
+            ],
+        )
+        return bool(done)
