@@ -14,6 +14,7 @@ import click
 
 from runnable_k8s.cli_runs import COMMANDS
 from runnable_k8s.cluster.cli import cluster
+from runnable_k8s.dev.cli import dev
 from runnable_k8s.errors import RunnableK8sError
 from runnable_k8s.settings import Settings, SigningKey
 
@@ -143,5 +144,6 @@ def demo(question: str) -> None:
 
 
 main.add_command(cluster)
+main.add_command(dev)
 for _command in COMMANDS:
     main.add_command(_command)

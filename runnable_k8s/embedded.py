@@ -86,7 +86,9 @@ class EmbeddedRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.durable else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 self._dir.name,
                 # Evicting kombu's binding keys would silently stop message routing.

@@ -91,6 +91,10 @@ class Settings:
     """Import paths of registered runnables workers may run by reference (`ref=`). An entry
     ending in `.` or `:` allows a module prefix; otherwise it names one exact `module:attr`."""
 
+    lease: float = 15.0
+    """Seconds a worker's claim on a run lasts unless renewed (it renews every third). After a
+    worker dies, its runs can run elsewhere this long after kombu redelivers them."""
+
     concurrency: int = 100
     """Runs one worker process holds at once (threads that wait on its event loop)."""
 
@@ -257,6 +261,7 @@ def _validated(settings: Settings) -> Settings:
         "result_ttl",
         "wait_timeout",
         "heartbeat_interval",
+        "lease",
         "retry_backoff",
         "retry_backoff_max",
     ):

@@ -27,6 +27,9 @@ from runnable_k8s.protocol.allowlist import (
 )
 
 _MAX_DEPTH: Final = 200
+# Marks data that is one plain string, as UTF-8. JSON text never starts with this byte.
+_TEXT: Final = b"\x00"
+_TEXT_FALLBACK_LIMIT: Final = 1 << 20
 _REGISTER_HINT: Final = (
     "Only objects that serialize to LangChain JSON can travel. Either replace it with a "
     "serializable equivalent, add its class to RUNNABLE_K8S_ALLOWED_CLASSES (on producer and "
@@ -56,11 +59,19 @@ class Codec:
     # -- data -------------------------------------------------------------------------------
 
     def encode_data(self, value: Any, *, what: str = "value") -> bytes:
-        """Encode an input, output or chunk as LangChain JSON bytes.
+        """Encode an input, output or chunk as LangChain JSON bytes (a plain string as its
+        UTF-8 bytes behind a marker: no escaping, no parsing; strings are the common large
+        payload).
 
         Raises:
             SerializationRefused: the value holds an object that cannot travel.
         """
+        if type(value) is str:
+            try:
+                return _TEXT + value.encode()
+            except UnicodeEncodeError as exc:  # lone surrogates: JSON can escape them
+                if len(value) > _TEXT_FALLBACK_LIMIT:
+                    raise SerializationRefused(f"{what} is not valid Unicode") from exc
         try:
             text = dumps(value)
         except (TypeError, ValueError, RecursionError) as exc:
@@ -80,6 +91,11 @@ class Codec:
         Raises:
             DisallowedObject: a class outside the allowlist or a malformed document.
         """
+        if raw.startswith(_TEXT):
+            try:
+                return raw[len(_TEXT) :].decode()
+            except UnicodeDecodeError as exc:
+                raise DisallowedObject("malformed text data") from exc
         try:
             text = raw.decode()
             obj = json.loads(text)

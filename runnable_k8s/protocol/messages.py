@@ -53,6 +53,11 @@ class RunRequest:
     kwargs: dict[str, Any] | None = None
     """Call keyword arguments for a runnable run by reference (e.g. LangGraph's
     `stream_mode`); a shipped runnable has them bound into it instead."""
+    queued_digest: str | None = None
+    """SHA-1 (hex) of the status record the producer wrote, so a worker can start the run by
+    compare-and-set without reading the record first. Not a security measure: it is signed."""
+    created_at: float | None = None
+    """When the producer submitted the run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +123,15 @@ class Protocol:
     def seal_request(self, request: RunRequest) -> tuple[bytes, bytes | None]:
         """Return (wire for the Celery message, body to store beside it or None)."""
         head: dict[str, Any] = {"mode": request.mode, "name": request.name}
-        for key in ("ref", "configs", "trace", "time_limit", "kwargs"):
+        for key in (
+            "ref",
+            "configs",
+            "trace",
+            "time_limit",
+            "kwargs",
+            "queued_digest",
+            "created_at",
+        ):
             value = getattr(request, key)
             if value is not None:
                 head[key] = value
@@ -152,6 +165,8 @@ class Protocol:
         trace = head.get("trace")
         time_limit = head.get("time_limit")
         kwargs = head.get("kwargs")
+        queued_digest = head.get("queued_digest")
+        created_at = head.get("created_at")
         if (
             mode not in MODES
             or len(segments) != 2
@@ -161,6 +176,8 @@ class Protocol:
             or not (trace is None or isinstance(trace, dict))
             or not (time_limit is None or isinstance(time_limit, int | float))
             or not (kwargs is None or isinstance(kwargs, dict))
+            or not (queued_digest is None or isinstance(queued_digest, str))
+            or not (created_at is None or isinstance(created_at, int | float))
         ):
             raise SignatureRejected("run request head has missing or mistyped fields")
         return RunRequest(
@@ -177,6 +194,8 @@ class Protocol:
             time_limit=time_limit,
             events=head.get("events") is True,
             kwargs=kwargs,
+            queued_digest=queued_digest,
+            created_at=created_at,
         )
 
     # -- outcomes ---------------------------------------------------------------------------

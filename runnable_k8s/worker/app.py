@@ -10,12 +10,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery
+from celery.exceptions import Reject
 from celery.worker.request import Request
 
 from runnable_k8s.protocol.task_message import TASK_NAME
 from runnable_k8s.settings import Settings
-from runnable_k8s.worker import logs
-from runnable_k8s.worker.execution import Executor
+from runnable_k8s.worker import logs, transport
+from runnable_k8s.worker.execution import REDIS_ERRORS, Executor
 from runnable_k8s.worker.health import heartbeat
 from runnable_k8s.worker.loop import LoopThread
 from runnable_k8s.worker.metrics import WorkerMetrics
@@ -27,7 +28,14 @@ log = logging.getLogger("runnable_k8s.worker")
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from ours. Each choice matters for not losing runs."""
     visibility = settings.effective_visibility_timeout
-    transport = {"visibility_timeout": visibility}
+    transport: dict[str, Any] = {
+        "visibility_timeout": visibility,
+        # How often a live worker looks for messages a dead one held (and hands back those
+        # older than the visibility timeout). kombu scans only every 10th sweep by default,
+        # about 100 s: scan on every sweep, at a tenth of the visibility timeout.
+        "unacked_restore_throttle": 1,
+        "unacked_restore_interval": max(1, min(60, int(visibility / 10))),
+    }
     config: dict[str, Any] = {
         # JSON only: a pickle-accepting worker executes whatever anyone writes to Redis.
         "task_serializer": "json",
@@ -83,7 +91,12 @@ def create_app(settings: Settings, executor: Executor, loop: LoopThread) -> Cele
     )
     def run(wire: str) -> None:
         # Blocks this pool thread until the run is over, so the message is acked only then.
-        loop.run(executor.handle(wire))
+        try:
+            loop.run(executor.handle(wire))
+        except REDIS_ERRORS as exc:
+            # Not the message's fault: hand it back (or, with Redis still away, leave it
+            # unacknowledged for redelivery) instead of acknowledging a run never recorded.
+            raise Reject(f"Redis unavailable: {exc}", requeue=True) from exc
 
     return app
 
@@ -100,6 +113,7 @@ def run_worker(
     if queue:
         settings = settings.replace(queue=queue)
     metrics = WorkerMetrics()
+    transport.on_malformed(lambda: metrics.reject("malformed"))
     executor = Executor(settings, metrics)
     logs.install(settings, executor.worker_id)
     metrics.serve(settings.metrics_port)

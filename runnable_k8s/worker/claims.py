@@ -1,12 +1,14 @@
 """The per-run lease: at most one worker executes a run at a time, and a dead worker's claim
 expires quickly so a redelivered message can run.
 
-The lease lasts `LEASE` seconds and its holder renews it while the run goes on, so a SIGKILLed
-worker's claim is gone within one lease, long before kombu redelivers its message (after the
-visibility timeout). A delivery that finds the lease held does not drop the message: it waits
-until the holder records an outcome (then there is nothing to do) or the lease lapses without
-one (then it runs the run itself). Either way no accepted run is lost and none runs twice at
-the same time. Taking the lease is part of `RunRecords.claim`; releasing it, of `finish`.
+The lease lasts `RUNNABLE_K8S_LEASE` seconds and its holder renews it while the run goes on,
+so a SIGKILLed worker's claim is gone within one lease, long before kombu redelivers its
+message (after the visibility timeout). A delivery that finds the lease held does not drop
+the message: it waits until the holder records an outcome (then there is nothing to do) or
+the lease lapses without one (then it runs the run itself). Either way no accepted run is lost
+and none runs twice at the same time. Taking the lease is part of `RunRecords.claim`;
+releasing it, of `finish`. Each delivery has its own owner token, so a message delivered twice
+to the same process cannot pass its own lease.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import redis.asyncio as aredis
 from runnable_k8s.protocol import keys
 
 LEASE = 15.0
-RENEW_EVERY = 5.0
+"""Default lease (RUNNABLE_K8S_LEASE); renewed every third of it."""
 POLL = 0.5
 
 # Renew or release only a lease we still hold (compare-and-act in one step).
@@ -38,33 +40,43 @@ return 0
 """
 
 
-class RunLease:
-    def __init__(self, client: aredis.Redis, run_id: str, owner: str) -> None:
-        self._client = client
-        self._key = keys.lock(run_id)
-        self._owner = owner
+class LeaseKeeper:
+    """Renews the leases of every run this worker holds, in one pipeline per interval (one
+    timer for the process, not one task per run)."""
 
-    async def release(self) -> None:
-        await self._client.eval(_RELEASE, 1, self._key, self._owner)
+    def __init__(self, client: aredis.Redis, *, lease: float = LEASE) -> None:
+        self._client = client
+        self.lease = lease
+        self._held: dict[str, str] = {}
+        self._task: asyncio.Future[None] | None = None
 
     async def _renew_forever(self) -> None:
         while True:
-            await asyncio.sleep(RENEW_EVERY)
-            with contextlib.suppress(Exception):  # Redis blip: the next renewal retries
-                await self._client.eval(_RENEW, 1, self._key, self._owner, int(LEASE * 1000))
+            await asyncio.sleep(self.lease / 3)
+            if not self._held:
+                continue
+            with contextlib.suppress(Exception):  # Redis blip: the next round retries
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for run_id, owner in list(self._held.items()):
+                        pipe.eval(_RENEW, 1, keys.lock(run_id), owner, int(self.lease * 1000))
+                    await pipe.execute()
 
     @contextlib.asynccontextmanager
-    async def renewing(self) -> AsyncIterator[None]:
-        """Renew the (taken) lease for the duration of the block; release it if the block
+    async def holding(self, run_id: str, owner: str) -> AsyncIterator[None]:
+        """Keep the lease `owner` took on `run_id` for the block; release it if the block
         fails (a normal end releases it with the outcome)."""
-        renewer = asyncio.ensure_future(self._renew_forever())
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._renew_forever())
+        self._held[run_id] = owner
         try:
             yield
         except BaseException:
             with contextlib.suppress(Exception):
-                await self.release()
+                await self._client.eval(_RELEASE, 1, keys.lock(run_id), owner)
             raise
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            self._held.pop(run_id, None)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()

@@ -15,10 +15,14 @@ import os
 import random
 import socket
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aredis
 from langchain_core.runnables import Runnable, RunnableConfig
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runnable_k8s.errors import (
     DisallowedObject,
@@ -33,8 +37,8 @@ from runnable_k8s.protocol.remote_config import import_config
 from runnable_k8s.protocol.tracing import remote_parent, sanitize
 from runnable_k8s.settings import Settings
 from runnable_k8s.worker.cancellation import Cancellations
-from runnable_k8s.worker.claims import LEASE, RunLease
 from runnable_k8s.worker.claims import POLL as CLAIM_POLL
+from runnable_k8s.worker.claims import LeaseKeeper
 from runnable_k8s.worker.failures import (
     describe,
     exception_types,
@@ -44,12 +48,15 @@ from runnable_k8s.worker.failures import (
 )
 from runnable_k8s.worker.logs import RunEvent, run_event
 from runnable_k8s.worker.metrics import RejectReason, WorkerMetrics
-from runnable_k8s.worker.records import RunRecords, Snapshot
+from runnable_k8s.worker.records import RunRecords
 from runnable_k8s.worker.registry import Registry, RunnableSource
 from runnable_k8s.worker.streaming import Progress as _Progress
 from runnable_k8s.worker.streaming import StreamPublisher as _StreamPublisher
 
 log = logging.getLogger("runnable_k8s.worker")
+
+# Errors that mean "Redis is not reachable right now", not "this message is bad".
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 
 
 class Executor:
@@ -62,6 +69,7 @@ class Executor:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._redis: aredis.Redis | None = None
         self._records: RunRecords | None = None
+        self._leases: LeaseKeeper | None = None
         self.cancellations = Cancellations()
         self._retry_types = exception_types(settings.retry_on)
         self.runnables = RunnableSource(
@@ -75,6 +83,12 @@ class Executor:
                 self.settings.require_redis_url(), health_check_interval=30
             )
         return self._redis
+
+    @property
+    def leases(self) -> LeaseKeeper:
+        if self._leases is None:
+            self._leases = LeaseKeeper(self.redis, lease=self.settings.lease)
+        return self._leases
 
     @property
     def records(self) -> RunRecords:
@@ -148,68 +162,109 @@ class Executor:
 
     async def _execute(self, request: RunRequest) -> None:
         run_id = request.run_id
-        waiting = False
+        # The usual first delivery finds the producer's "queued" record, which the request
+        # names by digest: the claim needs no read first. Anything else reads, then claims.
+        base = RunStatus(run_id, "queued", request.name, 0, created_at=request.created_at)
+        expected = request.queued_digest
+        waiting = ignore_cancel = False
+        owner = f"{self.worker_id}:{uuid.uuid4().hex[:12]}"  # this delivery's claim
         while True:
-            seen = await self.records.read(run_id)
-            if seen.status is not None and seen.status.done:
-                if waiting:
-                    self._refuse(
-                        request,
-                        "duplicate",
-                        "ignored duplicate delivery of run=%s (finished by its holder)",
-                    )
-                else:
-                    self._refuse(
-                        request,
-                        "replay",
-                        "ignored delivery of finished run run=%s state=%s (replay or duplicate)",
-                        seen.status.state,
-                    )
-                return
-            expired = time.time() > request.expires_at
-            running = None if expired else _running(request, seen.status)
-            verdict, in_place = await self.records.claim(
-                run_id, seen, running, owner=self.worker_id, lease=LEASE
+            if expected is None or time.time() > request.expires_at:
+                seen = await self.records.read(run_id)
+                if seen.status is not None and seen.status.done:
+                    self._refuse_finished(request, seen.status, duplicate=waiting)
+                    return
+                base, expected = seen.status or base, seen.digest
+            running = None if time.time() > request.expires_at else _running(request, base)
+            verdict, written = await self.records.claim(
+                run_id,
+                expected,
+                running,
+                owner=owner,
+                lease=self.settings.lease,
+                ignore_cancel=ignore_cancel,
             )
-            if verdict == "locked":
-                if not waiting:
-                    log.warning(
-                        "duplicate delivery of running run=%s: waiting for its holder", run_id
-                    )
-                    waiting = True
-                await asyncio.sleep(CLAIM_POLL)
-            elif verdict != "changed":
+            if verdict == "ok" or (
+                verdict == "cancelled" and (await self.records.read(run_id)).cancel_requested
+            ):
                 break
-        async with RunLease(self.redis, run_id, self.worker_id).renewing():
+            if verdict == "cancelled":  # a forged record: Redis cannot check signatures
+                ignore_cancel = True
+                continue
+            if verdict == "locked" and not waiting:
+                log.warning("duplicate delivery of running run=%s: waiting for its holder", run_id)
+                waiting = True
+            if verdict == "locked":
+                await asyncio.sleep(CLAIM_POLL)
+            expected = None
+        async with self.leases.holding(run_id, owner):
             if verdict == "cancelled":
-                await self._end_unstarted(request, seen, Outcome(run_id, "cancelled"))
+                await self._end_unstarted(
+                    request, owner, base, expected, Outcome(run_id, "cancelled")
+                )
                 _event(
                     logging.INFO,
                     RunEvent("finished", run_id, request.name, outcome="cancelled"),
                     "cancelled before start run=%s",
                     run_id,
                 )
-            elif running is None:
+            elif running is None or written is None:
                 self._refuse(request, "expired", "expired run=%s name=%s", request.name)
                 await self._end_unstarted(
-                    request, seen, Outcome(run_id, "expired", reason="expired")
+                    request, owner, base, expected, Outcome(run_id, "expired", reason="expired")
                 )
             else:
-                await self._run_started(request, _Live(running, in_place))
+                await self._run_started(request, _Live(running, written, owner))
 
-    async def _end_unstarted(self, request: RunRequest, seen: Snapshot, outcome: Outcome) -> None:
+    async def _durably(self, request: RunRequest, record: Callable[[], Awaitable[bool]]) -> bool:
+        """Record an outcome even across a Redis outage: the run is done, and its message
+        is acknowledged only after this returns. Retries until Redis answers again, for at
+        most the visibility timeout (after which the message is delivered again anyway)."""
+        deadline = time.monotonic() + self.settings.effective_visibility_timeout
+        delay = 0.1
+        while True:
+            try:
+                return await record()
+            except REDIS_ERRORS as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning(
+                    "Redis unavailable while recording run=%s, retrying: %s", request.run_id, exc
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _refuse_finished(self, request: RunRequest, status: RunStatus, *, duplicate: bool) -> None:
+        if duplicate:
+            self._refuse(
+                request,
+                "duplicate",
+                "ignored duplicate delivery of run=%s (finished by its holder)",
+            )
+        else:
+            self._refuse(
+                request,
+                "replay",
+                "ignored delivery of finished run run=%s state=%s (replay or duplicate)",
+                status.state,
+            )
+
+    async def _end_unstarted(
+        self, request: RunRequest, owner: str, base: RunStatus, expected: str, outcome: Outcome
+    ) -> None:
         """Record the outcome of a run that never started (cancelled while queued, expired)."""
-        base = seen.status
         status = RunStatus(
             request.run_id,
             outcome.state,
             request.name,
-            base.attempt if base else 0,
-            created_at=base.created_at if base else None,
+            base.attempt,
+            created_at=base.created_at,
             finished_at=time.time(),
             reason=outcome.reason or outcome.state,
         )
-        if await self.records.finish(seen.raw, status, outcome, owner=self.worker_id):
+        if await self._durably(
+            request, lambda: self.records.finish(expected, status, outcome, owner=owner)
+        ):
             self.metrics.finished(request.name, outcome_label(outcome), None)
 
     async def _run_started(self, request: RunRequest, live: _Live) -> None:
@@ -244,7 +299,10 @@ class Executor:
             finished_at=finished_at,
             reason=outcome.reason or (outcome.error.type if outcome.error else ""),
         )
-        recorded = await self.records.finish(live.expected, status, outcome, owner=self.worker_id)
+        recorded = await self._durably(
+            request,
+            lambda: self.records.finish(live.expected, status, outcome, owner=live.owner),
+        )
         duration = finished_at - (started.started_at or finished_at)
         label, reason = outcome_label(outcome), short_reason(outcome)
         if recorded:
@@ -404,19 +462,21 @@ class Executor:
 
 @dataclasses.dataclass
 class _Live:
-    """A started run: its status, and the exact status bytes in Redis (for `finish`)."""
+    """A started run: its status, the digest of its status record (for `finish`), and the
+    owner token of this delivery's lease."""
 
     status: RunStatus
-    expected: bytes
+    expected: str
+    owner: str
 
 
-def _running(request: RunRequest, previous: RunStatus | None) -> RunStatus:
+def _running(request: RunRequest, previous: RunStatus) -> RunStatus:
     return RunStatus(
         request.run_id,
         "running",
         request.name,
-        (previous.attempt if previous else 0) + 1,
-        created_at=previous.created_at if previous else None,
+        previous.attempt + 1,
+        created_at=previous.created_at,
         started_at=time.time(),
     )
 

@@ -1,17 +1,19 @@
 """A run's records in Redis, changed only by compare-and-set, in as few round trips as can be.
 
 Every record is signed, so Redis cannot check a state itself; instead each change names the
-exact bytes it expects to replace. Three round trips per run:
+exact bytes it expects to replace. Two round trips per run, usually:
 
-1. `read`: the status and any cancellation request (one pipeline);
-2. `claim`: take the lease and write "running", unless the status changed since `read`, a
-   cancellation arrived, or another worker holds the lease (one script);
+1. `claim`: take the lease and write "running", unless the status is not the one expected (the
+   producer names its "queued" record by digest, so the usual first delivery needs no read),
+   a cancellation arrived, or another worker holds the lease (one script); after 'changed',
+   `read` (one pipeline) tells what happened, and the claim is tried again;
 3. `finish`: release the lease, and append the outcome, write the final status and drop the
    large body, unless the status changed since the run started (one script).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -23,27 +25,32 @@ from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
 
 Claim = Literal["ok", "locked", "changed", "cancelled"]
 
-# KEYS: status, lock, cancel. ARGV: expected status ("" = none), new status ("" = leave it),
-# owner, lease ms, ttl s. The lease is taken before 'cancelled' is answered, so the caller may
-# record the cancellation as the lease holder.
+# KEYS: status, lock, cancel. ARGV: SHA-1 of the expected status ("" = none), new status
+# ("" = leave it), owner, lease ms, ttl s, "1" to ignore a cancellation record (one the caller
+# found forged). The lease is taken before 'cancelled' is answered, so the caller may record
+# the cancellation as the lease holder (after verifying it: Redis cannot check a signature).
 _CLAIM: Final = """
 local holder = redis.call('get', KEYS[2])
 if holder and holder ~= ARGV[3] then return 'locked' end
-local current = redis.call('get', KEYS[1]) or ''
-if current ~= ARGV[1] then return 'changed' end
+local current = redis.call('get', KEYS[1])
+local digest = ''
+if current then digest = redis.sha1hex(current) end
+if digest ~= ARGV[1] then return 'changed' end
 redis.call('set', KEYS[2], ARGV[3], 'PX', ARGV[4])
-if redis.call('exists', KEYS[3]) == 1 then return 'cancelled' end
+if ARGV[6] == '' and redis.call('exists', KEYS[3]) == 1 then return 'cancelled' end
 if ARGV[2] ~= '' then redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[5]) end
 return 'ok'
 """
 
-# KEYS: status, events, body, lock. ARGV: expected status ("" = none), new status, outcome,
-# ttl s, owner.
+# KEYS: status, events, body, lock. ARGV: SHA-1 of the expected status ("" = none), new
+# status, outcome, ttl s, owner.
 # The lease is released either way: after `finish` this worker is done with the run.
 _FINISH: Final = """
 if redis.call('get', KEYS[4]) == ARGV[5] then redis.call('del', KEYS[4]) end
-local current = redis.call('get', KEYS[1]) or ''
-if current ~= ARGV[1] then return 0 end
+local current = redis.call('get', KEYS[1])
+local digest = ''
+if current then digest = redis.sha1hex(current) end
+if digest ~= ARGV[1] then return 0 end
 redis.call('xadd', KEYS[2], '*', 'k', 'r', 'm', ARGV[3])
 redis.call('expire', KEYS[2], ARGV[4])
 redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[4])
@@ -60,6 +67,15 @@ class Snapshot:
     status: RunStatus | None
     raw: bytes
     cancel_requested: bool
+
+    @property
+    def digest(self) -> str:
+        return digest(self.raw) if self.raw else ""
+
+
+def digest(record: bytes) -> str:
+    """What compare-and-set compares (the scripts hash the record in place the same way)."""
+    return hashlib.sha1(record).hexdigest()
 
 
 class RunRecords:
@@ -103,34 +119,51 @@ class RunRecords:
             self._on_forged(what, run_id, exc)
 
     async def claim(
-        self, run_id: str, seen: Snapshot, status: RunStatus | None, *, owner: str, lease: float
-    ) -> tuple[Claim, bytes]:
-        """Take the lease and record `status` (None: leave the status as it is). Returns the
-        verdict and the status bytes now in place (the expected value for `finish`)."""
+        self,
+        run_id: str,
+        expected_digest: str,
+        status: RunStatus | None,
+        *,
+        owner: str,
+        lease: float,
+        ignore_cancel: bool = False,
+    ) -> tuple[Claim, str | None]:
+        """Take the lease and record `status` (None: leave the status as it is), if the
+        status record's SHA-1 is `expected_digest` ("" = no record). Returns the verdict and,
+        when `status` was written, its digest (what `finish` must find in place)."""
         sealed = self._protocol.seal_status(status) if status is not None else b""
         verdict = await self._claim(
             keys=[keys.status(run_id), keys.lock(run_id), keys.cancel(run_id)],
-            args=[seen.raw, sealed, owner, int(lease * 1000), self._ttl],
+            args=[
+                expected_digest,
+                sealed,
+                owner,
+                int(lease * 1000),
+                self._ttl,
+                "1" if ignore_cancel else "",
+            ],
         )
         text = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
-        in_place = sealed if text == "ok" and status is not None else seen.raw
-        return text, in_place  # type: ignore[return-value]
+        written = digest(sealed) if text == "ok" and status is not None else None
+        return text, written  # type: ignore[return-value]
 
-    async def write_status(self, status: RunStatus) -> bytes:
-        """Blind write, for the lease holder (retry progress). Returns the bytes written."""
+    async def write_status(self, status: RunStatus) -> str:
+        """Blind write, for the lease holder (retry progress). Returns the written record's
+        digest."""
         sealed = self._protocol.seal_status(status)
         await self._client.set(keys.status(status.run_id), sealed, ex=self._ttl)
-        return sealed
+        return digest(sealed)
 
     async def finish(
-        self, expected: bytes, status: RunStatus, outcome: Outcome, *, owner: str
+        self, expected_digest: str, status: RunStatus, outcome: Outcome, *, owner: str
     ) -> bool:
-        """Record the outcome unless the status is no longer `expected`."""
+        """Record the outcome unless the status record's SHA-1 is no longer
+        `expected_digest`."""
         run_id = status.run_id
         done = await self._finish(
             keys=[keys.status(run_id), keys.events(run_id), keys.body(run_id), keys.lock(run_id)],
             args=[
-                expected,
+                expected_digest,
                 self._protocol.seal_status(status),
                 self._protocol.seal_outcome(outcome),
                 self._ttl,

@@ -9,29 +9,63 @@ JSONDecodeError"), taking every running run with it. Here such an item is logged
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
 
 log = logging.getLogger("runnable_k8s.worker")
 
 
 class Channel(kombu_redis.Channel):
     def _brpop_read(self, **options: Any) -> bool:
+        # kombu's own method, with decoding and delivery of the popped item separated from
+        # reading it: only a failed read is a connection problem. kombu counts KeyError as a
+        # connection error, so a bare `{}` on the queue made the worker reconnect and hand
+        # back every run it held.
         try:
-            return bool(super()._brpop_read(**options))  # type: ignore[no-untyped-call]
-        except Empty:
-            raise
-        except self.connection_errors:
-            raise
-        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
-            log.warning(
-                "rejected message claimed_run=? reason=queue item is not a Celery message (%s: %s)",
-                type(exc).__name__,
-                str(exc)[:200],
-            )
+            try:
+                popped = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if not popped:
+                raise Empty()
+            dest, item = popped
+            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]  # type: ignore[no-untyped-call]
+            self._queue_cycle.rotate(dest)
+            try:
+                message = loads(bytes_to_str(item))  # type: ignore[no-untyped-call]
+                if not isinstance(message, dict) or not isinstance(message.get("properties"), dict):
+                    raise ValueError("not a kombu message envelope")
+                self.connection._deliver(message, dest)
+            except Exception as exc:  # BRPOP removed it: log, count, and drop it
+                log.warning(
+                    "rejected message claimed_run=? reason=queue item is not a Celery message "
+                    "(%s: %s)",
+                    type(exc).__name__,
+                    str(exc)[:200],
+                )
+                if _on_malformed is not None:
+                    _on_malformed()
             return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]
+            flush = getattr(self, "_flush_brpop_reauth", None)
+            if flush is not None:
+                flush()
+
+
+_on_malformed: Callable[[], None] | None = None
+
+
+def on_malformed(hook: Callable[[], None]) -> None:
+    """Call `hook` for every dropped queue item (the worker counts them in its metrics)."""
+    global _on_malformed  # noqa: PLW0603 (one worker per process; kombu builds the channels)
+    _on_malformed = hook
 
 
 class Transport(kombu_redis.Transport):

@@ -31,6 +31,7 @@ PARSED: dict[str, tuple[str, Any]] = {
     "log_json": ("yes", True),
     "heartbeat_file": ("/run/hb", "/run/hb"),
     "heartbeat_interval": ("2.5", 2.5),
+    "lease": ("4.5", 4.5),
     "metrics_port": ("9100", 9100),
     "retry_on": ("openai:RateLimitError", ("openai:RateLimitError",)),
     "max_attempts": ("5", 5),
@@ -41,7 +42,14 @@ NOT_FROM_ENV = {"openai_available", "redact_values", "extra"}
 
 INT_FIELDS = [n for n, (_, v) in PARSED.items() if type(v) is int]
 FLOAT_FIELDS = [n for n, (_, v) in PARSED.items() if type(v) is float]
-POSITIVE_FLOATS = ["time_limit", "run_expiry", "result_ttl", "wait_timeout", "heartbeat_interval"]
+POSITIVE_FLOATS = [
+    "time_limit",
+    "run_expiry",
+    "result_ttl",
+    "wait_timeout",
+    "heartbeat_interval",
+    "lease",
+]
 
 
 def env_name(field_name: str) -> str:

@@ -1,0 +1,1 @@
+"""`runnable-k8s dev`: local workers autoscaled from the ScaledObject's own parameters."""

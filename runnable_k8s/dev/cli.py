@@ -1,0 +1,213 @@
+"""`runnable-k8s dev`: a local cluster in one command (Redis, KEDA-faithful autoscaling, real
+workers, a live view)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import click
+import redis
+
+from runnable_k8s.errors import RunnableK8sError
+from runnable_k8s.settings import Settings, SigningKey
+
+if TYPE_CHECKING:
+    from runnable_k8s.dev.scaling import ScalingConfig
+
+
+@click.command()
+@click.option("--polling-interval", type=float, default=None, help="Seconds between decisions.")
+@click.option("--cooldown", type=float, default=None, help="Quiet seconds before 1 -> 0.")
+@click.option(
+    "--scale-down-window", type=float, default=None, help="HPA scale-down stabilisation, seconds."
+)
+@click.option("--min-replicas", type=int, default=None)
+@click.option("--max-replicas", type=int, default=None)
+@click.option(
+    "--target",
+    type=int,
+    default=None,
+    help="Runs per worker: the scaling target and each worker's concurrency (one value, as "
+    "RUNNABLE_K8S_CONCURRENCY is in the cluster).",
+)
+@click.option(
+    "--overlay",
+    default="dev",
+    show_default=True,
+    help="Kustomize overlay whose ScaledObject and ConfigMap are used ('' for the base).",
+)
+@click.option(
+    "--kustomize-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The k8s/ folder (default: the one shipped in the package).",
+)
+@click.option(
+    "--restart-backoff",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds before a crashed worker is restarted (doubles, like CrashLoopBackOff).",
+)
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where worker logs go (default: a temporary folder, printed).",
+)
+def dev(**options: Any) -> None:
+    """Run workers locally, autoscaled from zero exactly as KEDA would scale them.
+
+    Reads the ScaledObject and config.env of the kustomize tree (pollingInterval,
+    cooldownPeriod, min/max replicas, target, activation, HPA behaviour), counts queued plus
+    in-flight runs (LLEN queue + HLEN unacked) every polling interval, and starts workers or
+    stops them warmly (SIGTERM). Without RUNNABLE_K8S_REDIS_URL it starts an embedded
+    Redis-protocol server. Ctrl-C stops cleanly: with the embedded server it first finishes
+    queued runs (Ctrl-C again to stop at once); with your own Redis queued runs stay there.
+    """
+    from runnable_k8s.dev import scaling
+
+    try:
+        settings = Settings.from_env()
+        config, values = scaling.load(options["kustomize_dir"], options["overlay"] or None)
+        config = config.with_overrides(
+            polling_interval=options["polling_interval"],
+            cooldown=options["cooldown"],
+            min_replicas=options["min_replicas"],
+            max_replicas=options["max_replicas"],
+            target=options["target"],
+            scale_down_window=options["scale_down_window"],
+            queue=settings.queue,
+        )
+    except RunnableK8sError as exc:
+        raise click.ClickException(str(exc)) from exc
+    with contextlib.ExitStack() as stack:
+        generated_key = settings.signing_key is None
+        if generated_key:
+            settings = settings.replace(signing_key=SigningKey(secrets.token_urlsafe(48).encode()))
+        embedded = settings.redis_url is None
+        if embedded:
+            from runnable_k8s.embedded import EmbeddedRedis
+
+            server = stack.enter_context(contextlib.closing(EmbeddedRedis()))
+            try:
+                settings = settings.replace(redis_url=server.start())
+            except RunnableK8sError as exc:
+                raise click.ClickException(str(exc)) from exc
+        log_dir: Path | None = options["log_dir"]
+        if log_dir is None:
+            log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rk8s-dev-")))
+        _print_connection(settings, embedded=embedded, generated_key=generated_key)
+        _print_scaling(config, log_dir)
+        _serve(
+            settings,
+            config,
+            values,
+            log_dir=log_dir,
+            embedded=embedded,
+            restart_backoff=options["restart_backoff"],
+        )
+
+
+def _serve(
+    settings: Settings,
+    config: ScalingConfig,
+    values: dict[str, str],
+    *,
+    log_dir: Path,
+    embedded: bool,
+    restart_backoff: float,
+) -> None:
+    from runnable_k8s.dev.session import DevSession
+    from runnable_k8s.dev.view import LiveView
+
+    session = DevSession(
+        settings,
+        config,
+        log_dir,
+        base_env=dict(os.environ),
+        config_values=values,
+        restart_backoff=restart_backoff,
+    )
+    view = LiveView(session.pool)
+    session.pool.on_event = view.on_event
+    session.controller.on_sample = view.on_sample
+    interrupted = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+
+    previous = signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    session.start()
+    try:
+        interrupted.wait()
+        backlog = session.controller.backlog() if embedded else 0
+        if backlog:
+            view.message(
+                f"stopping: finishing {backlog} queued or running run(s) first "
+                "(the embedded server keeps nothing); Ctrl-C again to stop now"
+            )
+            interrupted.clear()
+            session.drain(float("inf"), interrupted)
+        view.message("stopping: workers finish their running runs, then exit")
+    except KeyboardInterrupt:
+        view.message("stopping now: workers finish their running runs, then exit")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        session.close()
+        left = _left_over(session.client, settings.queue)
+        view.close()
+        signal.signal(signal.SIGINT, previous)
+    if left:
+        where = "were discarded with the embedded server" if embedded else "stay queued in Redis"
+        click.echo(f"{left} queued run(s) {where}")
+    counts = session.pool.counts
+    click.echo(
+        f"stopped: {counts['done']} done, {counts['failed']} failed, "
+        f"{counts['crashed']} worker crash(es)"
+    )
+
+
+def _print_scaling(config: ScalingConfig, log_dir: Path) -> None:
+    click.echo(
+        f"scaling: {config.source}\n"
+        f"  pollingInterval {config.polling_interval:g} s, cooldownPeriod {config.cooldown:g}"
+        f" s, replicas {config.min_replicas}..{config.max_replicas}, target "
+        f"{config.target:g} runs per worker, activation > {config.activation:g}, scale-down "
+        f"window {config.scale_down.window:g} s\n"
+        f"  metric: {' + '.join(f'{n} ({config.triggers[n]})' for n in config.formula)}\n"
+        f"worker logs: {log_dir}\n"
+        "Ctrl-C to stop."
+    )
+
+
+def _left_over(client: redis.Redis, queue: str) -> int:
+    with contextlib.suppress(redis.RedisError, OSError):
+        return int(client.llen(queue))
+    return 0
+
+
+def _print_connection(settings: Settings, *, embedded: bool, generated_key: bool) -> None:
+    url = settings.require_redis_url()
+    click.echo("producers connect with:")
+    click.echo(f"  export RUNNABLE_K8S_REDIS_URL={url}")
+    if generated_key:
+        key = settings.require_signing_key().reveal().decode()
+        click.echo(f"  export RUNNABLE_K8S_SIGNING_KEY={key}   # throw-away key for this session")
+    else:
+        click.echo("  (and the same RUNNABLE_K8S_SIGNING_KEY as this shell)")
+    if settings.queue != "runnable-k8s":
+        click.echo(f"  export RUNNABLE_K8S_QUEUE={settings.queue}")
+    if embedded:
+        click.echo("(embedded Redis-protocol server; it stops with `dev`)")

@@ -1,0 +1,151 @@
+"""The control loop of `runnable-k8s dev`: every polling interval read the trigger lengths
+(`LLEN queue`, `HLEN unacked`), decide as KEDA and the HPA would, and resize the worker pool."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import redis
+
+from runnable_k8s.dev.scaling import Autoscaler, ScalingConfig
+from runnable_k8s.dev.supervisor import WorkerPool
+
+
+def trigger_lengths(client: redis.Redis, triggers: Mapping[str, str]) -> dict[str, int]:
+    """Length of each trigger's key, counted by the key's type as KEDA's Redis scaler does
+    (a missing key counts 0).
+
+    Raises:
+        redis.RedisError: Redis did not answer.
+    """
+    with client.pipeline(transaction=False) as pipe:
+        for key in triggers.values():
+            pipe.type(key)
+        types = pipe.execute()
+    with client.pipeline(transaction=False) as pipe:
+        counted = []
+        for name, raw in zip(triggers, types, strict=True):
+            kind = raw.encode() if isinstance(raw, str) else raw
+            key = triggers[name]
+            if kind == b"list":
+                pipe.llen(key)
+            elif kind == b"hash":
+                pipe.hlen(key)
+            elif kind == b"set":
+                pipe.scard(key)
+            elif kind == b"zset":
+                pipe.zcard(key)
+            else:
+                continue
+            counted.append(name)
+        lengths = pipe.execute()
+    result = dict.fromkeys(triggers, 0)
+    result.update({name: int(n) for name, n in zip(counted, lengths, strict=True)})
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One turn of the loop, for the live view and for the soak's figures."""
+
+    at: float
+    replicas: int
+    ready: int
+    stopping: int
+    lengths: Mapping[str, int]
+    metric: float
+    desired: int
+    reason: str
+    error: str = ""
+
+
+class Controller:
+    """Owns the autoscaler state and drives `pool`. Not thread-safe: one thread calls `step`
+    (or `run`); others may read `samples`."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        config: ScalingConfig,
+        pool: WorkerPool,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_sample: Callable[[Sample], None] | None = None,
+        keep: int = 100_000,
+    ) -> None:
+        self.client = client
+        self.config = config
+        self.pool = pool
+        self.clock = clock
+        self.autoscaler = Autoscaler(config)
+        self.on_sample = on_sample
+        self.samples: deque[Sample] = deque(maxlen=keep)
+        self.frozen = False
+        """When true the loop still watches the pool but no longer changes its size."""
+
+    def step(self) -> Sample:
+        self.pool.poll()
+        now = self.clock()
+        current = self.pool.replicas
+        try:
+            lengths = trigger_lengths(self.client, self.config.triggers)
+        except (redis.RedisError, OSError) as exc:
+            # KEDA keeps the current replica count while a scaler errors (no fallback set).
+            sample = Sample(
+                now,
+                current,
+                self.pool.ready,
+                self.pool.stopping,
+                {},
+                0.0,
+                current,
+                "metric unavailable",
+                error=str(exc),
+            )
+            return self._emit(sample)
+        metric = float(sum(lengths[name] for name in self.config.formula))
+        decision = self.autoscaler.decide(now, metric, current)
+        if not self.frozen and decision.desired != current:
+            self.pool.scale_to(decision.desired)
+        sample = Sample(
+            now,
+            self.pool.replicas,
+            self.pool.ready,
+            self.pool.stopping,
+            lengths,
+            metric,
+            decision.desired,
+            decision.reason,
+        )
+        return self._emit(sample)
+
+    def _emit(self, sample: Sample) -> Sample:
+        self.samples.append(sample)
+        if self.on_sample is not None:
+            self.on_sample(sample)
+        return sample
+
+    def run(self, stop: threading.Event, *, tick: float = 0.2) -> None:
+        """Step every polling interval until `stop` is set; between steps keep reaping and
+        restarting workers every `tick` seconds."""
+        next_step = self.clock()
+        while not stop.is_set():
+            now = self.clock()
+            if now >= next_step:
+                self.step()
+                next_step = now + self.config.polling_interval
+            else:
+                self.pool.poll()
+            stop.wait(min(tick, max(0.0, next_step - self.clock())))
+
+    def backlog(self) -> int | None:
+        """Queued plus in-flight runs now, or None when Redis does not answer."""
+        try:
+            lengths = trigger_lengths(self.client, self.config.triggers)
+        except (redis.RedisError, OSError):
+            return None
+        return sum(lengths[name] for name in self.config.formula)
