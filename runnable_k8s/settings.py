@@ -95,6 +95,10 @@ class Settings:
     """Seconds a worker's claim on a run lasts unless renewed (it renews every third). After a
     worker dies, its runs can run elsewhere this long after kombu redelivers them."""
 
+    rescue_after: float = 60.0
+    """Seconds a submitted run may go unclaimed before workers check that its message still
+    exists (queued or held by a worker) and enqueue a saved copy if the broker lost it."""
+
     concurrency: int = 100
     """Runs one worker process holds at once (threads that wait on its event loop)."""
 
@@ -262,6 +266,7 @@ def _validated(settings: Settings) -> Settings:
         "wait_timeout",
         "heartbeat_interval",
         "lease",
+        "rescue_after",
         "retry_backoff",
         "retry_backoff_max",
     ):

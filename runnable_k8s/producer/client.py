@@ -84,6 +84,7 @@ class _Plan:
         ttl = int(settings.result_ttl)
         self.sets: list[tuple[str, bytes, int]] = []
         self.messages: list[str] = []
+        self.pending: dict[str, float] = {}
         for original in requests:
             queued = _queued_status(protocol, original, now)
             # The worker starts the run by compare-and-set against this exact record, without
@@ -93,18 +94,22 @@ class _Plan:
             )
             wire, beside = protocol.seal_request(request)
             self.sets.append((keys.status(request.run_id), queued, ttl))
+            life = max(1, int(request.expires_at - now) + int(settings.time_limit) + 60)
             if beside is not None:
-                life = max(1, int(request.expires_at - now) + int(settings.time_limit) + 60)
                 self.sets.append((keys.body(request.run_id), beside, life))
-            self.messages.append(
-                task_message.build(
-                    wire.decode(),
-                    run_id=request.run_id,
-                    queue=settings.queue,
-                    description=_description(request),
-                )
+            message = task_message.build(
+                wire.decode(),
+                run_id=request.run_id,
+                queue=settings.queue,
+                description=_description(request),
             )
+            self.messages.append(message)
+            # Kept until a worker starts the run, so a message the broker loses (Redis dying
+            # between a worker's BRPOP and kombu's bookkeeping) can be enqueued again.
+            self.sets.append((keys.message(request.run_id), message.encode(), life))
+            self.pending[request.run_id] = now
         self.queue = settings.queue
+        self.pending_key = keys.pending(settings.queue)
 
 
 def _parse_entries(protocol: Protocol, response: Any, cursors: dict[str, str]) -> list[Event]:
@@ -171,6 +176,8 @@ def _queue_cancel(pipe: Any, protocol: Protocol, status: RunStatus) -> None:
             reason="cancelled before start",
         )
         pipe.set(keys.status(run_id), protocol.seal_status(cancelled), ex=ttl)
+        pipe.zrem(keys.pending(protocol.settings.queue), run_id)
+        pipe.delete(keys.message(run_id))
     pipe.publish(keys.CANCEL_CHANNEL, run_id)
 
 
@@ -205,6 +212,7 @@ class Client:
             with self._redis.pipeline(transaction=True) as pipe:
                 for key, value, ttl in plan.sets:
                     pipe.set(key, value, ex=ttl)
+                pipe.zadd(plan.pending_key, plan.pending)
                 pipe.lpush(plan.queue, *plan.messages)
                 pipe.execute()
         except _REDIS_ERRORS as exc:
@@ -287,6 +295,7 @@ class AsyncClient:
             async with self._redis.pipeline(transaction=True) as pipe:
                 for key, value, ttl in plan.sets:
                     pipe.set(key, value, ex=ttl)
+                pipe.zadd(plan.pending_key, plan.pending)
                 pipe.lpush(plan.queue, *plan.messages)
                 await pipe.execute()
         except _REDIS_ERRORS as exc:

@@ -33,3 +33,19 @@ def lock(run_id: str) -> str:
 def cancel(run_id: str) -> str:
     """Signed cancellation request; checked before a run starts."""
     return f"{PREFIX}:{{{run_id}}}:cancel"
+
+
+def message(run_id: str) -> str:
+    """A copy of the run's Celery message, kept until the run starts, to re-enqueue it if the
+    broker loses it (see worker/rescue.py)."""
+    return f"{PREFIX}:{{{run_id}}}:message"
+
+
+def pending(queue: str) -> str:
+    """Sorted set of runs submitted to `queue` and not yet started (score: submission time)."""
+    return f"{PREFIX}:pending:{queue}"
+
+
+def rescue_lock(queue: str) -> str:
+    """Held by the one worker sweeping `queue` for lost messages."""
+    return f"{PREFIX}:rescue:{queue}"

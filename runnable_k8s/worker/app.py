@@ -20,6 +20,7 @@ from runnable_k8s.worker.execution import REDIS_ERRORS, Executor
 from runnable_k8s.worker.health import heartbeat
 from runnable_k8s.worker.loop import LoopThread
 from runnable_k8s.worker.metrics import WorkerMetrics
+from runnable_k8s.worker.rescue import Rescuer
 from runnable_k8s.worker.transport import TRANSPORT
 
 log = logging.getLogger("runnable_k8s.worker")
@@ -119,8 +120,15 @@ def run_worker(
     metrics.serve(settings.metrics_port)
     loop = LoopThread()
     loop.start()
+    rescuer = Rescuer(
+        executor.redis,
+        settings.queue,
+        after=settings.rescue_after,
+        every=max(1.0, min(30.0, settings.rescue_after / 4)),
+    )
     background = [
         loop.submit(executor.listen_for_cancellations()),
+        loop.submit(rescuer.forever()),
         loop.submit(
             heartbeat(executor.redis, settings.heartbeat_file, settings.heartbeat_interval, metrics)
         ),

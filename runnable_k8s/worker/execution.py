@@ -94,7 +94,11 @@ class Executor:
     def records(self) -> RunRecords:
         if self._records is None:
             self._records = RunRecords(
-                self.redis, self.protocol, ttl=int(self.settings.result_ttl), on_forged=_forged
+                self.redis,
+                self.protocol,
+                ttl=int(self.settings.result_ttl),
+                queue=self.settings.queue,
+                on_forged=_forged,
             )
         return self._records
 

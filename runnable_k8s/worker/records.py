@@ -25,10 +25,12 @@ from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
 
 Claim = Literal["ok", "locked", "changed", "cancelled"]
 
-# KEYS: status, lock, cancel. ARGV: SHA-1 of the expected status ("" = none), new status
-# ("" = leave it), owner, lease ms, ttl s, "1" to ignore a cancellation record (one the caller
-# found forged). The lease is taken before 'cancelled' is answered, so the caller may record
-# the cancellation as the lease holder (after verifying it: Redis cannot check a signature).
+# KEYS: status, lock, cancel, pending set, message copy. ARGV: SHA-1 of the expected status
+# ("" = none), new status ("" = leave it), owner, lease ms, ttl s, "1" to ignore a
+# cancellation record (one the caller found forged), run id. A claimed run is no longer
+# pending: its message has reached a worker. The lease is taken before 'cancelled' is
+# answered, so the caller may record the cancellation as the lease holder (after verifying
+# it: Redis cannot check a signature).
 _CLAIM: Final = """
 local holder = redis.call('get', KEYS[2])
 if holder and holder ~= ARGV[3] then return 'locked' end
@@ -37,6 +39,8 @@ local digest = ''
 if current then digest = redis.sha1hex(current) end
 if digest ~= ARGV[1] then return 'changed' end
 redis.call('set', KEYS[2], ARGV[3], 'PX', ARGV[4])
+redis.call('zrem', KEYS[4], ARGV[7])
+redis.call('del', KEYS[5])
 if ARGV[6] == '' and redis.call('exists', KEYS[3]) == 1 then return 'cancelled' end
 if ARGV[2] ~= '' then redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[5]) end
 return 'ok'
@@ -80,11 +84,18 @@ def digest(record: bytes) -> str:
 
 class RunRecords:
     def __init__(
-        self, client: aredis.Redis, protocol: Protocol, *, ttl: int, on_forged: Any = None
+        self,
+        client: aredis.Redis,
+        protocol: Protocol,
+        *,
+        ttl: int,
+        queue: str,
+        on_forged: Any = None,
     ) -> None:
         self._client = client
         self._protocol = protocol
         self._ttl = ttl
+        self._queue = queue
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
         self._on_forged = on_forged
@@ -133,7 +144,13 @@ class RunRecords:
         when `status` was written, its digest (what `finish` must find in place)."""
         sealed = self._protocol.seal_status(status) if status is not None else b""
         verdict = await self._claim(
-            keys=[keys.status(run_id), keys.lock(run_id), keys.cancel(run_id)],
+            keys=[
+                keys.status(run_id),
+                keys.lock(run_id),
+                keys.cancel(run_id),
+                keys.pending(self._queue),
+                keys.message(run_id),
+            ],
             args=[
                 expected_digest,
                 sealed,
@@ -141,6 +158,7 @@ class RunRecords:
                 int(lease * 1000),
                 self._ttl,
                 "1" if ignore_cancel else "",
+                run_id,
             ],
         )
         text = verdict.decode() if isinstance(verdict, bytes) else str(verdict)

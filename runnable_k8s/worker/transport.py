@@ -16,6 +16,7 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 log = logging.getLogger("runnable_k8s.worker")
 
@@ -57,6 +58,19 @@ class Channel(kombu_redis.Channel):
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        # After Redis goes away, Celery releases the connection while the old channel is
+        # still used: closing it hands back unacknowledged messages, and a run that ends
+        # later acks on it. kombu then dereferences the released connection and raises
+        # AttributeError ('NoneType' object has no attribute 'hostname', kombu #970, #582),
+        # which Celery treats as unrecoverable: the worker exits. A connection error instead
+        # is what both paths expect: logged, and the worker reconnects. The message stays in
+        # `unacked` and comes back after the visibility timeout; a finished run is not run
+        # again.
+        if self.connection is None or self.connection.client is None:
+            raise RedisConnectionError("the channel's connection was released")
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
 
 
 _on_malformed: Callable[[], None] | None = None

@@ -34,6 +34,7 @@ def worker_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[
             "RUNNABLE_K8S_RESULT_TTL": str(settings.result_ttl),
             "RUNNABLE_K8S_RUN_EXPIRY": str(settings.run_expiry),
             "RUNNABLE_K8S_LEASE": str(settings.lease),
+            "RUNNABLE_K8S_RESCUE_AFTER": str(settings.rescue_after),
         }
     )
     env.update(extra or {})

@@ -32,6 +32,7 @@ PARSED: dict[str, tuple[str, Any]] = {
     "heartbeat_file": ("/run/hb", "/run/hb"),
     "heartbeat_interval": ("2.5", 2.5),
     "lease": ("4.5", 4.5),
+    "rescue_after": ("30", 30.0),
     "metrics_port": ("9100", 9100),
     "retry_on": ("openai:RateLimitError", ("openai:RateLimitError",)),
     "max_attempts": ("5", 5),
@@ -49,6 +50,7 @@ POSITIVE_FLOATS = [
     "wait_timeout",
     "heartbeat_interval",
     "lease",
+    "rescue_after",
 ]
 
 

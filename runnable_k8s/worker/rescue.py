@@ -1,0 +1,86 @@
+"""Re-enqueue runs whose Celery message the broker lost.
+
+kombu's Redis transport takes a message off the queue with BRPOP and records it as
+unacknowledged with a second command. If Redis dies between the two (or the BRPOP reply is
+lost with the connection), the message is gone: it is neither queued nor unacknowledged, and
+no visibility timeout brings it back. The producer keeps a copy of every message and a
+"pending" entry until a worker claims the run; one worker at a time sweeps runs pending for
+longer than `RUNNABLE_K8S_RESCUE_AFTER` and pushes back any whose message is in neither place.
+A run rescued twice, or rescued while a slow worker is still claiming it, is harmless: claims
+are compare-and-set, and a delivery of a started or finished run does not run it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Final
+
+import redis.asyncio as aredis
+
+from runnable_k8s.protocol import keys
+
+log = logging.getLogger("runnable_k8s.worker")
+
+# Bounds that keep one sweep cheap for Redis: LPOS scans the queue list.
+_BATCH: Final = 50
+_MAX_QUEUE_SCAN: Final = 10_000
+
+# KEYS: pending set, queue list, unacked hash. ARGV: cutoff score, batch, key prefix, max scan.
+# Returns the rescued run ids.
+_SWEEP: Final = """
+local ids = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local rescued = {}
+for _, id in ipairs(ids) do
+  local message = redis.call('get', ARGV[3] .. '{' .. id .. '}:message')
+  if not message then
+    redis.call('zrem', KEYS[1], id)
+  else
+    local ok, decoded = pcall(cjson.decode, message)
+    local tag = ok and decoded['properties'] and decoded['properties']['delivery_tag']
+    if tag and redis.call('hexists', KEYS[3], tag) == 0
+       and not redis.call('lpos', KEYS[2], message, 'MAXLEN', ARGV[4]) then
+      redis.call('rpush', KEYS[2], message)
+      table.insert(rescued, id)
+    end
+  end
+end
+return rescued
+"""
+
+
+class Rescuer:
+    def __init__(self, client: aredis.Redis, queue: str, *, after: float, every: float) -> None:
+        self._client = client
+        self._queue = queue
+        self._after = after
+        self._every = every
+        self._sweep = client.register_script(_SWEEP)
+
+    async def sweep(self) -> list[str]:
+        """One sweep (if no other worker holds the sweep lock). Returns rescued run ids."""
+        got = await self._client.set(
+            keys.rescue_lock(self._queue), b"1", nx=True, px=int(self._every * 1000)
+        )
+        if not got:
+            return []
+        if await self._client.llen(self._queue) > _MAX_QUEUE_SCAN:
+            return []  # a deep backlog: sweep once it drains (LPOS would scan it all)
+        raw = await self._sweep(
+            keys=[keys.pending(self._queue), self._queue, keys.UNACKED],
+            args=[time.time() - self._after, _BATCH, f"{keys.PREFIX}:", _MAX_QUEUE_SCAN],
+        )
+        rescued = [r.decode() if isinstance(r, bytes) else str(r) for r in raw or []]
+        for run_id in rescued:
+            log.warning(
+                "rescued run=%s: its message was lost by the broker; enqueued again", run_id
+            )
+        return rescued
+
+    async def forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._every)
+            with contextlib.suppress(Exception):  # Redis away: the next sweep tries again
+                await self.sweep()

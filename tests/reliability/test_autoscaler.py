@@ -1,0 +1,92 @@
+"""The dev autoscaler with real workers: busy workers are never stopped, idle ones go."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from runnable_k8s import RunnableK8s
+from runnable_k8s.dev.controller import trigger_lengths
+from runnable_k8s.dev.scaling import Policy, Rules, ScalingConfig
+from runnable_k8s.dev.session import DevSession
+from runnable_k8s.protocol import keys
+from runnable_k8s.settings import Settings
+from tests.conftest import make_settings
+from tests.reliability.conftest import result_of, wait_until
+from tests.support.models import SlowModel
+from tests.support.workers import REPO, worker_env
+
+
+def fast_scaling(settings: Settings, **changes: object) -> ScalingConfig:
+    """The ScaledObject's shape with seconds instead of minutes."""
+    config = ScalingConfig(
+        polling_interval=0.3,
+        cooldown=1.0,
+        min_replicas=0,
+        max_replicas=2,
+        target=1,
+        triggers={"queued": settings.queue, "inflight": keys.UNACKED},
+        scale_up=Rules(0.0, (Policy("Pods", 4, 1.0),), "Max"),
+        scale_down=Rules(0.0, (Policy("Pods", 1, 0.5),), "Min"),
+        source="test",
+    )
+    return config.replace(**changes)
+
+
+def session_for(settings: Settings, config: ScalingConfig, log_dir: Path) -> DevSession:
+    env = worker_env(settings, {"PYTHONPATH": str(REPO)})
+    return DevSession(settings, config, log_dir, base_env=env, restart_backoff=1.0)
+
+
+def test_trigger_lengths_count_by_key_type(own_redis: redis.Redis) -> None:
+    own_redis.lpush("q", "a", "b")
+    own_redis.hset("h", mapping={"x": "1"})
+    own_redis.zadd("z", {"m": 1.0})
+    own_redis.set("s", "not counted")
+    lengths = trigger_lengths(own_redis, {"a": "q", "b": "h", "c": "z", "d": "s", "e": "none"})
+    assert lengths == {"a": 2, "b": 1, "c": 1, "d": 0, "e": 0}
+
+
+@pytest.mark.timeout(90)
+def test_scale_to_zero_waits_for_the_run_in_flight(own_redis_url: str, tmp_path: Path) -> None:
+    settings = make_settings(own_redis_url, time_limit=30.0)
+    session = session_for(settings, fast_scaling(settings, max_replicas=1), tmp_path)
+    offset = time.time() - time.monotonic()
+    with session:
+        run = RunnableK8s(bound=SlowModel(delay=6.0), settings=settings).submit("long")
+        assert result_of(run, 60).content == "echo: long"
+        finished_at = run.status().finished_at or 0.0
+        wait_until(
+            lambda: session.pool.replicas == 0 and not session.pool.workers,
+            30,
+            "scaled back to zero",
+        )
+        pool = session.pool
+        assert len(pool.retired) == 1
+        worker = pool.retired[0]
+        assert worker.exit_code == 0
+        # The cooldown is 1 s and the queue list was empty for the whole run, but the run was
+        # in flight (kombu's unacked hash): the stop came only after it finished.
+        assert worker.stop_requested_at is not None
+        assert worker.stop_requested_at + offset >= finished_at
+        busy = [s for s in session.controller.samples if s.lengths.get("inflight")]
+        assert busy and all(s.replicas == 1 for s in busy)
+
+
+@pytest.mark.timeout(120)
+def test_scales_out_on_a_burst_then_back_to_zero(own_redis_url: str, tmp_path: Path) -> None:
+    settings = make_settings(own_redis_url, time_limit=30.0)
+    config = fast_scaling(settings, max_replicas=3, target=4)
+    with session_for(settings, config, tmp_path) as session:
+        remote = RunnableK8s(bound=SlowModel(delay=1.0), settings=settings)
+        runs = [remote.submit(f"q{i}") for i in range(24)]
+        for i, run in enumerate(runs):
+            assert result_of(run, 90).content == f"echo: q{i}"
+        peak = max(s.replicas for s in session.controller.samples)
+        assert peak == 3  # ceil(24 / 4) = 6, capped at maxReplicaCount
+        wait_until(lambda: not session.pool.workers, 40, "back to zero")
+        assert all(w.exit_code == 0 for w in session.pool.retired)
+        assert session.pool.counts["done"] == 24
