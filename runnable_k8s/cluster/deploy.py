@@ -100,7 +100,7 @@ def deploy(
     if missing:
         raise ConfigurationError(
             f"missing Secret(s) in namespace {namespace}: {', '.join(missing)} "
-            "(see docs/kubernetes.md, 'Create the Secrets')"
+            "(see the README, 'Deploy to Kubernetes', 'Create the Secrets')"
         )
     applied: list[Applied] = []
     for obj in ordered:

@@ -3,7 +3,8 @@
 Needs: a current kubeconfig context, KEDA installed, and the worker image available to the
 cluster (default `runnable-k8s:dev`, e.g. `kind load docker-image runnable-k8s:dev`; another
 reference with RUNNABLE_K8S_E2E_IMAGE). Set RUNNABLE_K8S_E2E_SCALE_TO_ZERO=1 to also wait
-for the scale-down to zero (cooldownPeriod, about six minutes). See docs/kubernetes.md.
+for the scale-down to zero (cooldownPeriod, about six minutes). See the README, "Deploy to
+Kubernetes".
 """
 
 from __future__ import annotations
