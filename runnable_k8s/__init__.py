@@ -4,6 +4,7 @@ This module is the only public interface; everything else is private and may cha
 """
 
 from runnable_k8s.errors import (
+    BrokerError,
     BrokerUnavailable,
     ConfigurationError,
     DisallowedObject,
@@ -28,6 +29,7 @@ from runnable_k8s.protocol.messages import RunStatus
 from runnable_k8s.settings import Settings
 
 __all__ = [
+    "BrokerError",
     "BrokerUnavailable",
     "ConfigurationError",
     "DisallowedObject",

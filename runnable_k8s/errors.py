@@ -41,7 +41,12 @@ class MessageExpired(MessageRejected):
     """A signed message is past its expiry time."""
 
 
-class BrokerUnavailable(RunnableK8sError):
+class BrokerError(RunnableK8sError):
+    """Redis failed a command: unreachable (`BrokerUnavailable`), or it answered with an error
+    (e.g. a key of the wrong type: someone else's data at our key names)."""
+
+
+class BrokerUnavailable(BrokerError):
     """Redis could not be reached; nothing was enqueued by the failing call."""
 
 

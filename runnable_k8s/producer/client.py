@@ -22,10 +22,11 @@ import redis.asyncio as aredis
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.exceptions import WatchError
 
 from runnable_k8s.errors import (
+    BrokerError,
     BrokerUnavailable,
     RunNotFound,
     SignatureRejected,
@@ -112,8 +113,12 @@ class _Plan:
         self.pending_key = keys.pending(settings.queue)
 
 
-def _parse_entries(protocol: Protocol, response: Any, cursors: dict[str, str]) -> list[Event]:
-    """Turn an XREAD reply into verified events, advancing `cursors` (stream key -> last id)."""
+def _parse_entries(
+    protocol: Protocol, response: Any, cursors: dict[str, str], seen: dict[str, int]
+) -> list[Event]:
+    """Turn an XREAD reply into verified events, advancing `cursors` (stream key -> last id)
+    and `seen` (run id -> stream entries read), and checking that no entry was dropped,
+    repeated, reordered or relabelled."""
     events: list[Event] = []
     for stream_key, entries in response or []:
         key = stream_key.decode() if isinstance(stream_key, bytes) else stream_key
@@ -122,12 +127,20 @@ def _parse_entries(protocol: Protocol, response: Any, cursors: dict[str, str]) -
             cursors[key] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
             kind = fields.get(b"k")
             wire = fields.get(b"m", b"")
-            if kind == b"c":
-                events.append(Event(run_id, chunk=protocol.open_chunk(wire, run_id)))
-            elif kind == b"e":
-                events.append(Event(run_id, callback=protocol.open_chunk(wire, run_id)))
+            if kind in (b"c", b"e"):
+                seq, signed_kind, data = protocol.open_chunk(wire, run_id)
+                if signed_kind.encode() != kind or seq != seen.get(run_id, 0):
+                    raise SignatureRejected(f"the stream of run {run_id} was tampered with")
+                seen[run_id] = seq + 1
+                if kind == b"c":
+                    events.append(Event(run_id, chunk=data))
+                else:
+                    events.append(Event(run_id, callback=data))
             elif kind == b"r":
-                events.append(Event(run_id, outcome=protocol.open_outcome(wire, run_id)))
+                outcome = protocol.open_outcome(wire, run_id)
+                if outcome.chunks != seen.get(run_id, 0):
+                    raise SignatureRejected(f"the stream of run {run_id} lost entries")
+                events.append(Event(run_id, outcome=outcome))
             else:
                 raise SignatureRejected(f"unknown event in the stream of run {run_id}")
     return events
@@ -217,6 +230,8 @@ class Client:
                 pipe.execute()
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
+        except RedisError as exc:
+            raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
 
     def status(self, run_id: str) -> RunStatus:
         """Raises: RunNotFound for an unknown or expired id."""
@@ -224,11 +239,11 @@ class Client:
             raw = self._redis.get(keys.status(run_id))
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot read status from Redis: {exc}") from exc
+        except RedisError as exc:
+            raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
         return _existing(self.protocol, raw, run_id)
 
-    def events(
-        self, run_ids: Sequence[str], *, timeout: float | None, from_start: bool = True
-    ) -> Iterator[Event]:
+    def events(self, run_ids: Sequence[str], *, timeout: float | None) -> Iterator[Event]:
         """Yield verified events of `run_ids` as they arrive, until each has an outcome.
 
         Raises:
@@ -236,7 +251,8 @@ class Client:
             BrokerUnavailable: Redis went away while waiting.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        cursors = {keys.events(r): "0-0" if from_start else "$" for r in run_ids}
+        cursors = {keys.events(r): "0-0" for r in run_ids}
+        seen: dict[str, int] = {}
         try:
             while cursors:
                 block = _block_ms(deadline)
@@ -247,12 +263,14 @@ class Client:
                         run_id=pending[0],
                     )
                 response = self._redis.xread(dict[Any, Any](cursors), block=block)
-                for event in _parse_entries(self.protocol, response, cursors):
+                for event in _parse_entries(self.protocol, response, cursors, seen):
                     if event.outcome is not None:
                         cursors.pop(keys.events(event.run_id), None)
                     yield event
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"lost Redis while waiting: {exc}") from exc
+        except RedisError as exc:
+            raise BrokerError(f"lost Redis while waiting: Redis refused: {exc}") from exc
 
     def cancel(self, run_id: str) -> RunStatus:
         """Cancel a run: a queued one is marked cancelled at once and never starts; a running
@@ -275,6 +293,8 @@ class Client:
                         continue
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot cancel on Redis: {exc}") from exc
+        except RedisError as exc:
+            raise BrokerError(f"cannot cancel on Redis: Redis refused: {exc}") from exc
         raise BrokerUnavailable(f"run {run_id} changed state too often to cancel")
 
 
@@ -300,19 +320,24 @@ class AsyncClient:
                 await pipe.execute()
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
+        except RedisError as exc:
+            raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
 
     async def status(self, run_id: str) -> RunStatus:
         try:
             raw = await self._redis.get(keys.status(run_id))
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot read status from Redis: {exc}") from exc
+        except RedisError as exc:
+            raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
         return _existing(self.protocol, raw, run_id)
 
     async def events(
-        self, run_ids: Sequence[str], *, timeout: float | None, from_start: bool = True
+        self, run_ids: Sequence[str], *, timeout: float | None
     ) -> AsyncIterator[Event]:
         deadline = None if timeout is None else time.monotonic() + timeout
-        cursors = {keys.events(r): "0-0" if from_start else "$" for r in run_ids}
+        cursors = {keys.events(r): "0-0" for r in run_ids}
+        seen: dict[str, int] = {}
         try:
             while cursors:
                 block = _block_ms(deadline)
@@ -323,12 +348,14 @@ class AsyncClient:
                         run_id=pending[0],
                     )
                 response = await self._redis.xread(dict[Any, Any](cursors), block=block)
-                for event in _parse_entries(self.protocol, response, cursors):
+                for event in _parse_entries(self.protocol, response, cursors, seen):
                     if event.outcome is not None:
                         cursors.pop(keys.events(event.run_id), None)
                     yield event
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"lost Redis while waiting: {exc}") from exc
+        except RedisError as exc:
+            raise BrokerError(f"lost Redis while waiting: Redis refused: {exc}") from exc
 
     async def cancel(self, run_id: str) -> RunStatus:
         try:
@@ -346,6 +373,8 @@ class AsyncClient:
                         continue
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot cancel on Redis: {exc}") from exc
+        except RedisError as exc:
+            raise BrokerError(f"cannot cancel on Redis: Redis refused: {exc}") from exc
         raise BrokerUnavailable(f"run {run_id} changed state too often to cancel")
 
 

@@ -186,8 +186,8 @@ def import_object(path: str) -> Any:
         obj: Any = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigurationError(f"cannot import {path!r}: {exc}") from exc
+    except Exception as exc:  # a module may fail at import in any way (e.g. a missing env var)
+        raise ConfigurationError(f"cannot import {path!r}: {type(exc).__name__}: {exc}") from exc
     return obj
 
 

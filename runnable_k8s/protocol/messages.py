@@ -83,6 +83,9 @@ class Outcome:
     reason: str = ""
     """Why it did not succeed, for states other than failed: timeout, rejected, ..."""
     attempt: int = 1
+    chunks: int = 0
+    """Stream entries (chunks and events) published before this outcome: readers check they
+    saw exactly these, in order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +208,7 @@ class Protocol:
             "state": outcome.state,
             "reason": outcome.reason,
             "attempt": outcome.attempt,
+            "chunks": outcome.chunks,
         }
         if outcome.error is not None:
             head["error"] = outcome.error.as_json()
@@ -224,7 +228,8 @@ class Protocol:
                 str(error.get("traceback", "")),
             )
         state = head.get("state")
-        if state not in TERMINAL_STATES or len(segments) != 1:
+        chunks = head.get("chunks", 0)
+        if state not in TERMINAL_STATES or len(segments) != 1 or not isinstance(chunks, int):
             raise SignatureRejected("outcome has an unknown state")
         return Outcome(
             run_id=run_id,
@@ -233,17 +238,26 @@ class Protocol:
             error=failure,
             reason=str(head.get("reason", "")),
             attempt=int(head.get("attempt", 1)),
+            chunks=chunks,
         )
 
     # -- stream chunks ----------------------------------------------------------------------
 
-    def seal_chunk(self, run_id: str, data: bytes) -> bytes:
-        return self.signer.seal(env.Envelope(env.CHUNK, run_id, _far_future(), data))
+    def seal_chunk(self, run_id: str, data: bytes, *, seq: int, kind: str) -> bytes:
+        """A stream entry: its position and kind ("c" output chunk, "e" callback event) are
+        signed with it, so entries cannot be dropped, repeated, reordered or relabelled."""
+        body = pack({"n": seq, "k": kind}, data)
+        return self.signer.seal(env.Envelope(env.CHUNK, run_id, _far_future(), body))
 
-    def open_chunk(self, wire: bytes, run_id: str) -> bytes:
+    def open_chunk(self, wire: bytes, run_id: str) -> tuple[int, str, bytes]:
+        """Returns (position, kind, data)."""
         envelope = self.signer.open(wire, kind=env.CHUNK)
         _same_run(envelope, run_id)
-        return envelope.body
+        head, segments = unpack(envelope.body)
+        seq, kind = head.get("n"), head.get("k")
+        if not isinstance(seq, int) or kind not in ("c", "e") or len(segments) != 1:
+            raise SignatureRejected("malformed stream entry")
+        return seq, kind, segments[0]
 
     # -- statuses ---------------------------------------------------------------------------
 

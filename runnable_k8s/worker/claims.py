@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import redis.asyncio as aredis
 
@@ -44,11 +44,18 @@ class LeaseKeeper:
     """Renews the leases of every run this worker holds, in one pipeline per interval (one
     timer for the process, not one task per run)."""
 
-    def __init__(self, client: aredis.Redis, *, lease: float = LEASE) -> None:
+    def __init__(
+        self,
+        client: aredis.Redis,
+        *,
+        lease: float = LEASE,
+        on_cancel_record: Callable[[str, bytes], None] | None = None,
+    ) -> None:
         self._client = client
         self.lease = lease
         self._held: dict[str, str] = {}
         self._task: asyncio.Future[None] | None = None
+        self._on_cancel_record = on_cancel_record
 
     async def _renew_forever(self) -> None:
         while True:
@@ -56,10 +63,22 @@ class LeaseKeeper:
             if not self._held:
                 continue
             with contextlib.suppress(Exception):  # Redis blip: the next round retries
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for run_id, owner in list(self._held.items()):
-                        pipe.eval(_RENEW, 1, keys.lock(run_id), owner, int(self.lease * 1000))
-                    await pipe.execute()
+                await self._renew_all()
+
+    async def _renew_all(self) -> None:
+        held = list(self._held.items())
+        async with self._client.pipeline(transaction=False) as pipe:
+            for run_id, owner in held:
+                pipe.eval(_RENEW, 1, keys.lock(run_id), owner, int(self.lease * 1000))
+                # Cancellation arrives by publish; one missed (sent while the run was being
+                # claimed, or while the listener reconnected) is caught here within a round.
+                pipe.get(keys.cancel(run_id))
+            replies = await pipe.execute()
+        if self._on_cancel_record is None:
+            return
+        for (run_id, _), record in zip(held, replies[1::2], strict=True):
+            if isinstance(record, bytes):
+                self._on_cancel_record(run_id, record)
 
     @contextlib.asynccontextmanager
     async def holding(self, run_id: str, owner: str) -> AsyncIterator[None]:

@@ -9,6 +9,7 @@ signed outcome in the run's event stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -55,6 +56,8 @@ from runnable_k8s.worker.streaming import StreamPublisher as _StreamPublisher
 
 log = logging.getLogger("runnable_k8s.worker")
 
+_LATE_CANCEL_CHECK = 0.5
+
 # Errors that mean "Redis is not reachable right now", not "this message is bad".
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 
@@ -71,6 +74,7 @@ class Executor:
         self._records: RunRecords | None = None
         self._leases: LeaseKeeper | None = None
         self.cancellations = Cancellations()
+        self._background: set[asyncio.Future[None]] = set()
         self._retry_types = exception_types(settings.retry_on)
         self.runnables = RunnableSource(
             self.protocol, Registry(settings.allowed_refs), self.metrics
@@ -87,7 +91,9 @@ class Executor:
     @property
     def leases(self) -> LeaseKeeper:
         if self._leases is None:
-            self._leases = LeaseKeeper(self.redis, lease=self.settings.lease)
+            self._leases = LeaseKeeper(
+                self.redis, lease=self.settings.lease, on_cancel_record=self._cancel_record
+            )
         return self._leases
 
     @property
@@ -172,6 +178,7 @@ class Executor:
         expected = request.queued_digest
         waiting = ignore_cancel = False
         owner = f"{self.worker_id}:{uuid.uuid4().hex[:12]}"  # this delivery's claim
+        changes = 0
         while True:
             if expected is None or time.time() > request.expires_at:
                 seen = await self.records.read(run_id)
@@ -200,6 +207,11 @@ class Executor:
                 waiting = True
             if verdict == "locked":
                 await asyncio.sleep(CLAIM_POLL)
+            elif verdict == "changed":
+                # Someone keeps rewriting the record: back off instead of spinning.
+                changes += 1
+                if changes > 3:
+                    await asyncio.sleep(min(1.0, 0.01 * 2**changes))
             expected = None
         async with self.leases.holding(run_id, owner):
             if verdict == "cancelled":
@@ -286,6 +298,9 @@ class Executor:
         )
         task = asyncio.ensure_future(self._run(request, live))
         self.cancellations.track(run_id, task)
+        # A cancel published between the claim and `track` found no task to cancel; one look
+        # at the record shortly after covers that (and a publish missed while reconnecting).
+        asyncio.get_running_loop().call_later(_LATE_CANCEL_CHECK, self._spawn_check, run_id)
         self.metrics.in_flight.inc()
         try:
             outcome = await asyncio.shield(task)
@@ -334,30 +349,32 @@ class Executor:
         )
 
     async def _run(self, request: RunRequest, live: _Live) -> Outcome:
+        """Every way a started run can end becomes an outcome: a run that raised anything,
+        even outside `Exception`, is recorded as failed, never left "running" with its
+        message acknowledged."""
+        progress = _Progress()
+        outcome = await self._attempts(request, live, progress)
+        # The count of stream entries travels with the outcome: readers check they saw them all.
+        return dataclasses.replace(outcome, chunks=progress.published)
+
+    async def _attempts(self, request: RunRequest, live: _Live, progress: _Progress) -> Outcome:
         run_id = request.run_id
         attempt = live.status.attempt
         try:
-            runnable = await self.runnables.load(request)
-            config = import_config(request.config)
-            payload = self.protocol.data.decode_data(request.input)
-            if request.kwargs:
-                check_call_kwargs(request.kwargs)
-        except (DisallowedObject, SerializationRefused) as exc:
-            self.metrics.reject("disallowed")
-            _event(
-                logging.WARNING,
-                RunEvent("rejected", run_id, request.name, attempt=attempt, reason="disallowed"),
-                "rejected run=%s name=%s reason=%s",
-                run_id,
-                request.name,
-                exc,
-            )
-            return Outcome(run_id, "failed", reason=f"rejected: {exc}", attempt=attempt)
-        progress = _Progress()
-        try:
-            # One limit for the whole run, retries included, so the lock and the visibility
-            # timeout (both above the limit) always outlive it.
+            # One limit for the whole run (loading and retries included), so the lease and the
+            # visibility timeout (both above the limit) always outlive it.
             async with asyncio.timeout(self._time_limit(request)):
+                try:
+                    runnable = await self.runnables.load(request)
+                    config = import_config(request.config)
+                    payload = self.protocol.data.decode_data(request.input)
+                    if request.kwargs:
+                        check_call_kwargs(request.kwargs)
+                except (DisallowedObject, SerializationRefused) as exc:
+                    return self._rejected_run(request, attempt, exc)
+                except Exception as exc:  # anything else while loading: a failed run
+                    failure = describe(exc, self.settings.redact_values)
+                    return Outcome(run_id, "failed", error=failure, attempt=attempt)
                 while True:
                     try:
                         output = await self._dispatch(request, runnable, payload, config, progress)
@@ -369,10 +386,29 @@ class Executor:
                         attempt = await self._backoff(request, live, attempt, exc)
         except TimeoutError:
             return Outcome(run_id, "failed", reason="timeout", attempt=attempt)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             if self.cancellations.requested(run_id):
                 return Outcome(run_id, "cancelled", attempt=attempt)
-            raise
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this task is being cancelled (shutdown): not the run's doing
+            # The runnable let a CancelledError of its own escape (an inner task cancelled).
+            failure = describe(exc, self.settings.redact_values)
+            return Outcome(run_id, "failed", error=failure, attempt=attempt)
+
+    def _rejected_run(self, request: RunRequest, attempt: int, exc: Exception) -> Outcome:
+        self.metrics.reject("disallowed")
+        _event(
+            logging.WARNING,
+            RunEvent(
+                "rejected", request.run_id, request.name, attempt=attempt, reason="disallowed"
+            ),
+            "rejected run=%s name=%s reason=%s",
+            request.run_id,
+            request.name,
+            exc,
+        )
+        return Outcome(request.run_id, "failed", reason=f"rejected: {exc}", attempt=attempt)
 
     def _should_retry(self, exc: Exception, attempt: int, progress: _Progress) -> bool:
         # A stream that already sent chunks cannot be replayed without duplicating them.
@@ -451,6 +487,33 @@ class Executor:
         return limit
 
     # -- cancellation -----------------------------------------------------------------------
+
+    def _spawn_check(self, run_id: str) -> None:
+        if run_id in self.cancellations.running:
+            # Keep a reference: the loop holds tasks only weakly.
+            task = asyncio.ensure_future(self._check_cancel(run_id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _check_cancel(self, run_id: str) -> None:
+        if run_id not in self.cancellations.running:
+            return  # already over: nothing to cancel
+        with contextlib.suppress(Exception):
+            record = await self.redis.get(keys.cancel(run_id))
+            if isinstance(record, bytes):
+                self._cancel_record(run_id, record)
+
+    def _cancel_record(self, run_id: str, record: bytes) -> None:
+        """A cancellation record found for a run this worker holds (lease renewal round)."""
+        if self.cancellations.requested(run_id):
+            return
+        try:
+            self.protocol.open_cancel(record, run_id)
+        except MessageRejected as exc:
+            _forged("cancellation", run_id, exc)
+            return
+        if self.cancellations.cancel(run_id):
+            _event(logging.INFO, RunEvent("cancelling", run_id), "cancelling run=%s", run_id)
 
     async def listen_for_cancellations(self) -> None:
         """Cancel local runs named on the cancel channel (after checking the signed request)."""

@@ -33,7 +33,12 @@ Claim = Literal["ok", "locked", "changed", "cancelled"]
 # it: Redis cannot check a signature).
 _CLAIM: Final = """
 local holder = redis.call('get', KEYS[2])
-if holder and holder ~= ARGV[3] then return 'locked' end
+if holder and holder ~= ARGV[3] then
+  -- A genuine lease never outlives one lease period; one with no expiry, or a longer one,
+  -- was not written by a worker: take it over.
+  local ttl = redis.call('pttl', KEYS[2])
+  if ttl >= 0 and ttl <= tonumber(ARGV[4]) then return 'locked' end
+end
 local current = redis.call('get', KEYS[1])
 local digest = ''
 if current then digest = redis.sha1hex(current) end
@@ -113,7 +118,9 @@ class RunRecords:
                 cancel = True
             except MessageRejected as exc:
                 self._forged("cancellation", run_id, exc)
-        raw = raw_status if isinstance(raw_status, bytes) and status is not None else b""
+        # The digest is of whatever is there, verified or not: a claim may then replace an
+        # unverifiable (forged or corrupted) record instead of failing against it forever.
+        raw = raw_status if isinstance(raw_status, bytes) else b""
         return Snapshot(status, raw, cancel)
 
     def verify_status(self, raw: Any, run_id: str) -> RunStatus | None:

@@ -13,7 +13,6 @@ are compare-and-set, and a delivery of a started or finished run does not run it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Final
@@ -38,9 +37,16 @@ for _, id in ipairs(ids) do
   if not message then
     redis.call('zrem', KEYS[1], id)
   else
+    -- The copy is read from Redis: check every type before use, so one hostile copy cannot
+    -- stop the sweep for every run after it.
     local ok, decoded = pcall(cjson.decode, message)
-    local tag = ok and decoded['properties'] and decoded['properties']['delivery_tag']
-    if tag and redis.call('hexists', KEYS[3], tag) == 0
+    local tag = nil
+    if ok and type(decoded) == 'table' and type(decoded['properties']) == 'table' then
+      tag = decoded['properties']['delivery_tag']
+    end
+    if type(tag) ~= 'string' then
+      redis.call('zrem', KEYS[1], id)
+    elseif redis.call('hexists', KEYS[3], tag) == 0
        and not redis.call('lpos', KEYS[2], message, 'MAXLEN', ARGV[4]) then
       redis.call('rpush', KEYS[2], message)
       table.insert(rescued, id)
@@ -82,5 +88,7 @@ class Rescuer:
     async def forever(self) -> None:
         while True:
             await asyncio.sleep(self._every)
-            with contextlib.suppress(Exception):  # Redis away: the next sweep tries again
+            try:
                 await self.sweep()
+            except Exception as exc:  # Redis away, or a hostile key: the next sweep tries again
+                log.warning("rescue sweep failed: %s", exc)

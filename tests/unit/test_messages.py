@@ -190,10 +190,14 @@ def test_request_cannot_be_replayed_as_a_result(protocol: Protocol) -> None:
 
 
 def test_chunk_round_trip_and_binding(protocol: Protocol) -> None:
-    wire = protocol.seal_chunk("run-a", b'{"c": 1}')
-    assert protocol.open_chunk(wire, "run-a") == b'{"c": 1}'
+    wire = protocol.seal_chunk("run-a", b'{"c": 1}', seq=3, kind="e")
+    # Position and kind are signed with the data: a reader can tell a dropped, repeated,
+    # reordered or relabelled entry.
+    assert protocol.open_chunk(wire, "run-a") == (3, "e", b'{"c": 1}')
     with pytest.raises(SignatureRejected):
         protocol.open_chunk(wire, "run-b")
+    with pytest.raises(SignatureRejected):
+        protocol.open_chunk(wire.replace(b'"n":3', b'"n":4'), "run-a")
 
 
 def test_status_round_trip_and_binding(protocol: Protocol) -> None:
