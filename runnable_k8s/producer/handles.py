@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from runnable_k8s.errors import RunnableK8sError
-from runnable_k8s.producer.client import async_client_for, client_for
+from runnable_k8s.producer.client import Event, async_client_for, client_for
 from runnable_k8s.producer.results import error_for, unwrap
-from runnable_k8s.protocol.messages import RunStatus
+from runnable_k8s.protocol.messages import Protocol, RunStatus
 from runnable_k8s.settings import Settings
 
 
@@ -74,14 +74,8 @@ class RemoteRun:
         client.status(self.id)
         streamed = False
         for event in client.events([self.id], timeout=self._wait(timeout)):
-            if event.chunk is not None:
-                streamed = True
-                yield client.protocol.data.decode_data(event.chunk)
-            elif event.outcome is not None:
-                if event.outcome.state != "succeeded":
-                    raise error_for(event.outcome)
-                if not streamed:
-                    yield unwrap(client.protocol, event.outcome)
+            yield from _chunks(client.protocol, event, streamed)
+            streamed = streamed or event.chunk is not None
 
     def cancel(self) -> RunStatus:
         """Cancel the run. Queued: it never starts. Running: its worker cancels it within about
@@ -107,14 +101,21 @@ class RemoteRun:
         await client.status(self.id)
         streamed = False
         async for event in client.events([self.id], timeout=self._wait(timeout)):
-            if event.chunk is not None:
-                streamed = True
-                yield client.protocol.data.decode_data(event.chunk)
-            elif event.outcome is not None:
-                if event.outcome.state != "succeeded":
-                    raise error_for(event.outcome)
-                if not streamed:
-                    yield unwrap(client.protocol, event.outcome)
+            for chunk in _chunks(client.protocol, event, streamed):
+                yield chunk
+            streamed = streamed or event.chunk is not None
 
     async def acancel(self) -> RunStatus:
         return await async_client_for(self.settings).cancel(self.id)
+
+
+def _chunks(protocol: Protocol, event: Event, streamed: bool) -> list[Any]:
+    """What one stream event gives a reader: its chunk; at the end, the whole output if the
+    run streamed nothing (it was not submitted with `stream=True`); or the run's error."""
+    if event.chunk is not None:
+        return [protocol.data.decode_data(event.chunk)]
+    if event.outcome is None:
+        return []
+    if event.outcome.state != "succeeded":
+        raise error_for(event.outcome)
+    return [] if streamed else [unwrap(protocol, event.outcome)]
