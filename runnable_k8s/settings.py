@@ -105,6 +105,11 @@ class Settings:
     batch_chunk_size: int = 64
     """Inputs per task when a `batch` is split into tasks."""
 
+    gc_threshold: int = 10_000
+    """Worker only: allocations between young-generation garbage collections (CPython's
+    default is 700; 0 keeps it). The worker also freezes what start-up created, so
+    collections skip it. See `runnable_k8s/worker/memory.py`."""
+
     log_level: str = "INFO"
     """Worker log level."""
 
@@ -286,6 +291,8 @@ def _validated(settings: Settings) -> Settings:
         )
     if settings.concurrency < 1 or settings.batch_chunk_size < 1 or settings.max_attempts < 1:
         raise ConfigurationError("concurrency, batch chunk size and max attempts must be >= 1")
+    if settings.gc_threshold < 0:
+        raise ConfigurationError("RUNNABLE_K8S_GC_THRESHOLD must be 0 (Python's default) or more")
     if settings.max_body_bytes < 1024:
         raise ConfigurationError("RUNNABLE_K8S_MAX_BODY_BYTES must be at least 1024")
     return settings

@@ -9,13 +9,13 @@ import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from celery import Celery
+from celery import Celery, signals
 from celery.exceptions import Reject
 from celery.worker.request import Request
 
 from runnable_k8s.protocol.task_message import TASK_NAME
 from runnable_k8s.settings import Settings
-from runnable_k8s.worker import logs, transport
+from runnable_k8s.worker import logs, memory, transport
 from runnable_k8s.worker.execution import REDIS_ERRORS, Executor
 from runnable_k8s.worker.health import heartbeat
 from runnable_k8s.worker.loop import LoopThread
@@ -148,6 +148,12 @@ def run_worker(
     ]
     if hostname:
         argv.append(f"--hostname={hostname}")
+
+    def tune_memory(**_: Any) -> None:
+        # Once Celery has started its consumer, everything start-up built is alive for good.
+        memory.tune(settings.gc_threshold)
+
+    signals.worker_ready.connect(tune_memory, weak=False, dispatch_uid="runnable_k8s.memory")
     try:
         app.worker_main(argv)
     finally:

@@ -4,6 +4,7 @@ test settings add them to RUNNABLE_K8S_ALLOWED_CLASSES, as a user would add thei
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -109,6 +110,13 @@ class ConfigProbe(_Serializable, RunnableSerializable[Any, dict[str, Any]]):
         }
 
 
+class GcProbe(_Serializable, RunnableSerializable[Any, dict[str, int]]):
+    """Reports the garbage-collector settings of the process it runs in."""
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kw: Any) -> dict[str, int]:
+        return {"threshold": gc.get_threshold()[0], "frozen": gc.get_freeze_count()}
+
+
 class TransientError(RuntimeError):
     """Stands in for a provider's rate-limit error."""
 
@@ -137,7 +145,14 @@ class FlakyModel(_Serializable, BaseChatModel):
 
 TEST_CLASSES = ",".join(
     f"tests.support.models:{name}"
-    for name in ("SlowModel", "FailingModel", "ConfigProbe", "FlakyModel", "LoopBlockingModel")
+    for name in (
+        "SlowModel",
+        "FailingModel",
+        "ConfigProbe",
+        "FlakyModel",
+        "LoopBlockingModel",
+        "GcProbe",
+    )
 )
 
 
