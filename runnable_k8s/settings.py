@@ -110,6 +110,11 @@ class Settings:
     default is 700; 0 keeps it). The worker also freezes what start-up created, so
     collections skip it. See `runnable_k8s/worker/memory.py`."""
 
+    malloc_keep: int = 64 * 1024 * 1024
+    """Worker only (glibc): bytes of freed heap the worker keeps mapped instead of handing back
+    to the OS, so large payloads do not fault fresh pages in on every run. 0 keeps glibc's
+    defaults. See `runnable_k8s/worker/memory.py`."""
+
     log_level: str = "INFO"
     """Worker log level."""
 
@@ -291,8 +296,11 @@ def _validated(settings: Settings) -> Settings:
         )
     if settings.concurrency < 1 or settings.batch_chunk_size < 1 or settings.max_attempts < 1:
         raise ConfigurationError("concurrency, batch chunk size and max attempts must be >= 1")
-    if settings.gc_threshold < 0:
-        raise ConfigurationError("RUNNABLE_K8S_GC_THRESHOLD must be 0 (Python's default) or more")
+    if settings.gc_threshold < 0 or settings.malloc_keep < 0:
+        raise ConfigurationError(
+            "RUNNABLE_K8S_GC_THRESHOLD and RUNNABLE_K8S_MALLOC_KEEP must be 0 (the runtime's "
+            "default) or more"
+        )
     if settings.max_body_bytes < 1024:
         raise ConfigurationError("RUNNABLE_K8S_MAX_BODY_BYTES must be at least 1024")
     return settings

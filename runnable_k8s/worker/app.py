@@ -114,6 +114,8 @@ def run_worker(
     if queue:
         settings = settings.replace(queue=queue)
     metrics = WorkerMetrics()
+    # Before anything large is allocated, so every later allocation follows the settings.
+    memory.tune_malloc(settings.malloc_keep)
     transport.on_malformed(lambda: metrics.reject("malformed"))
     executor = Executor(settings, metrics)
     logs.install(settings, executor.worker_id)
@@ -151,7 +153,7 @@ def run_worker(
 
     def tune_memory(**_: Any) -> None:
         # Once Celery has started its consumer, everything start-up built is alive for good.
-        memory.tune(settings.gc_threshold)
+        memory.tune_gc(settings.gc_threshold)
 
     signals.worker_ready.connect(tune_memory, weak=False, dispatch_uid="runnable_k8s.memory")
     try:

@@ -28,6 +28,7 @@ PARSED: dict[str, tuple[str, Any]] = {
     "concurrency": ("7", 7),
     "batch_chunk_size": ("3", 3),
     "gc_threshold": ("50000", 50000),
+    "malloc_keep": ("1048576", 1048576),
     "log_level": ("DEBUG", "DEBUG"),
     "log_json": ("yes", True),
     "heartbeat_file": ("/run/hb", "/run/hb"),
@@ -204,7 +205,7 @@ def test_non_finite_durations_refused(name: str, raw: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "raw"),
-    [("concurrency", "0"), ("batch_chunk_size", "0"), ("max_attempts", "0"), ("gc_threshold", "-1"),
+    [("concurrency", "0"), ("batch_chunk_size", "0"), ("max_attempts", "0"), ("gc_threshold", "-1"), ("malloc_keep", "-1"),
      ("max_body_bytes", "1023"), ("queue", "two words"), ("queue", "")],
 )  # fmt: skip
 def test_other_bounds(name: str, raw: str) -> None:
