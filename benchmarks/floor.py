@@ -1,28 +1,49 @@
-"""The floor under W1: a bare Celery round trip through Redis, with no LangChain and no
-runnable-k8s in it (LPUSH a task message, a task that only XADDs, XREAD of that entry), and the
-small chain's own cost in-process (invoke and ainvoke). Usage: `python -m benchmarks.floor`.
+"""Floors under the targets that are not met: what no design built on Celery and LangChain can
+beat on this machine, measured in one run beside the plain Celery baseline.
 
-Any round trip through a Celery worker costs at least the first figure; a RunnableK8s invoke
-of the W1 chain also pays the second (the worker runs `ainvoke`).
+    python -m benchmarks.floor            # about a minute on 2 cores
+    python -m benchmarks.floor --rounds 5
+
+- W1: a bare Celery round trip (LPUSH a task message, a task that only XADDs, XREAD of that
+  entry: no LangChain, no signing, no records) plus the small chain's own `ainvoke`, which a
+  worker running the chain must add. Against 0.6 x the baseline's p50.
+- W3: LangChain's own `abatch` of the 400 inputs in this process, split into chunks of 64 run
+  at once on one event loop as a worker receives them, no queue at all, with CPython's
+  default garbage collector and with the worker's tuning. Against 0.5 s.
+- W4: the same bare round trip carrying 1 MB in (beside the message) and 1 MB out (in the
+  stream entry), plus four HMAC-SHA256 passes over 1 MB (sign and verify, each way), which a
+  signed design must add. Against 4 x the baseline's MB/s.
+
+Rounds alternate baseline and floor measurements, as `benchmarks.bench` does.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
+import gc
+import hashlib
+import hmac
 import os
+import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
 
-from benchmarks.models import small_chain
+from benchmarks import bench
+from benchmarks.models import expected, small_chain
 from runnable_k8s.embedded import EmbeddedRedis
 from runnable_k8s.protocol import task_message
+from runnable_k8s.worker import memory
 
 _APP = textwrap.dedent(
     """
@@ -35,16 +56,14 @@ _APP = textwrap.dedent(
 
     @app.task(name="runnable_k8s.run", ignore_result=True)
     def run(run_id):
-        out.xadd("floor:" + run_id, {"k": "r"})
+        body = out.get("floor:body:" + run_id) or b""
+        out.xadd("floor:" + run_id, {"k": "r", "m": body})
     """
 )
 
 
-def p50_ms(samples: list[float]) -> float:
-    return sorted(samples)[len(samples) // 2] * 1000
-
-
-def celery_floor(url: str, count: int) -> float:
+@contextlib.contextmanager
+def bare_worker(url: str) -> Iterator[None]:
     with tempfile.TemporaryDirectory() as folder:
         Path(folder, "floorapp.py").write_text(_APP)
         env = dict(os.environ, FLOOR_URL=url, PYTHONPATH=folder)
@@ -54,53 +73,195 @@ def celery_floor(url: str, count: int) -> float:
              "--without-heartbeat", "--loglevel=WARNING"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        client = redis.Redis.from_url(url)
         try:
-            samples = []
-            for index in range(count + 20):
-                run_id = uuid.uuid4().hex
-                started = time.perf_counter()
-                message = task_message.build(run_id, run_id=run_id, queue="floor", description="")
-                client.lpush("floor", message)
-                if not client.xread({f"floor:{run_id}": "0-0"}, block=30_000):
-                    raise RuntimeError("the floor worker did not answer")
-                if index >= 20:  # the first ones wait for the worker to start
-                    samples.append(time.perf_counter() - started)
-            return p50_ms(samples)
+            yield
         finally:
             worker.terminate()
             worker.wait(30)
-            client.close()
 
 
-def chain_costs(count: int) -> tuple[float, float]:
+def bare_round_trip(client: redis.Redis, body: bytes = b"") -> float:
+    """Seconds for one bare round trip carrying `body` both ways (checked)."""
+    run_id = uuid.uuid4().hex
+    started = time.perf_counter()
+    message = task_message.build(run_id, run_id=run_id, queue="floor", description="")
+    with client.pipeline(transaction=True) as pipe:
+        if body:
+            pipe.set("floor:body:" + run_id, body, ex=60)
+        pipe.lpush("floor", message)
+        pipe.execute()
+    reply = client.xread({f"floor:{run_id}": "0-0"}, block=30_000)
+    elapsed = time.perf_counter() - started
+    if not reply or reply[0][1][0][1][b"m"] != body:
+        raise bench.BenchmarkError("the floor worker did not answer, or answered wrongly")
+    client.delete(f"floor:{run_id}", "floor:body:" + run_id)
+    return elapsed
+
+
+def four_macs(body: bytes) -> float:
+    """Seconds for the four HMAC-SHA256 passes a signed 1 MB round trip needs."""
+    key = secrets.token_bytes(48)
+    started = time.perf_counter()
+    for _ in range(4):
+        hmac.new(key, body, hashlib.sha256).digest()
+    return time.perf_counter() - started
+
+
+def chain_ainvoke(count: int) -> list[float]:
     chain = small_chain()
-    question = {"input": "hello"}
-    sync = []
-    for _ in range(count):
-        started = time.perf_counter()
-        chain.invoke(question)
-        sync.append(time.perf_counter() - started)
 
     async def measure() -> list[float]:
         samples = []
-        for _ in range(count):
+        for index in range(count):
+            question = {"input": f"question {index}"}
             started = time.perf_counter()
-            await chain.ainvoke(question)
+            answer = await chain.ainvoke(question)
             samples.append(time.perf_counter() - started)
+            if answer != expected(question["input"]):
+                raise bench.BenchmarkError("the chain answered wrongly")
         return samples
 
-    return p50_ms(sync), p50_ms(asyncio.run(measure()))
+    return asyncio.run(measure())
 
 
-def main() -> None:
-    with EmbeddedRedis() as url:
-        floor = celery_floor(url, 300)
-    sync, asynchronous = chain_costs(300)
-    print(f"bare Celery round trip (LPUSH -> task -> XADD -> XREAD), p50: {floor:.2f} ms")
-    print(f"W1 chain in-process: invoke {sync:.2f} ms, ainvoke {asynchronous:.2f} ms (p50)")
-    print(f"floor for a RunnableK8s invoke of it: {floor + asynchronous:.2f} ms")
+def in_process_abatch(items: int, delay: float, chunk: int = 64) -> float:
+    """Wall seconds of the chain's `abatch` over `items` inputs, split as a worker receives
+    them (chunks of `chunk`, all at once on one event loop), with no queue at all."""
+    chain = small_chain(delay)
+    questions = [{"input": f"question {i}"} for i in range(items)]
+    parts = [questions[i : i + chunk] for i in range(0, items, chunk)]
+
+    async def run() -> list[str]:
+        done = await asyncio.gather(*(chain.abatch(part) for part in parts))
+        return [answer for answers in done for answer in answers]
+
+    started = time.perf_counter()
+    answers = asyncio.run(run())
+    elapsed = time.perf_counter() - started
+    if answers != [expected(q["input"]) for q in questions]:
+        raise bench.BenchmarkError("abatch answered wrongly")
+    return elapsed
+
+
+@contextlib.contextmanager
+def tuned_gc() -> Iterator[None]:
+    before = gc.get_threshold()
+    memory.tune_gc(10_000)
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.floor")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    args = parser.parse_args(argv)
+    sizes = bench.FULL
+    mb = bench.MB
+
+    def log(message: str) -> None:
+        print(f"[floor {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    samples: dict[str, list[float]] = {
+        "base_w1": [], "bare": [], "ainvoke": [], "base_w4": [], "bare_mb": [], "macs": [],
+        "w3_default": [], "w3_tuned": [],
+    }  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(EmbeddedRedis())
+        log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rk8s-floor-")))
+        queue = f"floor-baseline-{uuid.uuid4().hex[:8]}"
+        # INFO: the worker says "ready." at that level.
+        worker = bench.start_baseline(url, queue, sizes, log_dir, "INFO")
+        stack.callback(worker.stop)
+        stack.enter_context(bare_worker(url))
+        worker.wait_ready()
+        baseline = bench.Baseline(url, queue, sizes, worker)
+        stack.callback(baseline.close)
+        client = redis.Redis.from_url(url)
+        stack.callback(client.close)
+        for _ in range(20):  # warm both workers up (the bare one may still be starting)
+            bare_round_trip(client)
+            baseline.invoke_chain({"input": "warm-up"})
+        payloads = [bench._payload(mb, salt) for salt in range(sizes.w4_invokes)]
+        for number in range(args.rounds):
+            jobs: list[Callable[[], None]] = [
+                lambda: samples["base_w1"].extend(_timed_base_w1(baseline, 100)),
+                lambda: samples["bare"].extend(bare_round_trip(client) for _ in range(100)),
+                lambda: samples["base_w4"].append(_base_w4(baseline, payloads)),
+                lambda: samples["bare_mb"].append(_bare_w4(client, payloads)),
+            ]
+            for job in jobs if number % 2 == 0 else list(reversed(jobs)):
+                job()
+            samples["ainvoke"] += chain_ainvoke(100)
+            samples["macs"].append(four_macs(payloads[0].encode()))
+            samples["w3_default"].append(in_process_abatch(sizes.w3_items, sizes.w3_delay))
+            with tuned_gc():
+                samples["w3_tuned"].append(in_process_abatch(sizes.w3_items, sizes.w3_delay))
+            log(f"round {number + 1}/{args.rounds} done")
+
+    med = statistics.median
+    base_w1 = med(samples["base_w1"]) * 1000
+    w1_floor = (med(samples["bare"]) + med(samples["ainvoke"])) * 1000
+    base_w4 = med(samples["base_w4"])
+    # Seconds per MB: the bare transfer both ways, plus signing and verifying it both ways.
+    w4_floor = 1 / (med(samples["bare_mb"]) + med(samples["macs"]))
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load = os.getloadavg()[0]
+    print(
+        f"\nfloors, {when}, {os.cpu_count()} CPUs, load average {load:.2f}, {args.rounds} rounds\n"
+    )
+    print("| figure | floor | plain Celery | floor / plain Celery | target | reachable |")
+    print("|---|---:|---:|---:|---|---|")
+    print(f"| W1 p50: bare Celery round trip {med(samples['bare']) * 1000:.2f} ms + chain "
+          f"`ainvoke` {med(samples['ainvoke']) * 1000:.2f} ms | {w1_floor:.2f} ms | "
+          f"{base_w1:.2f} ms | {w1_floor / base_w1:.2f}x | <= 0.6x | "
+          f"{'yes' if w1_floor <= 0.6 * base_w1 else 'no'} |")  # fmt: skip
+    print(f"| W4: bare Celery 1 MB in and out {1 / med(samples['bare_mb']):.1f} MB/s + four "
+          f"HMAC-SHA256 passes {med(samples['macs']) * 1000:.2f} ms | {w4_floor:.1f} MB/s | "
+          f"{base_w4:.1f} MB/s | {w4_floor / base_w4:.2f}x | >= 4x | "
+          f"{'yes' if w4_floor >= 4 * base_w4 else 'no'} |")  # fmt: skip
+    for name, label in (("w3_default", "default GC"), ("w3_tuned", "worker's GC tuning")):
+        wall = med(samples[name])
+        print(f"| W3: LangChain `abatch` of {sizes.w3_items} x {sizes.w3_delay * 1000:.0f} ms "
+              f"in chunks of 64 at once, in-process, no queue, {label} | {wall:.3f} s | | | "
+              f"<= 0.5 s | "
+              f"{'yes' if wall <= 0.5 else 'no'} |")  # fmt: skip
+    return 0
+
+
+def _timed_base_w1(baseline: bench.Baseline, count: int) -> list[float]:
+    out = []
+    for index in range(count):
+        question = {"input": f"question {index}"}
+        started = time.perf_counter()
+        answer = baseline.invoke_chain(question)
+        out.append(time.perf_counter() - started)
+        if answer != expected(question["input"]):
+            raise bench.BenchmarkError("the baseline answered wrongly")
+    return out
+
+
+def _base_w4(baseline: bench.Baseline, payloads: list[str]) -> float:
+    """MB/s of the plain Celery echo task over `payloads` (as W4 measures it)."""
+    started = time.perf_counter()
+    for payload in payloads:
+        if baseline.echo(payload) != payload:
+            raise bench.BenchmarkError("the baseline echo answered wrongly")
+    return len(payloads) * len(payloads[0]) / 1e6 / (time.perf_counter() - started)
+
+
+def _bare_w4(client: redis.Redis, payloads: list[str]) -> float:
+    """Seconds per MB of the bare round trip carrying each payload both ways."""
+    bodies = [payload.encode() for payload in payloads]
+    total = sum(bare_round_trip(client, body) for body in bodies)
+    return total / (sum(len(body) for body in bodies) / 1e6)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        sys.exit(main())
+    except bench.BenchmarkError as exc:
+        print(f"floor failed: {exc}", file=sys.stderr)
+        sys.exit(1)
