@@ -93,7 +93,7 @@ def create_app(settings: Settings, executor: Executor, loop: LoopThread) -> Cele
     def run(wire: str) -> None:
         # Blocks this pool thread until the run is over, so the message is acked only then.
         try:
-            loop.run(executor.handle(wire))
+            loop.run(executor.handle(wire, executor.fetch_beside(wire)))
         except REDIS_ERRORS as exc:
             # Not the message's fault: hand it back (or, with Redis still away, leave it
             # unacknowledged for redelivery) instead of acknowledging a run never recorded.
@@ -168,3 +168,4 @@ def run_worker(
 async def _close(executor: Executor) -> None:
     await asyncio.sleep(0)
     await executor.redis.aclose()
+    executor.close_sync_redis()

@@ -205,8 +205,9 @@ def test_non_finite_durations_refused(name: str, raw: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "raw"),
-    [("concurrency", "0"), ("batch_chunk_size", "0"), ("max_attempts", "0"), ("gc_threshold", "-1"), ("malloc_keep", "-1"),
-     ("max_body_bytes", "1023"), ("queue", "two words"), ("queue", "")],
+    [("concurrency", "0"), ("batch_chunk_size", "0"), ("max_attempts", "0"),
+     ("gc_threshold", "-1"), ("malloc_keep", "-1"), ("max_body_bytes", "1023"),
+     ("queue", "two words"), ("queue", "")],
 )  # fmt: skip
 def test_other_bounds(name: str, raw: str) -> None:
     with pytest.raises(ConfigurationError):
