@@ -110,7 +110,7 @@ class Settings:
     default is 700; 0 keeps it). The worker also freezes what start-up created, so
     collections skip it. See `runnable_k8s/worker/memory.py`."""
 
-    malloc_keep: int = 64 * 1024 * 1024
+    malloc_keep: int = 32 * 1024 * 1024
     """Worker only (glibc): bytes of freed heap the worker keeps mapped instead of handing back
     to the OS, so large payloads do not fault fresh pages in on every run. 0 keeps glibc's
     defaults. See `runnable_k8s/worker/memory.py`."""
