@@ -24,6 +24,7 @@ import redis.asyncio as aredis
 from langchain_core.runnables import Runnable, RunnableConfig
 from redis import Redis as SyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runnable_k8s.errors import (
@@ -137,7 +138,10 @@ class Executor:
         header = envelope.peek_header(raw) if envelope.needs_body_beside(raw) else None
         if header is None:
             return None
-        stored = self.sync_redis.get(keys.body(header.run_id))
+        try:
+            stored = self.sync_redis.get(keys.body(header.run_id))
+        except ResponseError:  # a key of another type where the body belongs: no body
+            return None
         return stored if isinstance(stored, bytes) else None
 
     async def handle(self, wire: str, beside: bytes | None = None) -> None:
@@ -164,7 +168,10 @@ class Executor:
         if beside is None and envelope.needs_body_beside(raw):
             header = envelope.peek_header(raw)
             assert header is not None
-            stored = await self.redis.get(keys.body(header.run_id))
+            try:
+                stored = await self.redis.get(keys.body(header.run_id))
+            except ResponseError:  # a key of another type where the body belongs: no body
+                stored = None
             beside = stored if isinstance(stored, bytes) else None
         # Expiry is checked after verification, so an authentic expired run is recorded.
         return self.protocol.open_request(raw, beside=beside, check_expiry=False)

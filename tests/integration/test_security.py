@@ -201,6 +201,21 @@ def test_worker_rejects_oversized_bodies_and_keeps_serving(
     assert_still_serving(settings)
 
 
+@pytest.mark.parametrize("body", ["missing", "a list"])
+def test_body_beside_missing_or_of_another_type_is_rejected_and_logged(
+    settings: Settings, worker: WorkerProcess, redis_client: redis.Redis, body: str
+) -> None:
+    big = request_for(settings, demo_json(settings), "x" * 200_000)
+    wire, stored = Protocol(settings).seal_request(big)
+    assert stored is not None  # large enough to travel beside its message
+    if body == "a list":
+        redis_client.rpush(keys.body(big.run_id), b"not", b"a", b"body")
+    push(redis_client, settings, wire, big.run_id)
+    worker.wait_for_log(f"claimed_run={big.run_id} reason=envelope body travels beside")
+    assert_never_ran(redis_client, big.run_id)
+    assert_still_serving(settings)
+
+
 def test_dead_redis_gives_a_clear_error(settings: Settings) -> None:
     from runnable_k8s.embedded import free_port
 
