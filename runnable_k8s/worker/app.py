@@ -9,7 +9,7 @@ import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from celery import Celery, signals
+from celery import Celery
 from celery.exceptions import Reject
 from celery.worker.request import Request
 
@@ -29,13 +29,19 @@ log = logging.getLogger("runnable_k8s.worker")
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from ours. Each choice matters for not losing runs."""
     visibility = settings.effective_visibility_timeout
+    restore_every = max(1, min(60, int(visibility / 10)))
     transport: dict[str, Any] = {
         "visibility_timeout": visibility,
         # How often a live worker looks for messages a dead one held (and hands back those
         # older than the visibility timeout). kombu scans only every 10th sweep by default,
         # about 100 s: scan on every sweep, at a tenth of the visibility timeout.
         "unacked_restore_throttle": 1,
-        "unacked_restore_interval": max(1, min(60, int(visibility / 10))),
+        "unacked_restore_interval": restore_every,
+        # The lock one worker holds while it hands messages back. kombu keeps it 300 s, so a
+        # worker killed during a restore stalled every redelivery for five minutes (the soak
+        # found it); a restore takes milliseconds, and a second restorer only causes a
+        # duplicate delivery, which the claim turns away.
+        "unacked_mutex_expire": max(10, restore_every),
     }
     config: dict[str, Any] = {
         # JSON only: a pickle-accepting worker executes whatever anyone writes to Redis.
@@ -151,11 +157,11 @@ def run_worker(
     if hostname:
         argv.append(f"--hostname={hostname}")
 
-    def tune_memory(**_: Any) -> None:
-        # Once Celery has started its consumer, everything start-up built is alive for good.
-        memory.tune_gc(settings.gc_threshold)
-
-    signals.worker_ready.connect(tune_memory, weak=False, dispatch_uid="runnable_k8s.memory")
+    # Everything imported and built so far lives as long as the process. Not in Celery's
+    # `worker_ready` signal: that runs on the consumer's thread once it is consuming, and a
+    # message popped meanwhile is in neither the queue nor kombu's unacked hash while the
+    # collection runs (lost if the worker is killed then, until the rescue sweep finds it).
+    memory.tune_gc(settings.gc_threshold)
     try:
         app.worker_main(argv)
     finally:

@@ -1,0 +1,32 @@
+"""The broker options the worker derives from its settings reach kombu's Redis channel (an
+option kombu does not know would be ignored silently)."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from runnable_k8s.worker.app import celery_config
+from runnable_k8s.worker.transport import TRANSPORT
+from tests.conftest import make_settings
+
+
+def test_restore_options_reach_the_redis_channel(redis_url: str) -> None:
+    settings = make_settings(redis_url, time_limit=60.0, visibility_timeout=400.0)
+    app = Celery("probe", broker=redis_url, set_as_current=False)
+    app.conf.update(celery_config(settings))
+    assert app.conf.broker_transport == TRANSPORT
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        assert channel.visibility_timeout == 400.0
+        assert channel.unacked_restore_interval == 40
+        assert channel.unacked_restore_throttle == 1
+        # kombu's own default is 300 s: a worker killed while restoring held every redelivery
+        # back for that long.
+        assert channel.unacked_mutex_expire == 40
+
+
+def test_mutex_outlives_a_restore_even_with_a_short_visibility(redis_url: str) -> None:
+    settings = make_settings(redis_url, time_limit=5.0, visibility_timeout=20.0)
+    transport = celery_config(settings)["broker_transport_options"]
+    assert transport["unacked_restore_interval"] == 2
+    assert transport["unacked_mutex_expire"] == 10
