@@ -151,6 +151,12 @@ def run_soak(  # noqa: PLR0915 (one scenario, read top to bottom)
             "RUNNABLE_K8S_TIME_LIMIT": str(time_limit),
             "RUNNABLE_K8S_VISIBILITY_TIMEOUT": str(visibility),
             "RUNNABLE_K8S_HEARTBEAT_INTERVAL": "1",
+            # Below the 3 s cooldown: a message kombu lost (worker killed between BRPOP and
+            # its unacked record) is visible to the autoscaler nowhere, so only a worker that
+            # outlives the loss by rescue_after + one sweep can put it back. With the default
+            # 60 s, the last worker left after 3 quiet seconds and a loss at the end of a wave
+            # waited for the deadline (seen twice in three 10,000-run soaks).
+            "RUNNABLE_K8S_RESCUE_AFTER": "1",
             "RUNNABLE_K8S_LOG_LEVEL": "INFO",
         }
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNABLE_K8S_")}
