@@ -322,7 +322,9 @@ def test_a_wedged_event_loop_turns_liveness_red(redis_url: str, logs_dir: Path) 
             time.sleep(0.1)
         assert health.main([hb, "2"]) == 0
 
-        blocking = RunnableK8s(bound=LoopBlockingModel(seconds=4.0), settings=settings)
+        # Long enough that the checks below all fall inside the block even on a loaded
+        # machine (with 4 s, CI once saw the loop wake between two of them).
+        blocking = RunnableK8s(bound=LoopBlockingModel(seconds=8.0), settings=settings)
         run = blocking.submit("block")
         worker.wait_for_log(f"started run={run.id}")
         deadline = time.monotonic() + 10
