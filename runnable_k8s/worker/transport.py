@@ -3,7 +3,8 @@
 Anyone who can write to Redis can LPUSH bytes onto the queue list. Stock kombu parses the item
 inside its event loop and an undecodable one kills the whole worker ("Unrecoverable error:
 JSONDecodeError"), taking every running run with it. Here such an item is logged and dropped
-(BRPOP already removed it); everything else behaves exactly as kombu's transport.
+(BRPOP already removed it). It also keeps one blocking client per connection pool instead of
+building one per acknowledgement. Everything else behaves exactly as kombu's transport.
 """
 
 from __future__ import annotations
@@ -22,6 +23,23 @@ log = logging.getLogger("runnable_k8s.worker")
 
 
 class Channel(kombu_redis.Channel):
+    _blocking_client: tuple[Any, Any] | None = None
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        # kombu builds a new redis-py client around the channel's pool for every message it
+        # records as unacknowledged and for every acknowledgement: twice per run, on the
+        # consumer's thread, and building one (its table of reply callbacks) cost more than
+        # the pipeline it then sent. A client is only a handle on its pool, safe to share
+        # between threads, so one is kept per pool (a new pool after a reconnect gets its own).
+        if asynchronous:
+            return super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]
+        pool = self.pool
+        kept = self._blocking_client
+        if kept is None or kept[0] is not pool:
+            kept = (pool, super()._create_client())  # type: ignore[no-untyped-call]
+            self._blocking_client = kept
+        return kept[1]
+
     def _brpop_read(self, **options: Any) -> bool:
         # kombu's own method, with decoding and delivery of the popped item separated from
         # reading it: only a failed read is a connection problem. kombu counts KeyError as a

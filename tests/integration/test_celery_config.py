@@ -30,3 +30,24 @@ def test_mutex_outlives_a_restore_even_with_a_short_visibility(redis_url: str) -
     transport = celery_config(settings)["broker_transport_options"]
     assert transport["unacked_restore_interval"] == 2
     assert transport["unacked_mutex_expire"] == 10
+
+
+def test_the_channel_keeps_one_blocking_client_per_pool(redis_url: str) -> None:
+    """kombu built a client per acknowledgement; ours keeps one per connection pool, and a
+    new pool (after a reconnect) gets a new client that really reaches Redis."""
+    app = Celery("probe", broker=redis_url, set_as_current=False)
+    app.conf.update(celery_config(make_settings(redis_url)))
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        first = channel._create_client()
+        assert channel._create_client() is first
+        assert first.connection_pool is channel.pool
+        with channel.conn_or_acquire() as client:
+            assert client is first
+            assert client.ping()
+        assert channel._create_client(asynchronous=True) is not first
+        channel._pool = None  # what kombu does when it drops its pools
+        second = channel._create_client()
+        assert second is not first
+        assert second.connection_pool is channel.pool
+        assert second.ping()
