@@ -180,7 +180,16 @@ def _base_env() -> dict[str, str]:
     return env
 
 
-def start_ours(settings: Any, sizes: Sizes, log_dir: Path, loglevel: str) -> Worker:
+def start_ours(
+    settings: Any,
+    sizes: Sizes,
+    log_dir: Path,
+    loglevel: str,
+    *,
+    module: str = "runnable_k8s",
+    extra_env: dict[str, str] | None = None,
+) -> Worker:
+    """Our worker, `python -m <module> worker` (`benchmarks.stages` runs a stamped one)."""
     env = _base_env()
     env.update(
         {
@@ -190,12 +199,13 @@ def start_ours(settings: Any, sizes: Sizes, log_dir: Path, loglevel: str) -> Wor
             "RUNNABLE_K8S_ALLOWED_CLASSES": ",".join(settings.allowed_classes),
             "RUNNABLE_K8S_HEARTBEAT_FILE": str(log_dir / "ours.heartbeat"),
             "RUNNABLE_K8S_LOG_LEVEL": loglevel,
+            **(extra_env or {}),
         }
     )
     argv = [
         sys.executable,
         "-m",
-        "runnable_k8s",
+        module,
         "worker",
         f"--concurrency={sizes.concurrency}",
         f"--loglevel={loglevel}",

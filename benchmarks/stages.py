@@ -1,0 +1,224 @@
+"""Where W1's time goes: the median of each stage of one `invoke`, producer to worker and back.
+
+    python -m benchmarks.stages               # 300 invokes per side, 3 interleaved rounds
+    python -m benchmarks.stages --quick       # a few invokes (the CI smoke test)
+
+Starts its own Redis-protocol server, a RunnableK8s worker with timestamps at each stage
+(`benchmarks.stamped_worker`: the real worker, a few methods wrapped) and the plain Celery
+baseline worker, then runs W1 (sequential invokes of the small chain) on both sides, rounds
+interleaved as in `benchmarks.bench`. Each of our runs is cut into stages by the stamps of both
+processes (one monotonic clock for the machine), and the table gives each stage's median next
+to the baseline's p50 measured in the same run. Stamping costs a few microseconds per stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import contextlib
+import json
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks import bench
+
+# (from, to, what happens between): consecutive points of one run. Producer points: invoke,
+# enqueue, reply, done; the others are the worker's (see benchmarks/stamped_worker.py).
+STAGES: list[tuple[str, str, str]] = [
+    ("invoke", "enqueue", "producer: LangChain callbacks, input encoded and signed, records built"),
+    ("enqueue", "consumer", "enqueue transaction, until Celery's consumer has popped the message"),
+    ("consumer", "task", "Celery: unacked record, task request, hand-off to a pool thread"),
+    ("task", "loop", "pool thread hands the run to the worker's event loop"),
+    ("loop", "verified", "signature checked, request opened"),
+    ("verified", "claim", "'received' log line"),
+    ("claim", "claimed", "claim script: lease taken, status 'running'"),
+    ("claimed", "chain", "'started' log line, lease kept, runnable (cached) and input loaded"),
+    ("chain", "chain_done", "the chain's own `ainvoke` (prompt, model, parser)"),
+    ("chain_done", "finish", "output encoded and signed, final status sealed"),
+    ("finish", "reply", "finish script (outcome, status, lease) until the producer's XREAD wakes"),
+    ("reply", "done", "producer: outcome verified, output decoded, LangChain callbacks"),
+]  # fmt: skip
+
+
+class Stamps:
+    """The producer's stamps, taken by wrapping two functions of its Redis client."""
+
+    def __init__(self) -> None:
+        self.points: list[tuple[str, int]] = []
+
+    def mark(self, name: str) -> None:
+        self.points.append((name, time.monotonic_ns()))
+
+    def install(self) -> None:
+        from runnable_k8s.producer import client
+
+        submit = client.Client.submit
+        parse = client._parse_entries
+
+        def stamped_submit(this: Any, requests: Any) -> None:
+            self.mark("enqueue")
+            submit(this, requests)
+
+        def stamped_parse(*args: Any) -> Any:
+            self.mark("reply")
+            return parse(*args)
+
+        client.Client.submit = stamped_submit  # type: ignore[method-assign]
+        client._parse_entries = stamped_parse
+
+
+def runs(producer: list[tuple[str, int]], worker: list[tuple[str, int]]) -> list[dict[str, int]]:
+    """One dict of point -> ns per invoke: the producer's points, and the first of each of the
+    worker's points that fall between its enqueue and its return."""
+    found: list[dict[str, int]] = []
+    times = [t for _, t in worker]
+    current: dict[str, int] = {}
+    for name, t in producer:
+        if name == "invoke":
+            current = {"invoke": t}
+        elif name in ("enqueue", "reply"):
+            current.setdefault(name, t)
+        elif name == "done" and "enqueue" in current:
+            current["done"] = t
+            low = bisect.bisect_left(times, current["enqueue"])
+            high = bisect.bisect_right(times, t)
+            for point, when in worker[low:high]:
+                current.setdefault(point, when)
+            found.append(current)
+    return found
+
+
+def table(samples: list[dict[str, int]], ours_ms: list[float], base_ms: list[float]) -> str:
+    ours_p50 = statistics.median(ours_ms)
+    base_p50 = statistics.median(base_ms)
+    lines = [
+        "| stage | median | share of our p50 |",
+        "|---|---:|---:|",
+    ]
+    total = 0.0
+    for start, end, what in STAGES:
+        spans = [(s[end] - s[start]) / 1e6 for s in samples if start in s and end in s]
+        if not spans:
+            raise bench.BenchmarkError(f"no run had both stamps {start!r} and {end!r}")
+        median = statistics.median(spans)
+        total += median
+        lines.append(f"| {what} | {median:.3f} ms | {median / ours_p50:.0%} |")
+    lines += [
+        f"| **sum of the stage medians** | **{total:.2f} ms** | |",
+        "",
+        f"RunnableK8s p50 {ours_p50:.2f} ms over {len(ours_ms)} invokes; plain Celery p50 "
+        f"{base_p50:.2f} ms in the same run (ratio {ours_p50 / base_p50:.2f}x; the 0.6x target "
+        f"is {0.6 * base_p50:.2f} ms).",
+    ]
+    return "\n".join(lines)
+
+
+def measure(
+    ours: bench.Ours, base: bench.Baseline, producer: Stamps, invokes: int, rounds: int
+) -> dict[str, bench.Results]:
+    """W1 on both sides, rounds interleaved, our invokes stamped at their start and end."""
+    producer.install()
+    invoke: Callable[[dict[str, str]], str] = ours.invoke_chain
+
+    def stamped_invoke(payload: dict[str, str]) -> str:
+        producer.mark("invoke")
+        answer = invoke(payload)
+        producer.mark("done")
+        return answer
+
+    ours.invoke_chain = stamped_invoke  # type: ignore[method-assign]
+    results = {"ours": bench.Results(), "baseline": bench.Results()}
+    for side in (ours, base):
+        bench.w1(side, 5, 90_000, bench.Results())  # warm up
+    producer.points.clear()
+    offset = 0
+    for number, part in enumerate(bench._split(invokes, rounds)):
+        order: list[bench.Side] = [base, ours] if number % 2 == 0 else [ours, base]
+        for side in order:
+            bench.w1(side, part, offset, results[side.name])
+        offset += part
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.stages", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--invokes", type=int, help="invokes per side (default 300, quick 10)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3, quick 1)")
+    parser.add_argument("--quick", action="store_true", help="a few invokes (CI smoke test)")
+    parser.add_argument("--redis-url", help="use this Redis instead of starting an embedded one")
+    args = parser.parse_args(argv)
+    invokes = args.invokes or (10 if args.quick else 300)
+    rounds = args.rounds or (1 if args.quick else 3)
+
+    def log(message: str) -> None:
+        print(f"[stages {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    from benchmarks.models import ALLOWED_CLASSES
+    from runnable_k8s.embedded import EmbeddedRedis
+    from runnable_k8s.settings import Settings, SigningKey
+
+    sizes = bench.Sizes(invokes, 1, 1, 0.0, 1, 1000, rounds=rounds, concurrency=100)
+    with contextlib.ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rk8s-stages-")))
+        redis_url = args.redis_url
+        if not redis_url:
+            server = EmbeddedRedis()
+            redis_url = server.start()
+            stack.callback(server.close)
+        tag = uuid.uuid4().hex[:8]
+        settings = Settings(
+            signing_key=SigningKey(secrets.token_urlsafe(48).encode()),
+            redis_url=redis_url,
+            queue=f"stages-ours-{tag}",
+            allowed_classes=ALLOWED_CLASSES,
+            wait_timeout=600.0,
+        )
+        stamps_file = folder / "worker-stamps.json"
+        ours_worker = bench.start_ours(
+            settings,
+            sizes,
+            folder,
+            "INFO",
+            module="benchmarks.stamped_worker",
+            extra_env={"STAGES_FILE": str(stamps_file)},
+        )
+        stack.callback(ours_worker.stop)
+        base_queue = f"stages-baseline-{tag}"
+        base_worker = bench.start_baseline(redis_url, base_queue, sizes, folder, "INFO")
+        stack.callback(base_worker.stop)
+        ours_worker.wait_ready()
+        base_worker.wait_ready()
+        ours = bench.Ours(settings, sizes, ours_worker)
+        stack.callback(ours.close)
+        base = bench.Baseline(redis_url, base_queue, sizes, base_worker)
+        stack.callback(base.close)
+
+        producer = Stamps()
+        results = measure(ours, base, producer, invokes, rounds)
+        log(f"{invokes} invokes per side in {rounds} interleaved rounds")
+        ours_worker.stop()  # writes the worker's stamps
+        worker_points = [(str(n), int(t)) for n, t in json.loads(stamps_file.read_text())]
+        samples = runs(producer.points, worker_points)
+        info = bench.machine()
+        print(f"\nW1 stages, {info['date']}, {info['cpus']} CPUs, {info['cpu']}, ", end="")
+        print(f"load average {info['load_average'][0]:.2f}\n")
+        print(table(samples, results["ours"].w1_latencies_ms, results["baseline"].w1_latencies_ms))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except bench.BenchmarkError as exc:
+        print(f"stages failed: {exc}", file=sys.stderr)
+        sys.exit(1)
