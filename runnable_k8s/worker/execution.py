@@ -18,7 +18,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import redis.asyncio as aredis
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -62,6 +62,13 @@ _LATE_CANCEL_CHECK = 0.5
 
 # Errors that mean "Redis is not reachable right now", not "this message is bad".
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+
+
+class _NotRead:
+    """`handle`'s default: the body beside the message was not read by the caller."""
+
+
+NOT_READ: Final = _NotRead()
 
 
 class Executor:
@@ -134,18 +141,18 @@ class Executor:
         reaches the event loop: a blocking read of 1 MB costs about half what the event
         loop's stream reader does, and the pool thread would only wait otherwise. Nothing is
         trusted here; `handle` verifies the body with its message."""
-        raw = wire.encode() if isinstance(wire, str) else b""
-        header = envelope.peek_header(raw) if envelope.needs_body_beside(raw) else None
-        if header is None:
+        key = _body_key(wire.encode() if isinstance(wire, str) else b"")
+        if key is None:
             return None
         try:
-            stored = self.sync_redis.get(keys.body(header.run_id))
+            stored = self.sync_redis.get(key)
         except ResponseError:  # a key of another type where the body belongs: no body
             return None
         return stored if isinstance(stored, bytes) else None
 
-    async def handle(self, wire: str, beside: bytes | None = None) -> None:
-        """Handle one Celery message's argument. Never raises for bad input."""
+    async def handle(self, wire: str, beside: bytes | _NotRead | None = NOT_READ) -> None:
+        """Handle one Celery message's argument. Never raises for bad input. `beside` is
+        what `fetch_beside` read (None: nothing); left out, it is read here."""
         raw = wire.encode() if isinstance(wire, str) else b""
         try:
             request = await self._verify(raw, beside)
@@ -162,17 +169,16 @@ class Executor:
         )
         await self._execute(request)
 
-    async def _verify(self, raw: bytes, beside: bytes | None = None) -> RunRequest:
+    async def _verify(self, raw: bytes, beside: bytes | _NotRead | None) -> RunRequest:
         if len(raw) > self.protocol.signer.max_body_bytes + 1024:
             raise PayloadTooLarge(f"message of {len(raw)} bytes exceeds the size limit")
-        if beside is None and envelope.needs_body_beside(raw):
-            header = envelope.peek_header(raw)
-            assert header is not None
-            try:
-                stored = await self.redis.get(keys.body(header.run_id))
-            except ResponseError:  # a key of another type where the body belongs: no body
-                stored = None
-            beside = stored if isinstance(stored, bytes) else None
+        if isinstance(beside, _NotRead):
+            beside = None
+            key = _body_key(raw)
+            if key is not None:
+                with contextlib.suppress(ResponseError):  # a key of another type: no body
+                    stored = await self.redis.get(key)
+                    beside = stored if isinstance(stored, bytes) else None
         # Expiry is checked after verification, so an authentic expired run is recorded.
         return self.protocol.open_request(raw, beside=beside, check_expiry=False)
 
@@ -561,6 +567,14 @@ class Executor:
             _event(logging.INFO, RunEvent("cancelling", run_id), "cancelling run=%s", run_id)
 
         await self.cancellations.listen(self.redis, verified, announce)
+
+
+def _body_key(raw: bytes) -> str | None:
+    """The key of the body this (unverified) message says travels beside it, if any."""
+    if not envelope.needs_body_beside(raw):
+        return None
+    header = envelope.peek_header(raw)
+    return None if header is None else keys.body(header.run_id)
 
 
 @dataclasses.dataclass

@@ -3,6 +3,7 @@ with a clear error or log line, nothing runs, and the worker serves the next goo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -30,6 +31,7 @@ from runnable_k8s.protocol import keys, task_message
 from runnable_k8s.protocol.codec import data_codec
 from runnable_k8s.protocol.messages import Protocol, RunRequest
 from runnable_k8s.settings import SigningKey
+from runnable_k8s.worker.execution import Executor
 from tests.conftest import make_settings
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.redis_scan import contains
@@ -214,6 +216,37 @@ def test_body_beside_missing_or_of_another_type_is_rejected_and_logged(
     worker.wait_for_log(f"claimed_run={big.run_id} reason=envelope body travels beside")
     assert_never_ran(redis_client, big.run_id)
     assert_still_serving(settings)
+
+
+def test_the_body_is_read_once_where_the_pool_thread_read_it(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The pool thread reads a body that travels beside its message (`fetch_beside`); what
+    it found is final. Told "no body", `handle` rejects the message instead of reading again;
+    given no answer at all, it reads the body itself and runs the run."""
+    settings = make_settings(redis_url)  # a queue of its own: no worker consumes it
+    big = RunnableK8s(bound=DemoChatModel(), settings=settings)
+    run = big.submit("What does Pikachu evolve from? " + "x" * 200_000)
+    raw = redis_client.rpop(settings.queue)
+    assert isinstance(raw, bytes)
+    wire = json.loads(json.loads(raw)["body"])[0][0]
+    assert redis_client.exists(keys.body(run.id)) == 1
+
+    async def scenario() -> None:
+        executor = Executor(settings)
+        try:
+            assert executor.fetch_beside(wire) == redis_client.get(keys.body(run.id))
+            await executor.handle(wire, None)  # the pool thread found nothing
+            assert_never_ran(redis_client, run.id)
+            assert run.status().state == "queued"
+            await executor.handle(wire)  # nobody read it: read here
+        finally:
+            executor.leases.stop()
+            await executor.redis.aclose()
+            executor.close_sync_redis()
+
+    asyncio.run(scenario())
+    assert "Pichu" in run.result(timeout=30).content
 
 
 def test_dead_redis_gives_a_clear_error(settings: Settings) -> None:
