@@ -159,6 +159,19 @@ class Settings:
         return self.visibility_timeout or self.time_limit + 300.0
 
     @property
+    def rescue_every(self) -> float:
+        """Seconds between a worker's rescue sweeps: a quarter of `rescue_after`, within
+        1 to 30 s."""
+        return max(1.0, min(30.0, self.rescue_after / 4))
+
+    @property
+    def rescue_within(self) -> float:
+        """Seconds within which a live worker enqueues again a message the broker lost. No
+        autoscaler trigger counts such a run, so the last worker must stay up this long
+        after the queue looks empty: KEDA's cooldownPeriod must be above it."""
+        return self.rescue_after + self.rescue_every
+
+    @property
     def redis_db(self) -> int:
         """The database index of `redis_url` (0 when the URL names none)."""
         if not self.redis_url:

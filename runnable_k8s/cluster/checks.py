@@ -243,6 +243,9 @@ def _scaler_problems(
         problems.append(
             f"no redis trigger counts {INFLIGHT_KEY!r}: busy workers would be scaled away"
         )
+    cooldown = spec.get("cooldownPeriod", 300)  # KEDA's default
+    if isinstance(cooldown, int | float) and cooldown <= settings.rescue_within:
+        problems.append(cooldown_problem(cooldown, settings))
     modifiers = spec.get("advanced", {}).get("scalingModifiers", {})
     formula = str(modifiers.get("formula", ""))
     missing = [t.get("name", "") for t in triggers if t.get("name", "") not in formula]
@@ -257,6 +260,16 @@ def _scaler_problems(
             f"RUNNABLE_K8S_CONCURRENCY ({settings.concurrency})"
         )
     return problems
+
+
+def cooldown_problem(cooldown: float, settings: Settings) -> str:
+    """Why a cooldownPeriod of `cooldown` seconds is too short for these settings."""
+    return (
+        f"cooldownPeriod ({cooldown:g}) must be above RUNNABLE_K8S_RESCUE_AFTER "
+        f"({settings.rescue_after:g}) plus one rescue sweep ({settings.rescue_every:g}): a "
+        "message the broker lost is counted by no trigger, and the last worker would be "
+        "scaled away before enqueuing it again"
+    )
 
 
 def _connection_problems(

@@ -132,7 +132,7 @@ def run_worker(
         executor.redis,
         settings.queue,
         after=settings.rescue_after,
-        every=max(1.0, min(30.0, settings.rescue_after / 4)),
+        every=settings.rescue_every,
     )
     background = [
         loop.submit(executor.listen_for_cancellations()),

@@ -121,9 +121,21 @@ def _other_host(objects: Objects) -> None:
     _trigger(objects, "queued")["metadata"]["host"] = "redis.other"
 
 
+def _short_cooldown(objects: Objects) -> None:
+    _scaled(objects)["spec"]["cooldownPeriod"] = 75  # RESCUE_AFTER 60 + one 15 s sweep
+
+
+def _late_rescue(objects: Objects) -> None:
+    next(o for o in objects if o["kind"] == "ConfigMap")["data"]["RUNNABLE_K8S_RESCUE_AFTER"] = (
+        "290"
+    )
+
+
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
+        (_short_cooldown, "cooldownPeriod (75) must be above RUNNABLE_K8S_RESCUE_AFTER (60) plus"),
+        (_late_rescue, "cooldownPeriod (300) must be above RUNNABLE_K8S_RESCUE_AFTER (290) plus"),
         (_rename_queue_trigger, "trigger 'queued' counts Redis key 'celery', but the workers"),
         (_rename_signing_secret, "refers to Secret signing-key-typo, which is neither"),
         (_drop_config_map, "refers to ConfigMap runnable-k8s-config-"),
@@ -147,6 +159,11 @@ def test_drift_is_caught(dev: Objects, mutate: Callable[[Objects], None], expect
     assert any(expected in p for p in problems), problems
     with pytest.raises(ConfigurationError, match="contradict"):
         assert_consistent(dev)
+
+
+def test_a_cooldown_just_above_the_rescue_window_passes(dev: Objects) -> None:
+    _scaled(dev)["spec"]["cooldownPeriod"] = 76
+    assert find_problems(dev) == []
 
 
 def test_a_secret_generated_by_the_overlay_needs_no_declaration(dev: Objects) -> None:

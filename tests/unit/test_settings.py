@@ -160,6 +160,17 @@ def test_visibility_timeout_defaults_above_time_limit() -> None:
 
 
 @pytest.mark.parametrize(
+    ("rescue_after", "every", "within"),
+    [("2", 1.0, 3.0), ("60", 15.0, 75.0), ("600", 30.0, 630.0)],
+)
+def test_rescue_sweeps_every_quarter_of_rescue_after_within_1_to_30_s(
+    rescue_after: str, every: float, within: float
+) -> None:
+    settings = Settings.from_env({"RUNNABLE_K8S_RESCUE_AFTER": rescue_after})
+    assert (settings.rescue_every, settings.rescue_within) == (every, within)
+
+
+@pytest.mark.parametrize(
     "url",
     ["http://redis:6379/0", "valkey://redis:6379", "unix:///tmp/redis.sock", "redis-host:6379"],
 )
