@@ -46,8 +46,10 @@ for _, id in ipairs(ids) do
     end
     if type(tag) ~= 'string' then
       redis.call('zrem', KEYS[1], id)
+    -- RANK -1: from the consuming end, where messages pending the longest wait (producers
+    -- LPUSH, kombu BRPOPs): a queued one is found in a few steps, not after the whole list.
     elseif redis.call('hexists', KEYS[3], tag) == 0
-       and not redis.call('lpos', KEYS[2], message, 'MAXLEN', ARGV[4]) then
+       and not redis.call('lpos', KEYS[2], message, 'RANK', -1, 'MAXLEN', ARGV[4]) then
       redis.call('rpush', KEYS[2], message)
       table.insert(rescued, id)
     end
