@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(client.close)
         for _ in range(invokes // 5):  # warm both workers up (the bare one may still be starting)
             bare_round_trip(client)
+            bare_round_trip(client, question="warm-up")
             baseline.invoke_chain({"input": "warm-up"})
         payloads = [bench._payload(sizes.w4_bytes, salt) for salt in range(sizes.w4_invokes)]
         for number in range(args.rounds):

@@ -243,9 +243,7 @@ def _scaler_problems(
         problems.append(
             f"no redis trigger counts {INFLIGHT_KEY!r}: busy workers would be scaled away"
         )
-    cooldown = spec.get("cooldownPeriod", 300)  # KEDA's default
-    if isinstance(cooldown, int | float) and cooldown <= settings.rescue_within:
-        problems.append(cooldown_problem(cooldown, settings))
+    problems += _cooldown_problems(spec, settings)
     modifiers = spec.get("advanced", {}).get("scalingModifiers", {})
     formula = str(modifiers.get("formula", ""))
     missing = [t.get("name", "") for t in triggers if t.get("name", "") not in formula]
@@ -262,13 +260,30 @@ def _scaler_problems(
     return problems
 
 
-def cooldown_problem(cooldown: float, settings: Settings) -> str:
-    """Why a cooldownPeriod of `cooldown` seconds is too short for these settings."""
+def _cooldown_problems(spec: Mapping[str, Any], settings: Settings) -> list[str]:
+    # KEDA's defaults; the cooldown only applies to the last replica (1 -> 0).
+    raw = {k: spec.get(k, d) for k, d in (("cooldownPeriod", 300), ("pollingInterval", 30))}
+    if spec.get("minReplicaCount", 0) != 0:
+        return []
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in raw.values()):
+        return [f"cooldownPeriod and pollingInterval must be numbers, not {raw}"]
+    problem = cooldown_problem(raw["cooldownPeriod"], raw["pollingInterval"], settings)
+    return [problem] if problem else []
+
+
+def cooldown_problem(cooldown: float, polling: float, settings: Settings) -> str | None:
+    """Why a cooldownPeriod of `cooldown` seconds is too short for these settings (None: it
+    is not). A message the broker lost is counted by no trigger, so the last worker must stay
+    up until it has been enqueued again; the cooldown counts from the last poll that saw work,
+    which can be a polling interval before the run was submitted."""
+    needed = settings.rescue_within + polling
+    if cooldown > needed:
+        return None
     return (
         f"cooldownPeriod ({cooldown:g}) must be above RUNNABLE_K8S_RESCUE_AFTER "
-        f"({settings.rescue_after:g}) plus one rescue sweep ({settings.rescue_every:g}): a "
-        "message the broker lost is counted by no trigger, and the last worker would be "
-        "scaled away before enqueuing it again"
+        f"({settings.rescue_after:g}) plus one rescue sweep ({settings.rescue_every:g}) plus "
+        f"pollingInterval ({polling:g}), {needed:g} s: a message the broker lost is counted by "
+        "no trigger, and the last worker could be scaled away before enqueuing it again"
     )
 
 

@@ -107,12 +107,13 @@ def dev(**options: Any) -> None:
             log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rk8s-dev-")))
         _print_connection(settings, embedded=embedded, generated_key=generated_key)
         _print_scaling(config, log_dir)
-        if config.cooldown <= settings.rescue_within:
+        from runnable_k8s.cluster.checks import cooldown_problem
+
+        problem = cooldown_problem(config.cooldown, config.polling_interval, settings)
+        if problem and config.min_replicas == 0:
             # Not refused: short cooldowns are what a local try-out wants. On a cluster,
             # `runnable-k8s cluster deploy` refuses the same manifests.
-            from runnable_k8s.cluster.checks import cooldown_problem
-
-            click.echo(f"warning: {cooldown_problem(config.cooldown, settings)}", err=True)
+            click.echo(f"warning: {problem}", err=True)
         _serve(
             settings,
             config,

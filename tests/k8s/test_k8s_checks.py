@@ -122,7 +122,11 @@ def _other_host(objects: Objects) -> None:
 
 
 def _short_cooldown(objects: Objects) -> None:
-    _scaled(objects)["spec"]["cooldownPeriod"] = 75  # RESCUE_AFTER 60 + one 15 s sweep
+    _scaled(objects)["spec"]["cooldownPeriod"] = 90  # RESCUE_AFTER 60 + a 15 s sweep + 15 s poll
+
+
+def _text_cooldown(objects: Objects) -> None:
+    _scaled(objects)["spec"]["cooldownPeriod"] = "300"
 
 
 def _late_rescue(objects: Objects) -> None:
@@ -134,8 +138,9 @@ def _late_rescue(objects: Objects) -> None:
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (_short_cooldown, "cooldownPeriod (75) must be above RUNNABLE_K8S_RESCUE_AFTER (60) plus"),
+        (_short_cooldown, "cooldownPeriod (90) must be above RUNNABLE_K8S_RESCUE_AFTER (60) plus"),
         (_late_rescue, "cooldownPeriod (300) must be above RUNNABLE_K8S_RESCUE_AFTER (290) plus"),
+        (_text_cooldown, "cooldownPeriod and pollingInterval must be numbers"),
         (_rename_queue_trigger, "trigger 'queued' counts Redis key 'celery', but the workers"),
         (_rename_signing_secret, "refers to Secret signing-key-typo, which is neither"),
         (_drop_config_map, "refers to ConfigMap runnable-k8s-config-"),
@@ -162,7 +167,13 @@ def test_drift_is_caught(dev: Objects, mutate: Callable[[Objects], None], expect
 
 
 def test_a_cooldown_just_above_the_rescue_window_passes(dev: Objects) -> None:
-    _scaled(dev)["spec"]["cooldownPeriod"] = 76
+    _scaled(dev)["spec"]["cooldownPeriod"] = 91
+    assert find_problems(dev) == []
+
+
+def test_the_cooldown_does_not_matter_with_a_replica_always_up(dev: Objects) -> None:
+    _short_cooldown(dev)
+    _scaled(dev)["spec"]["minReplicaCount"] = 1
     assert find_problems(dev) == []
 
 
