@@ -99,7 +99,10 @@ def scaling_for(queue: str, *, max_replicas: int, target: int, polling: float) -
         min_replicas=0,
         max_replicas=max_replicas,
         target=target,
-        triggers={"queued": queue, "inflight": keys.UNACKED},
+        # The three triggers of k8s/base/scaledobject.yaml.
+        triggers={"queued": queue, "inflight": keys.UNACKED, "pending": keys.pending(queue)},
+        formula=("queued", "inflight", "pending"),
+        factors={"pending": 0.01},
         scale_up=Rules(0.0, (Policy("Percent", 100, 2.0), Policy("Pods", 4, 2.0)), "Max"),
         scale_down=Rules(3.0, (Policy("Pods", 1, 1.0),), "Min"),
         source="soak",
@@ -151,11 +154,10 @@ def run_soak(  # noqa: PLR0915 (one scenario, read top to bottom)
             "RUNNABLE_K8S_TIME_LIMIT": str(time_limit),
             "RUNNABLE_K8S_VISIBILITY_TIMEOUT": str(visibility),
             "RUNNABLE_K8S_HEARTBEAT_INTERVAL": "1",
-            # Below the 3 s cooldown: a message kombu lost (worker killed between BRPOP and
-            # its unacked record) is visible to the autoscaler nowhere, so only a worker that
-            # outlives the loss by rescue_after + one sweep can put it back. With the default
-            # 60 s, the last worker left after 3 quiet seconds and a loss at the end of a wave
-            # waited for the deadline (seen twice in three 10,000-run soaks).
+            # A message kombu lost (worker killed between BRPOP and its unacked record) is
+            # neither queued nor in flight; the pending trigger keeps a worker up until its
+            # rescue sweep puts it back, after rescue_after. The default 60 s would hold a
+            # wave's last run that long: 1 s keeps the soak short.
             "RUNNABLE_K8S_RESCUE_AFTER": "1",
             "RUNNABLE_K8S_LOG_LEVEL": "INFO",
         }

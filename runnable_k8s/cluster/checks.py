@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from runnable_k8s.cluster.manifests import WORKER, WORKER_CONTAINER, Manifest
 from runnable_k8s.errors import ConfigurationError
+from runnable_k8s.protocol import keys
 from runnable_k8s.settings import ENV_PREFIX, Settings
 
 INFLIGHT_KEY = "unacked"
@@ -222,7 +223,7 @@ def _scaler_problems(
     names = [str(t["metadata"].get("listName", "")) for t in triggers]
     for trigger, list_name in zip(triggers, names, strict=True):
         label = f"trigger {trigger.get('name', '?')!r}"
-        if list_name not in {settings.queue, INFLIGHT_KEY}:
+        if list_name not in {settings.queue, INFLIGHT_KEY, keys.pending(settings.queue)}:
             problems.append(
                 f"{label} counts Redis key {list_name!r}, but the workers consume "
                 f"{settings.queue!r} (RUNNABLE_K8S_QUEUE)"
@@ -243,14 +244,17 @@ def _scaler_problems(
         problems.append(
             f"no redis trigger counts {INFLIGHT_KEY!r}: busy workers would be scaled away"
         )
-    problems += _cooldown_problems(spec, settings)
+    if keys.pending(settings.queue) not in names:
+        # Without the pending set's count, only a long enough cooldown keeps a worker up
+        # until a lost message is enqueued again.
+        problems += _cooldown_problems(spec, settings)
     modifiers = spec.get("advanced", {}).get("scalingModifiers", {})
     formula = str(modifiers.get("formula", ""))
     missing = [t.get("name", "") for t in triggers if t.get("name", "") not in formula]
     if len(triggers) > 1 and (not formula or missing):
         problems.append(
-            "advanced.scalingModifiers.formula must combine every trigger by name "
-            f"(e.g. 'queued + inflight'); not in it: {', '.join(map(repr, missing))}"
+            "advanced.scalingModifiers.formula must combine every trigger by name (e.g. "
+            f"'queued + inflight + pending / 100'); not in it: {', '.join(map(repr, missing))}"
         )
     if formula and modifiers.get("target") != str(settings.concurrency):
         problems.append(

@@ -17,6 +17,7 @@ import click
 import redis
 
 from runnable_k8s.errors import RunnableK8sError
+from runnable_k8s.protocol import keys
 from runnable_k8s.settings import Settings, SigningKey
 
 if TYPE_CHECKING:
@@ -110,7 +111,8 @@ def dev(**options: Any) -> None:
         from runnable_k8s.cluster.checks import cooldown_problem
 
         problem = cooldown_problem(config.cooldown, config.polling_interval, settings)
-        if problem and config.min_replicas == 0:
+        counts_pending = keys.pending(settings.queue) in config.triggers.values()
+        if problem and config.min_replicas == 0 and not counts_pending:
             # Not refused: short cooldowns are what a local try-out wants. On a cluster,
             # `runnable-k8s cluster deploy` refuses the same manifests.
             click.echo(f"warning: {problem}", err=True)
@@ -193,7 +195,7 @@ def _print_scaling(config: ScalingConfig, log_dir: Path) -> None:
         f" s, replicas {config.min_replicas}..{config.max_replicas}, target "
         f"{config.target:g} runs per worker, activation > {config.activation:g}, scale-down "
         f"window {config.scale_down.window:g} s\n"
-        f"  metric: {' + '.join(f'{n} ({config.triggers[n]})' for n in config.formula)}\n"
+        f"  metric: {config.describe_formula()}\n"
         f"worker logs: {log_dir}\n"
         "Ctrl-C to stop."
     )

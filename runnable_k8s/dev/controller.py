@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -107,7 +108,7 @@ class Controller:
                 error=str(exc),
             )
             return self._emit(sample)
-        metric = float(sum(lengths[name] for name in self.config.formula))
+        metric = self.config.metric(lengths)
         decision = self.autoscaler.decide(now, metric, current)
         if not self.frozen and decision.desired != current:
             self.pool.scale_to(decision.desired)
@@ -143,9 +144,10 @@ class Controller:
             stop.wait(min(tick, max(0.0, next_step - self.clock())))
 
     def backlog(self) -> int | None:
-        """Queued plus in-flight runs now, or None when Redis does not answer."""
+        """The formula's value now, rounded up (any work left counts at least 1), or None when
+        Redis does not answer."""
         try:
             lengths = trigger_lengths(self.client, self.config.triggers)
         except (redis.RedisError, OSError):
             return None
-        return sum(lengths[name] for name in self.config.formula)
+        return math.ceil(self.config.metric(lengths))

@@ -4,9 +4,9 @@ The parameters come from the same kustomize files the cluster uses (`base/config
 ScaledObject, with the values `components/single-source` copies), so `runnable-k8s dev` scales
 on exactly what a cluster would. The rules reproduced here:
 
-- KEDA activation: the metric (`queued + inflight`) is *active* above `activationTarget`. From 0
-  replicas an active metric scales to 1; with no activity for `cooldownPeriod` seconds the last
-  replica goes (1 -> 0). Between 1 and max the HPA decides.
+- KEDA activation: the metric (`queued + inflight + pending / 100`) is *active* above
+  `activationTarget`. From 0 replicas an active metric scales to 1; with no activity for
+  `cooldownPeriod` seconds the last replica goes (1 -> 0). Between 1 and max the HPA decides.
 - HPA (AverageValue): desired = ceil(metric / target), unchanged while metric / (target *
   current) is within the 10 % tolerance; then the stabilisation windows (scale up to the lowest,
   scale down to the highest recommendation of the window), then the rate policies (replicas
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runnable_k8s.errors import ConfigurationError
+from runnable_k8s.protocol import keys
 
 HPA_TOLERANCE = 0.1
 """kube-controller-manager's default `--horizontal-pod-autoscaler-tolerance`."""
@@ -75,6 +76,8 @@ class ScalingConfig:
     """Trigger name -> Redis key whose length KEDA reads (LLEN, HLEN, SCARD or ZCARD)."""
     formula: tuple[str, ...] = ("queued", "inflight")
     """Trigger names summed by `scalingModifiers.formula`."""
+    factors: Mapping[str, float] = field(default_factory=dict)
+    """Weights of formula terms written `name / N` (1/N); a plain name weighs 1."""
     scale_up: Rules = field(default_factory=lambda: DEFAULT_SCALE_UP)
     scale_down: Rules = field(default_factory=lambda: DEFAULT_SCALE_DOWN)
     source: str = "defaults"
@@ -82,6 +85,17 @@ class ScalingConfig:
 
     def replace(self, **changes: Any) -> ScalingConfig:
         return dataclasses.replace(self, **changes)
+
+    def metric(self, lengths: Mapping[str, int]) -> float:
+        """The formula's value for these trigger lengths."""
+        return float(sum(lengths[name] * self.factors.get(name, 1.0) for name in self.formula))
+
+    def describe_formula(self) -> str:
+        return " + ".join(
+            f"{name} ({self.triggers[name]})"
+            + (f" / {1 / self.factors[name]:g}" if name in self.factors else "")
+            for name in self.formula
+        )
 
     def with_overrides(
         self,
@@ -109,8 +123,12 @@ class ScalingConfig:
         if scale_down_window is not None:
             down = dataclasses.replace(config.scale_down, window=scale_down_window)
             config = config.replace(scale_down=down)
-        if queue is not None and "queued" in config.triggers:
-            config = config.replace(triggers={**config.triggers, "queued": queue})
+        if queue is not None:
+            # The keys that follow the queue's name (the single-source component copies it).
+            renamed = {"queued": queue, "pending": keys.pending(queue)}
+            config = config.replace(
+                triggers={n: renamed.get(n, k) for n, k in config.triggers.items()}
+            )
         config.validate()
         return config
 
@@ -304,12 +322,9 @@ def from_manifests(scaled_object: Mapping[str, Any], source: str) -> ScalingConf
             for i, t in enumerate(spec["triggers"])
             if t.get("type") == "redis"
         }
+        factors: dict[str, float] = {}
         if modifiers:
-            names = tuple(part.strip() for part in str(modifiers["formula"]).split("+"))
-            if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", n) for n in names):
-                raise ConfigurationError(
-                    f"only sums of trigger names are supported, not {modifiers['formula']!r}"
-                )
+            names, factors = parse_formula(str(modifiers["formula"]))
             target = float(modifiers["target"])
             activation = float(modifiers.get("activationTarget", "0"))
         else:
@@ -327,6 +342,7 @@ def from_manifests(scaled_object: Mapping[str, Any], source: str) -> ScalingConf
             activation=activation,
             triggers=triggers,
             formula=names,
+            factors=factors,
             scale_up=_rules(behavior.get("scaleUp"), DEFAULT_SCALE_UP),
             scale_down=_rules(behavior.get("scaleDown"), DEFAULT_SCALE_DOWN),
             source=source,
@@ -335,6 +351,30 @@ def from_manifests(scaled_object: Mapping[str, Any], source: str) -> ScalingConf
         raise ConfigurationError(f"cannot read the ScaledObject in {source}: {exc!r}") from exc
     config.validate()
     return config
+
+
+def parse_formula(formula: str) -> tuple[tuple[str, ...], dict[str, float]]:
+    """The terms of a sum of trigger names, each optionally divided by a number
+    (`queued + inflight + pending / 100`): the names, and the weight of each divided one.
+
+    Raises:
+        ConfigurationError: any other expression (KEDA accepts more; this emulation does not).
+    """
+    names: list[str] = []
+    factors: dict[str, float] = {}
+    for term in formula.split("+"):
+        match = re.fullmatch(
+            r"\s*([A-Za-z_][A-Za-z0-9_-]*)\s*(?:/\s*([0-9]+(?:\.[0-9]+)?)\s*)?", term
+        )
+        if match is None or (match.group(2) is not None and float(match.group(2)) <= 0):
+            raise ConfigurationError(
+                "only sums of trigger names, each optionally divided by a number, are "
+                f"supported, not {formula!r}"
+            )
+        names.append(match.group(1))
+        if match.group(2) is not None:
+            factors[match.group(1)] = 1 / float(match.group(2))
+    return tuple(names), factors
 
 
 def _rules(raw: Mapping[str, Any] | None, default: Rules) -> Rules:
@@ -359,7 +399,7 @@ def _rules(raw: Mapping[str, Any] | None, default: Rules) -> Rules:
 
 def load_base(root: Path) -> ScalingConfig:
     """Read `base/scaledobject.yaml`, applying the copies `components/single-source` makes from
-    `base/config.env` (queue -> listName, concurrency -> target and listLength).
+    `base/config.env` (queue -> listNames, concurrency -> target and listLength).
 
     Raises:
         ConfigurationError: the files are missing or unreadable.
@@ -384,6 +424,8 @@ def load_base(root: Path) -> ScalingConfig:
     for trigger in spec.get("triggers", []):
         if queue and trigger.get("name") == "queued":
             trigger["metadata"]["listName"] = queue
+        if queue and trigger.get("name") == "pending":
+            trigger["metadata"]["listName"] = keys.pending(queue)
     return from_manifests(scaled_object, f"{base}/scaledobject.yaml + config.env")
 
 

@@ -121,18 +121,32 @@ def _other_host(objects: Objects) -> None:
     _trigger(objects, "queued")["metadata"]["host"] = "redis.other"
 
 
+def _drop_pending(objects: Objects) -> None:
+    """Without the pending set's trigger only the cooldown keeps a worker up for a lost run."""
+    spec = _scaled(objects)["spec"]
+    spec["triggers"] = [t for t in spec["triggers"] if t["name"] != "pending"]
+    spec["advanced"]["scalingModifiers"]["formula"] = "queued + inflight"
+
+
 def _short_cooldown(objects: Objects) -> None:
+    _drop_pending(objects)
     _scaled(objects)["spec"]["cooldownPeriod"] = 90  # RESCUE_AFTER 60 + a 15 s sweep + 15 s poll
 
 
 def _text_cooldown(objects: Objects) -> None:
+    _drop_pending(objects)
     _scaled(objects)["spec"]["cooldownPeriod"] = "300"
 
 
 def _late_rescue(objects: Objects) -> None:
+    _drop_pending(objects)
     next(o for o in objects if o["kind"] == "ConfigMap")["data"]["RUNNABLE_K8S_RESCUE_AFTER"] = (
         "290"
     )
+
+
+def _pending_of_another_queue(objects: Objects) -> None:
+    _trigger(objects, "pending")["metadata"]["listName"] = "rk8s:pending:celery"
 
 
 @pytest.mark.parametrize(
@@ -141,6 +155,7 @@ def _late_rescue(objects: Objects) -> None:
         (_short_cooldown, "cooldownPeriod (90) must be above RUNNABLE_K8S_RESCUE_AFTER (60) plus"),
         (_late_rescue, "cooldownPeriod (300) must be above RUNNABLE_K8S_RESCUE_AFTER (290) plus"),
         (_text_cooldown, "cooldownPeriod and pollingInterval must be numbers"),
+        (_pending_of_another_queue, "trigger 'pending' counts Redis key 'rk8s:pending:celery'"),
         (_rename_queue_trigger, "trigger 'queued' counts Redis key 'celery', but the workers"),
         (_rename_signing_secret, "refers to Secret signing-key-typo, which is neither"),
         (_drop_config_map, "refers to ConfigMap runnable-k8s-config-"),
@@ -167,7 +182,13 @@ def test_drift_is_caught(dev: Objects, mutate: Callable[[Objects], None], expect
 
 
 def test_a_cooldown_just_above_the_rescue_window_passes(dev: Objects) -> None:
+    _drop_pending(dev)
     _scaled(dev)["spec"]["cooldownPeriod"] = 91
+    assert find_problems(dev) == []
+
+
+def test_with_the_pending_trigger_any_cooldown_passes(dev: Objects) -> None:
+    _scaled(dev)["spec"]["cooldownPeriod"] = 1
     assert find_problems(dev) == []
 
 

@@ -12,6 +12,7 @@ from runnable_k8s import RunnableK8s
 from runnable_k8s.dev.controller import trigger_lengths
 from runnable_k8s.dev.scaling import Policy, Rules, ScalingConfig
 from runnable_k8s.dev.session import DevSession
+from runnable_k8s.models import DemoChatModel
 from runnable_k8s.protocol import keys
 from runnable_k8s.settings import Settings
 from tests.conftest import make_settings
@@ -90,3 +91,41 @@ def test_scales_out_on_a_burst_then_back_to_zero(own_redis_url: str, tmp_path: P
         wait_until(lambda: not session.pool.workers, 40, "back to zero")
         assert all(w.exit_code == 0 for w in session.pool.retired)
         assert session.pool.counts["done"] == 24
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("counts_pending", [True, False], ids=["pending-trigger", "no-trigger"])
+def test_a_lost_message_brings_a_worker_back_only_with_the_pending_trigger(
+    own_redis_url: str, own_redis: redis.Redis, tmp_path: Path, counts_pending: bool
+) -> None:
+    """A message the broker lost is neither queued nor in flight. With the manifests' third
+    trigger (the pending set, divided by 100) the autoscaler still starts a worker, whose
+    rescue sweep enqueues the kept copy and runs it; without it, with a cooldown far below
+    the rescue window, nothing would ever run it."""
+    settings = make_settings(own_redis_url, rescue_after=1.0)
+    triggers = {"queued": settings.queue, "inflight": keys.UNACKED}
+    formula: tuple[str, ...] = ("queued", "inflight")
+    if counts_pending:
+        triggers["pending"] = keys.pending(settings.queue)
+        formula = (*formula, "pending")
+    config = fast_scaling(
+        settings, max_replicas=1, triggers=triggers, formula=formula, factors={"pending": 0.01}
+    )
+    run = RunnableK8s(bound=DemoChatModel(), settings=settings).submit("Pikachu?")
+    # As if Redis died between a worker's BRPOP and kombu's unacked record (before the
+    # autoscaler starts, so that no poll sees the message queued).
+    message = own_redis.get(keys.message(run.id))
+    assert own_redis.lrem(settings.queue, 1, message) == 1
+    with session_for(settings, config, tmp_path) as session:
+        if not counts_pending:
+            time.sleep(5 * config.polling_interval + 1.0)  # well past the rescue window
+            assert session.pool.replicas == 0 and not session.pool.workers
+            assert run.status().state == "queued"
+            return
+        assert "Pichu" in result_of(run, 60).content
+        first = next(s for s in session.controller.samples if s.replicas)
+        assert first.lengths == {"queued": 0, "inflight": 0, "pending": 1}
+        assert first.metric == 0.01
+        wait_until(lambda: not session.pool.workers, 30, "back to zero")
+        assert own_redis.zcard(keys.pending(settings.queue)) == 0
+        assert session.pool.counts["done"] == 1

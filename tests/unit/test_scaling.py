@@ -12,9 +12,11 @@ from runnable_k8s.dev.scaling import (
     ScalingConfig,
     load,
     load_base,
+    parse_formula,
     read_env_file,
 )
 from runnable_k8s.errors import ConfigurationError
+from runnable_k8s.protocol import keys
 
 FAST_UP = Rules(0.0, (Policy("Percent", 100, 30.0), Policy("Pods", 4, 30.0)), "Max")
 SLOW_DOWN = Rules(600.0, (Policy("Pods", 1, 120.0),), "Min")
@@ -39,12 +41,48 @@ def test_base_parameters_are_those_of_the_scaledobject_and_config_env() -> None:
     values = read_env_file(root / "base" / "config.env")
     scaling = load_base(root)
     assert scaling.target == float(values["RUNNABLE_K8S_CONCURRENCY"])
-    assert scaling.triggers == {"queued": values["RUNNABLE_K8S_QUEUE"], "inflight": "unacked"}
-    assert scaling.formula == ("queued", "inflight")
+    queue = values["RUNNABLE_K8S_QUEUE"]
+    assert scaling.triggers == {
+        "queued": queue,
+        "inflight": "unacked",
+        "pending": keys.pending(queue),
+    }
+    assert scaling.formula == ("queued", "inflight", "pending")
+    assert scaling.factors == {"pending": 0.01}
+    # One lost run (pending, neither queued nor in flight) activates a worker on its own.
+    assert scaling.metric({"queued": 0, "inflight": 0, "pending": 1}) == 0.01
+    assert scaling.metric({"queued": 3, "inflight": 2, "pending": 3}) == 5.03
     assert (scaling.polling_interval, scaling.cooldown) == (15, 300)
     assert (scaling.min_replicas, scaling.max_replicas) == (0, 20)
     assert scaling.scale_down == SLOW_DOWN
     assert scaling.scale_up == FAST_UP
+
+
+@pytest.mark.parametrize(
+    ("formula", "names", "factors"),
+    [
+        ("queued + inflight", ("queued", "inflight"), {}),
+        ("queued+inflight+pending/100", ("queued", "inflight", "pending"), {"pending": 0.01}),
+        (" a / 2.5 ", ("a",), {"a": 0.4}),
+    ],
+)
+def test_formula_terms_may_be_divided(
+    formula: str, names: tuple[str, ...], factors: dict[str, float]
+) -> None:
+    assert parse_formula(formula) == (names, factors)
+
+
+@pytest.mark.parametrize("formula", ["queued * 2", "pending / 0", "max(queued, pending)", ""])
+def test_other_formulas_are_refused(formula: str) -> None:
+    with pytest.raises(ConfigurationError, match="only sums of trigger names"):
+        parse_formula(formula)
+
+
+def test_a_dev_queue_renames_the_keys_that_follow_it() -> None:
+    scaling = load_base(default_root()).with_overrides(queue="jobs:llm")
+    assert scaling.triggers["queued"] == "jobs:llm"
+    assert scaling.triggers["pending"] == "rk8s:pending:jobs:llm"
+    assert scaling.triggers["inflight"] == "unacked"
 
 
 def test_the_dev_overlay_is_rendered_with_kustomize() -> None:
