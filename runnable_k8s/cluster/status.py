@@ -9,6 +9,7 @@ from runnable_k8s.cluster.checks import INFLIGHT_KEY
 from runnable_k8s.cluster.kube import KubeApi
 from runnable_k8s.cluster.manifests import WORKER
 from runnable_k8s.errors import RunnableK8sError
+from runnable_k8s.protocol import keys
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,16 @@ def _scaler(scaled: dict[str, Any]) -> Scaler:
     queue = database = None
     for trigger in spec.get("triggers") or []:
         metadata = trigger.get("metadata") or {}
-        if trigger.get("type") == "redis" and metadata.get("listName") != INFLIGHT_KEY:
-            queue = metadata.get("listName")
+        name = str(metadata.get("listName", ""))
+        # The queue list: not kombu's hash, not the pending set (which follows the queue).
+        if (
+            trigger.get("type") == "redis"
+            and name != INFLIGHT_KEY
+            and not name.startswith(keys.pending(""))
+        ):
+            queue = name
             database = str(metadata.get("databaseIndex", "0"))
+            break
     conditions = [
         Condition(
             str(c.get("type")),

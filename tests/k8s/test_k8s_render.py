@@ -106,6 +106,7 @@ def test_set_changes_every_copy_of_a_value(kubectl: str, overlay: str) -> None:
     triggers = {t["name"]: t["metadata"] for t in scaled["spec"]["triggers"]}
     assert triggers["queued"]["listName"] == "reports"
     assert triggers["inflight"]["listName"] == "unacked"
+    assert triggers["pending"]["listName"] == "rk8s:pending:reports"
     assert {m["databaseIndex"] for m in triggers.values()} == {"3"}
     assert scaled["spec"]["advanced"]["scalingModifiers"]["target"] == "20"
     deployment = find(objects, "Deployment", manifests.WORKER)

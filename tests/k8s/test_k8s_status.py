@@ -40,6 +40,11 @@ def _scaled(queue: str = "runnable-k8s", db: str = "0") -> dict[str, Any]:
                     "name": "inflight",
                     "metadata": {"listName": "unacked", "databaseIndex": db},
                 },
+                {
+                    "type": "redis",
+                    "name": "pending",
+                    "metadata": {"listName": f"rk8s:pending:{queue}", "databaseIndex": db},
+                },
             ],
         },
         "status": {
