@@ -192,7 +192,12 @@ def _settings(env: Mapping[str, str]) -> tuple[Settings, str | None]:
         problem = f"worker settings: {exc}"
     # Unvalidated, so the remaining checks can still run on what is there.
     fields: dict[str, Any] = {}
-    for name, kind in (("queue", str), ("time_limit", float), ("visibility_timeout", float)):
+    for name, kind in (
+        ("queue", str),
+        ("time_limit", float),
+        ("visibility_timeout", float),
+        ("rescue_after", float),
+    ):
         value = raw.get(ENV_PREFIX + name.upper())
         if value is not None:
             with contextlib.suppress(ValueError):

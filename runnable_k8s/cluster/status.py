@@ -50,6 +50,9 @@ class Queue:
     database: int
     queued: int | None = None
     inflight: int | None = None
+    pending: int | None = None
+    """Runs submitted and not yet started (queued ones included; the rest were lost by the
+    broker and wait for a worker's rescue sweep, or are being delivered)."""
     error: str | None = None
 
 
@@ -133,7 +136,8 @@ def _scaler(scaled: dict[str, Any]) -> Scaler:
 
 
 def read_queue(redis_url: str, queue: str, *, timeout: float = 5.0) -> Queue:
-    """LLEN of the queue and HLEN of kombu's `unacked` hash, in the URL's database."""
+    """LLEN of the queue, HLEN of kombu's `unacked` hash and ZCARD of the pending set, in the
+    URL's database."""
     import redis
 
     from runnable_k8s.settings import Settings
@@ -143,12 +147,13 @@ def read_queue(redis_url: str, queue: str, *, timeout: float = 5.0) -> Queue:
     try:
         queued = int(client.llen(queue))
         inflight = int(client.hlen(INFLIGHT_KEY))
+        pending = int(client.zcard(keys.pending(queue)))
     except redis.RedisError as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return Queue(queue, database, error=f"cannot read Redis: {text}")
     finally:
         client.close()
-    return Queue(queue, database, queued=queued, inflight=inflight)
+    return Queue(queue, database, queued=queued, inflight=inflight, pending=pending)
 
 
 def format_status(status: Status) -> str:
@@ -164,7 +169,7 @@ def format_status(status: Status) -> str:
         s = status.scaler
         lines.append(
             f"scaler:     {s.min_replicas}..{s.max_replicas} replicas on list {s.queue!r} "
-            f"(db {s.database}) + {INFLIGHT_KEY!r}"
+            f"(db {s.database}) + {INFLIGHT_KEY!r} + its pending set"
         )
         for c in s.conditions:
             detail = f" {c.reason}: {c.message}" if c.reason or c.message else ""
@@ -177,8 +182,8 @@ def format_status(status: Status) -> str:
             lines.append(f"queue:      {q.name!r} (db {q.database}): {q.error}")
         else:
             lines.append(
-                f"queue:      {q.queued} queued, {q.inflight} in flight "
-                f"(list {q.name!r}, db {q.database})"
+                f"queue:      {q.queued} queued, {q.inflight} in flight, {q.pending} not yet "
+                f"started (list {q.name!r}, db {q.database})"
             )
     lines += [f"warning:    {w}" for w in status.warnings]
     return "\n".join(lines)

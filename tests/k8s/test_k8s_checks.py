@@ -187,6 +187,14 @@ def test_a_cooldown_just_above_the_rescue_window_passes(dev: Objects) -> None:
     assert find_problems(dev) == []
 
 
+def test_the_cooldown_is_checked_even_when_other_settings_are_invalid(dev: Objects) -> None:
+    _late_rescue(dev)
+    _short_visibility(dev)
+    problems = find_problems(dev)
+    assert any("RUNNABLE_K8S_VISIBILITY_TIMEOUT (600) must be above" in p for p in problems)
+    assert any("RUNNABLE_K8S_RESCUE_AFTER (290)" in p for p in problems), problems
+
+
 def test_with_the_pending_trigger_any_cooldown_passes(dev: Objects) -> None:
     _scaled(dev)["spec"]["cooldownPeriod"] = 1
     assert find_problems(dev) == []

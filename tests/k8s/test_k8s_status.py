@@ -71,13 +71,21 @@ def busy_redis(redis_server: str) -> Iterator[str]:
         client.flushdb()
         client.rpush("runnable-k8s", "a", "b", "c")
         client.hset("unacked", mapping={"t1": "x", "t2": "y"})
+        # Three queued runs and one the broker lost: four not yet started.
+        client.zadd("rk8s:pending:runnable-k8s", {"r1": 1, "r2": 2, "r3": 3, "r4": 4})
         yield redis_server
         client.flushdb()
 
 
 def test_read_queue_counts_the_list_and_the_unacked_hash(busy_redis: str) -> None:
     queue = read_queue(busy_redis, "runnable-k8s")
-    assert (queue.queued, queue.inflight, queue.database, queue.error) == (3, 2, 0, None)
+    assert (queue.queued, queue.inflight, queue.pending, queue.database, queue.error) == (
+        3,
+        2,
+        4,
+        0,
+        None,
+    )
 
 
 def test_read_queue_reports_an_unreachable_redis() -> None:
@@ -90,7 +98,10 @@ def test_read_cluster_and_format() -> None:
     status = read_cluster(_api(), NS)
     text = format_status(status)
     assert "workers:    2/3 ready (3 running, 3 up to date, 2 available)" in text
-    assert "scaler:     0..20 replicas on list 'runnable-k8s' (db 0) + 'unacked'" in text
+    assert (
+        "scaler:     0..20 replicas on list 'runnable-k8s' (db 0) + 'unacked' + its pending set"
+        in text
+    )
     assert "  Active=True ScalerActive: busy" in text
 
 
@@ -113,7 +124,10 @@ def test_cli_status_shows_everything(busy_redis: str, monkeypatch: pytest.Monkey
     monkeypatch.delenv("RUNNABLE_K8S_QUEUE", raising=False)
     result = CliRunner().invoke(cluster, ["status"])
     assert result.exit_code == 0, result.output
-    assert "queue:      3 queued, 2 in flight (list 'runnable-k8s', db 0)" in result.output
+    assert (
+        "queue:      3 queued, 2 in flight, 4 not yet started (list 'runnable-k8s', db 0)"
+        in result.output
+    )
     assert "warning" not in result.output
 
 
