@@ -121,6 +121,18 @@ def test_set_changes_every_copy_of_a_value(kubectl: str, overlay: str) -> None:
     assert refs == [config["metadata"]["name"]]
 
 
+def test_a_queue_name_with_colons_reaches_the_pending_trigger_whole(kubectl: str) -> None:
+    # The pending key is "rk8s:pending:<queue>"; kustomize replaces its third ':'-part.
+    objects = manifests.render(
+        "dev", sets={"RUNNABLE_K8S_QUEUE": "jobs:llm:eu"}, root=K8S, kubectl=kubectl
+    )
+    scaled = find(objects, "ScaledObject", manifests.WORKER)
+    assert scaled is not None
+    triggers = {t["name"]: t["metadata"] for t in scaled["spec"]["triggers"]}
+    assert triggers["queued"]["listName"] == "jobs:llm:eu"
+    assert triggers["pending"]["listName"] == "rk8s:pending:jobs:llm:eu"
+
+
 def test_image_option_replaces_only_the_worker_image(kubectl: str) -> None:
     objects = manifests.render("dev", image="ghcr.io/acme/rk8s:1.2.3", root=K8S, kubectl=kubectl)
     deployment = find(objects, "Deployment", manifests.WORKER)
