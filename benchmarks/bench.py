@@ -463,7 +463,7 @@ class Row:
 
 
 def _spread(ours: list[float], base: list[float]) -> str:
-    ratios = [o / b for o, b in zip(ours, base, strict=True) if b and not math.isnan(o / b)]
+    ratios = [r for o, b in zip(ours, base, strict=True) if b and not math.isnan(r := o / b)]
     return f"{min(ratios):.2f}x to {max(ratios):.2f}x" if len(ratios) > 1 else ""
 
 

@@ -166,9 +166,9 @@ class Settings:
 
     @property
     def rescue_within(self) -> float:
-        """Seconds within which a live worker enqueues again a message the broker lost. No
-        autoscaler trigger counts such a run, so the last worker must stay up this long
-        after the queue looks empty: KEDA's cooldownPeriod must be above it."""
+        """Seconds within which a live worker enqueues again a message the broker lost.
+        Neither the queue nor kombu's unacked hash counts such a run: without the pending-set
+        trigger, KEDA's cooldownPeriod must exceed this plus its polling interval."""
         return self.rescue_after + self.rescue_every
 
     @property

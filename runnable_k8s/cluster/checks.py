@@ -249,10 +249,7 @@ def _scaler_problems(
         problems.append(
             f"no redis trigger counts {INFLIGHT_KEY!r}: busy workers would be scaled away"
         )
-    if keys.pending(settings.queue) not in names:
-        # Without the pending set's count, only a long enough cooldown keeps a worker up
-        # until a lost message is enqueued again.
-        problems += _cooldown_problems(spec, settings)
+    problems += _cooldown_problems(spec, settings, keys.pending(settings.queue) in names)
     modifiers = spec.get("advanced", {}).get("scalingModifiers", {})
     formula = str(modifiers.get("formula", ""))
     missing = [t.get("name", "") for t in triggers if t.get("name", "") not in formula]
@@ -269,24 +266,38 @@ def _scaler_problems(
     return problems
 
 
-def _cooldown_problems(spec: Mapping[str, Any], settings: Settings) -> list[str]:
-    # KEDA's defaults; the cooldown only applies to the last replica (1 -> 0).
+def _cooldown_problems(
+    spec: Mapping[str, Any], settings: Settings, counts_pending: bool
+) -> list[str]:
+    # KEDA's defaults.
     raw = {k: spec.get(k, d) for k, d in (("cooldownPeriod", 300), ("pollingInterval", 30))}
-    if spec.get("minReplicaCount", 0) != 0:
-        return []
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in raw.values()):
         return [f"cooldownPeriod and pollingInterval must be numbers, not {raw}"]
-    problem = cooldown_problem(raw["cooldownPeriod"], raw["pollingInterval"], settings)
+    problem = cooldown_problem(
+        raw["cooldownPeriod"],
+        raw["pollingInterval"],
+        settings,
+        min_replicas=spec.get("minReplicaCount", 0),
+        counts_pending=counts_pending,
+    )
     return [problem] if problem else []
 
 
-def cooldown_problem(cooldown: float, polling: float, settings: Settings) -> str | None:
+def cooldown_problem(
+    cooldown: float,
+    polling: float,
+    settings: Settings,
+    *,
+    min_replicas: int = 0,
+    counts_pending: bool = False,
+) -> str | None:
     """Why a cooldownPeriod of `cooldown` seconds is too short for these settings (None: it
-    is not). A message the broker lost is counted by no trigger, so the last worker must stay
-    up until it has been enqueued again; the cooldown counts from the last poll that saw work,
-    which can be a polling interval before the run was submitted."""
+    is not). A message the broker lost is neither queued nor in flight; unless a trigger
+    counts the pending set (or a replica always stays), the last worker must stay up until it
+    has been enqueued again, and the cooldown counts from the last poll that saw work, which
+    can be a polling interval before the run was submitted."""
     needed = settings.rescue_within + polling
-    if cooldown > needed:
+    if counts_pending or min_replicas != 0 or cooldown > needed:
         return None
     return (
         f"cooldownPeriod ({cooldown:g}) must be above RUNNABLE_K8S_RESCUE_AFTER "

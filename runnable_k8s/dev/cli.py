@@ -110,9 +110,14 @@ def dev(**options: Any) -> None:
         _print_scaling(config, log_dir)
         from runnable_k8s.cluster.checks import cooldown_problem
 
-        problem = cooldown_problem(config.cooldown, config.polling_interval, settings)
-        counts_pending = keys.pending(settings.queue) in config.triggers.values()
-        if problem and config.min_replicas == 0 and not counts_pending:
+        problem = cooldown_problem(
+            config.cooldown,
+            config.polling_interval,
+            settings,
+            min_replicas=config.min_replicas,
+            counts_pending=keys.pending(settings.queue) in config.triggers.values(),
+        )
+        if problem:
             # Not refused: short cooldowns are what a local try-out wants. On a cluster,
             # `runnable-k8s cluster deploy` refuses the same manifests.
             click.echo(f"warning: {problem}", err=True)

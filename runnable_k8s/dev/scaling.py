@@ -421,12 +421,8 @@ def load_base(root: Path) -> ScalingConfig:
             modifiers["target"] = concurrency
         for trigger in spec.get("triggers", []):
             trigger.setdefault("metadata", {})["listLength"] = concurrency
-    for trigger in spec.get("triggers", []):
-        if queue and trigger.get("name") == "queued":
-            trigger["metadata"]["listName"] = queue
-        if queue and trigger.get("name") == "pending":
-            trigger["metadata"]["listName"] = keys.pending(queue)
-    return from_manifests(scaled_object, f"{base}/scaledobject.yaml + config.env")
+    config = from_manifests(scaled_object, f"{base}/scaledobject.yaml + config.env")
+    return config.with_overrides(queue=queue) if queue else config
 
 
 def load(
