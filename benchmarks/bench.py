@@ -180,6 +180,24 @@ def _base_env() -> dict[str, str]:
     return env
 
 
+def our_settings(stack: contextlib.ExitStack, redis_url: str | None, name: str) -> tuple[Any, str]:
+    """Settings for the RunnableK8s side: `redis_url`, or an embedded server that closes with
+    `stack`; a fresh signing key; a queue of its own. Also the baseline's queue name."""
+    from benchmarks.models import ALLOWED_CLASSES
+    from runnable_k8s.embedded import EmbeddedRedis
+    from runnable_k8s.settings import Settings, SigningKey
+
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings(
+        signing_key=SigningKey(secrets.token_urlsafe(48).encode()),
+        redis_url=redis_url or stack.enter_context(EmbeddedRedis()),
+        queue=f"{name}-ours-{tag}",
+        allowed_classes=ALLOWED_CLASSES,
+        wait_timeout=600.0,
+    )
+    return settings, f"{name}-baseline-{tag}"
+
+
 def start_ours(
     settings: Any,
     sizes: Sizes,
@@ -796,29 +814,13 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
-    from benchmarks.models import ALLOWED_CLASSES
-    from runnable_k8s.embedded import EmbeddedRedis
-    from runnable_k8s.settings import Settings, SigningKey
-
     with contextlib.ExitStack() as stack:
         log_dir = args.log_dir or Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="rk8s-bench-"))
         )
         log_dir.mkdir(parents=True, exist_ok=True)
-        redis_url = args.redis_url
-        if not redis_url:
-            server = EmbeddedRedis()
-            redis_url = server.start()
-            stack.callback(server.close)
-        tag = uuid.uuid4().hex[:8]
-        settings = Settings(
-            signing_key=SigningKey(secrets.token_urlsafe(48).encode()),
-            redis_url=redis_url,
-            queue=f"bench-ours-{tag}",
-            allowed_classes=ALLOWED_CLASSES,
-            wait_timeout=600.0,
-        )
-        base_queue = f"bench-baseline-{tag}"
+        settings, base_queue = our_settings(stack, args.redis_url, "bench")
+        redis_url = settings.require_redis_url()
         log(f"redis {redis_url.split('@')[-1]}; starting workers (concurrency {sizes.concurrency})")
         ours_worker = start_ours(settings, sizes, log_dir, args.loglevel)
         stack.callback(ours_worker.stop)

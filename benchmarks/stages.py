@@ -17,12 +17,10 @@ import argparse
 import bisect
 import contextlib
 import json
-import secrets
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -165,26 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[stages {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
-    from benchmarks.models import ALLOWED_CLASSES
-    from runnable_k8s.embedded import EmbeddedRedis
-    from runnable_k8s.settings import Settings, SigningKey
-
     sizes = bench.Sizes(invokes, 1, 1, 0.0, 1, 1000, rounds=rounds, concurrency=100)
     with contextlib.ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rk8s-stages-")))
-        redis_url = args.redis_url
-        if not redis_url:
-            server = EmbeddedRedis()
-            redis_url = server.start()
-            stack.callback(server.close)
-        tag = uuid.uuid4().hex[:8]
-        settings = Settings(
-            signing_key=SigningKey(secrets.token_urlsafe(48).encode()),
-            redis_url=redis_url,
-            queue=f"stages-ours-{tag}",
-            allowed_classes=ALLOWED_CLASSES,
-            wait_timeout=600.0,
-        )
+        settings, base_queue = bench.our_settings(stack, args.redis_url, "stages")
+        redis_url = settings.require_redis_url()
         stamps_file = folder / "worker-stamps.json"
         ours_worker = bench.start_ours(
             settings,
@@ -195,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
             extra_env={"STAGES_FILE": str(stamps_file)},
         )
         stack.callback(ours_worker.stop)
-        base_queue = f"stages-baseline-{tag}"
         base_worker = bench.start_baseline(redis_url, base_queue, sizes, folder, "INFO")
         stack.callback(base_worker.stop)
         ours_worker.wait_ready()

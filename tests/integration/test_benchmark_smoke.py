@@ -6,40 +6,28 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.benchmarks import run_benchmark
 
 
 @pytest.mark.timeout(300)
 def test_quick_benchmark_runs(redis_url: str, tmp_path: Path) -> None:
     report_path = tmp_path / "bench.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.bench",
-            "--quick",
-            "--json",
-            str(report_path),
-            "--redis-url",
-            redis_url,
-            "--log-dir",
-            str(tmp_path / "logs"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+    stdout = run_benchmark(
+        "benchmarks.bench",
+        "--quick",
+        "--json",
+        str(report_path),
+        "--redis-url",
+        redis_url,
+        "--log-dir",
+        str(tmp_path / "logs"),
     )
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
-    assert "| W1 latency p50" in done.stdout
-    assert "plain Celery" in done.stdout
+    assert "| W1 latency p50" in stdout
+    assert "plain Celery" in stdout
 
     report = json.loads(report_path.read_text())
     assert report["configuration"] == "quick"

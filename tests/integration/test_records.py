@@ -37,13 +37,19 @@ def records(client: aredis.Redis, settings: Settings) -> RunRecords:
     return RunRecords(client, Protocol(settings), ttl=600, queue=settings.queue)
 
 
-async def running(client: aredis.Redis, protocol: Protocol, run_id: str) -> RunStatus:
-    """A run as a worker holds it: a "running" record, a lease and a stored body."""
+async def running(client: aredis.Redis, protocol: Protocol) -> RunStatus:
+    """A new run as a worker holds it: a "running" record, a lease and a stored body."""
+    run_id = new_run_id()
     status = RunStatus(run_id, "running", "probe", 1, created_at=1.0, started_at=2.0)
     await client.set(keys.status(run_id), protocol.seal_status(status))
     await client.set(keys.lock(run_id), OWNER, px=15_000)
     await client.set(keys.body(run_id), b"the request body")
     return status
+
+
+def outcome_of(status: RunStatus, size: int) -> Outcome:
+    """A successful outcome whose output is `size` bytes and one."""
+    return Outcome(status.run_id, "succeeded", output=b"\x00" + b"y" * size, attempt=1)
 
 
 def finished(status: RunStatus) -> RunStatus:
@@ -55,10 +61,9 @@ async def test_finish_records_outcome_status_and_cleans_up(
     client: aredis.Redis, settings: Settings, size: int
 ) -> None:
     protocol = Protocol(settings)
-    run_id = new_run_id()
-    status = await running(client, protocol, run_id)
-    output = b"\x00" + b"y" * size
-    outcome = Outcome(run_id, "succeeded", output=output, attempt=1)
+    status = await running(client, protocol)
+    run_id, outcome = status.run_id, outcome_of(status, size)
+    output = outcome.output
     expected = digest(protocol.seal_status(status))
 
     assert await records(client, settings).finish(expected, finished(status), outcome, owner=OWNER)
@@ -77,12 +82,11 @@ async def test_finish_on_a_changed_status_records_nothing_and_releases_the_lease
     client: aredis.Redis, settings: Settings, size: int
 ) -> None:
     protocol = Protocol(settings)
-    run_id = new_run_id()
-    status = await running(client, protocol, run_id)
+    status = await running(client, protocol)
+    run_id, outcome = status.run_id, outcome_of(status, size)
     # A chunk the run streamed earlier stays; only the outcome must not appear.
     await client.xadd(keys.events(run_id), {"k": "c", "m": b"earlier chunk"})
     stale = digest(b"what the worker saw before someone else changed the record")
-    outcome = Outcome(run_id, "succeeded", output=b"\x00" + b"y" * size, attempt=1)
 
     assert not await records(client, settings).finish(stale, finished(status), outcome, owner=OWNER)
 
@@ -98,10 +102,9 @@ async def test_large_finish_against_a_forged_key_of_another_type_records_nothing
     client: aredis.Redis, settings: Settings
 ) -> None:
     protocol = Protocol(settings)
-    run_id = new_run_id()
-    status = await running(client, protocol, run_id)
+    status = await running(client, protocol)
+    run_id, outcome = status.run_id, outcome_of(status, SIZES["large"])
     await client.set(keys.events(run_id), b"a string where the stream belongs")
-    outcome = Outcome(run_id, "succeeded", output=b"\x00" + b"y" * SIZES["large"], attempt=1)
     expected = digest(protocol.seal_status(status))
 
     with pytest.raises(ResponseError, match="WRONGTYPE"):

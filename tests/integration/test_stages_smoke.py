@@ -5,30 +5,23 @@ only: no timing is asserted."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from benchmarks.stages import STAGES
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.benchmarks import run_benchmark
 
 
 @pytest.mark.timeout(300)
 def test_quick_stages_run(redis_url: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.stages", "--quick", "--invokes", "6",
-         "--redis-url", redis_url],
-        cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
-    lines = done.stdout.splitlines()
+    stdout = run_benchmark(
+        "benchmarks.stages", "--quick", "--invokes", "6", "--redis-url", redis_url
+    )
+    lines = stdout.splitlines()
     rows = [line for line in lines if line.startswith("| ") and not line.startswith("| stage ")]
-    assert len(rows) == len(STAGES) + 1, done.stdout
+    assert len(rows) == len(STAGES) + 1, stdout
     for row, (_, _, what) in zip(rows, STAGES, strict=False):
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[0] == what
         assert re.fullmatch(r"-?[0-9.]+ ms", cells[1]), row
-    assert re.search(r"RunnableK8s p50 [0-9.]+ ms over 6 invokes; plain Celery p50", done.stdout)
+    assert re.search(r"RunnableK8s p50 [0-9.]+ ms over 6 invokes; plain Celery p50", stdout)
