@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -26,8 +27,12 @@ from runnable_k8s import (
     WaitTimeout,
 )
 from runnable_k8s.models import DemoChatModel
+from runnable_k8s.producer.client import AsyncClient, new_run_id
 from runnable_k8s.producer.handles import RemoteRun
 from runnable_k8s.protocol import keys
+from runnable_k8s.protocol.codec import data_codec
+from runnable_k8s.protocol.messages import RunRequest
+from runnable_k8s.worker.execution import Executor
 from tests.conftest import make_settings
 from tests.support.models import FlakyModel, SlowModel
 from tests.support.workers import REPO, WorkerProcess, worker_env
@@ -238,3 +243,59 @@ def test_cancel_running_and_queued_runs(single_slot: tuple[Settings, WorkerProce
     # The slot is free again.
     quick = RunnableK8s(bound=DemoChatModel(), settings=settings)
     assert "Pichu" in quick.invoke(PIKACHU).content
+
+
+def test_a_cancel_between_claim_and_start_still_cancels_the_run(redis_url: str) -> None:
+    settings = make_settings(redis_url)  # a queue of its own: this test plays the worker
+
+    async def scenario() -> tuple[str, str]:
+        executor = Executor(settings)
+        subscribed = await executor.redis.pubsub_numsub(keys.CANCEL_CHANNEL)
+        listener = asyncio.ensure_future(executor.listen_for_cancellations())
+        producer = AsyncClient(settings, executor.protocol)
+        try:
+            # The listener is subscribed (other workers of the session may be too).
+            deadline = time.monotonic() + 10
+            while await executor.redis.pubsub_numsub(keys.CANCEL_CHANNEL) == subscribed:
+                assert time.monotonic() < deadline, "the cancel listener never subscribed"
+                await asyncio.sleep(0.01)
+            request = RunRequest(
+                run_id=new_run_id(),
+                mode="invoke",
+                name="slow",
+                runnable=b"",
+                input=data_codec().encode_data(1.0),
+                expires_at=time.time() + 600,
+                ref="tests.support.refs:slow",
+            )
+            await producer.submit([request])
+            raw = await executor.redis.rpop(settings.queue)
+            wire = json.loads(json.loads(raw)["body"])[0][0]
+
+            records = executor.records
+            claim = records.claim
+            seen: list[str] = []
+
+            async def claim_then_user_cancels(*args: object, **kwargs: object) -> object:
+                verdict = await claim(*args, **kwargs)  # type: ignore[arg-type]
+                if verdict[0] == "ok":
+                    # The user cancels now; the worker's loop delivers the publish before the
+                    # continuation that tracks the task (widened here to make it certain).
+                    seen.append((await producer.cancel(request.run_id)).state)
+                    await asyncio.sleep(0.3)
+                return verdict
+
+            records.claim = claim_then_user_cancels  # type: ignore[method-assign]
+            await executor.handle(wire)
+            _, fields = (await executor.redis.xrange(keys.events(request.run_id)))[-1]
+            outcome = executor.protocol.open_outcome(fields[b"m"], request.run_id)
+            return seen[0], outcome.state
+        finally:
+            listener.cancel()
+            executor.leases.stop()
+            await producer.aclose()
+            await executor.redis.aclose()
+
+    status_at_cancel, final = asyncio.run(scenario())
+    assert status_at_cancel == "running"  # cancel() told the user it was running
+    assert final == "cancelled", f"cancelled run ran to completion: outcome {final!r}"
