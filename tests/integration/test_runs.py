@@ -16,6 +16,7 @@ import redis
 from langchain_core.messages import AIMessageChunk
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import Runnable
 
 from runnable_k8s import (
     ExecutionTimeout,
@@ -47,6 +48,12 @@ def wait_for_state(run: RemoteRun, state: str, timeout: float = 30.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"run {run.id} never reached {state}: {run.status()}")
+
+
+def local_chain() -> Runnable[dict[str, str], str]:
+    """The chain the remote tests run, run here: what every remote answer must equal."""
+    prompt = ChatPromptTemplate.from_messages([("human", "{input}")])
+    return prompt | DemoChatModel() | StrOutputParser()
 
 
 def test_submit_returns_at_once_and_any_process_can_attach(
@@ -119,19 +126,25 @@ def test_stream_chunks_add_up_to_invoke(settings: Settings, worker: WorkerProces
     total = chunks[0]
     for chunk in chunks[1:]:
         total += chunk
-    assert total.content == remote.invoke(PIKACHU).content
+    # Against the model run here, not only against another remote run (both could be wrong).
+    local = DemoChatModel().invoke(PIKACHU).content
+    assert "Pichu" in local
+    assert total.content == remote.invoke(PIKACHU).content == local
     chain = (
         ChatPromptTemplate.from_messages([("human", "{input}")])
         | RunnableK8s(bound=DemoChatModel(), settings=settings)
         | StrOutputParser()
     )
-    assert "".join(chain.stream({"input": PIKACHU})) == chain.invoke({"input": PIKACHU})
+    expected = local_chain().invoke({"input": PIKACHU})
+    assert "".join(chain.stream({"input": PIKACHU})) == chain.invoke({"input": PIKACHU}) == expected
 
 
 async def test_astream_yields_chunks(settings: Settings, worker: WorkerProcess) -> None:
     remote = RunnableK8s(bound=DemoChatModel(), settings=settings)
     text = "".join([str(c.content) async for c in remote.astream(PIKACHU)])
-    assert text == (await remote.ainvoke(PIKACHU)).content
+    assert (
+        text == (await remote.ainvoke(PIKACHU)).content == DemoChatModel().invoke(PIKACHU).content
+    )
 
 
 def test_second_process_joins_a_running_stream_from_its_start(
@@ -182,7 +195,11 @@ async def test_astream_events_show_the_remote_models_tokens(
     kinds = [e["event"] for e in events]
     assert "on_chat_model_start" in kinds and "on_chat_model_end" in kinds
     tokens = [e["data"]["chunk"].content for e in events if e["event"] == "on_chat_model_stream"]
-    assert "".join(tokens) == chain.invoke({"input": PIKACHU})
+    assert (
+        "".join(tokens)
+        == chain.invoke({"input": PIKACHU})
+        == local_chain().invoke({"input": PIKACHU})
+    )
     model_start = next(e for e in events if e["event"] == "on_chat_model_start")
     remote_start = next(
         e for e in events if e["event"] == "on_chain_start" and e["name"] == "remote"
