@@ -120,7 +120,7 @@ def test_duplicate_delivery_never_runs_a_run_twice_and_respects_its_outcome(
     holder.wait_ready()
     run = RunnableK8s(bound=SlowModel(delay=12.0), settings=settings).submit("once")
     holder.wait_for_log(f"started run={run.id}")
-    (tag, raw), *_ = own_redis.hgetall(keys.UNACKED).items()
+    (raw,) = own_redis.hvals(keys.UNACKED)  # the one message the holder holds
     message = json.loads(raw)[0]
     # A worker whose visibility timeout (2 s) is shorter than this run restores its message
     # at start-up: a real kombu redelivery of a run that is still running.
@@ -161,4 +161,3 @@ def test_duplicate_delivery_never_runs_a_run_twice_and_respects_its_outcome(
     assert started_count([holder.log(), hasty.log()], run.id) == 1
     assert outcomes(own_redis, run.id) == 1
     assert run.status().attempt == 1
-    assert tag is not None
