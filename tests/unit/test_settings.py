@@ -204,9 +204,8 @@ def test_durations_must_be_positive(name: str, raw: str) -> None:
         Settings.from_env({env_name(name): raw})
 
 
-# Regression test for a bug found here: float('nan') passes every comparison in
-# _validated, so a NaN time limit, expiry or TTL is accepted (a run with expires_at=nan never
-# expires)
+# float('nan') passes every comparison a range check makes, and inf is no duration: both
+# are refused by name (a run with expires_at=nan would never expire).
 @pytest.mark.parametrize("name", [*POSITIVE_FLOATS, "visibility_timeout"])
 @pytest.mark.parametrize("raw", ["nan", "-nan", "inf"])
 def test_non_finite_durations_refused(name: str, raw: str) -> None:
