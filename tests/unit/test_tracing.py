@@ -426,7 +426,7 @@ def test_remote_parent_is_a_no_op_when_the_worker_does_not_trace(
 def test_remote_parent_propagates_exceptions_and_ignores_bad_headers(
     traced: LangSmithRecorder,
 ) -> None:
-    with pytest.raises(KeyError), remote_parent({TRACE_HEADER: SEGMENT}):
+    with pytest.raises(KeyError, match="from the body"), remote_parent({TRACE_HEADER: SEGMENT}):
         raise KeyError("from the body")
     assert get_current_run_tree() is None
     with remote_parent({TRACE_HEADER: "junk"}):
