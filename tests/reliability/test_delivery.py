@@ -27,7 +27,8 @@ def message_age(client: redis.Redis, run_id: str) -> float:
     for tag, raw in client.hgetall(keys.UNACKED).items():
         if json.loads(raw)[0]["headers"]["id"] == run_id:
             score = client.zscore("unacked_index", tag)
-            return time.time() - float(score or 0)
+            assert score is not None, f"run {run_id} is unacked but not in unacked_index"
+            return time.time() - float(score)
     raise AssertionError(f"run {run_id} is not in the unacked hash")
 
 
@@ -99,7 +100,8 @@ def test_sigtermed_worker_finishes_its_run_then_exits_and_takes_no_more(
     assert result_of(run, 30).content == "echo: finish me"
     assert worker.process.wait(30) == 0
     exited_at = time.time()
-    assert exited_at >= (run.status().finished_at or 0)
+    finished_at = run.status().finished_at
+    assert finished_at is not None and exited_at >= finished_at
     assert f"finished run={run.id}" in worker.log()
     # The warm shutdown took no new work: the later run is still queued for the next worker.
     assert f"started run={late.id}" not in worker.log()
