@@ -220,7 +220,7 @@ def test_non_finite_durations_refused(name: str, raw: str) -> None:
      ("queue", "two words"), ("queue", "")],
 )  # fmt: skip
 def test_other_bounds(name: str, raw: str) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match=env_name(name)):
         Settings.from_env({env_name(name): raw})
 
 
@@ -329,11 +329,11 @@ def test_replace_validates() -> None:
     changed = base.replace(queue="other", time_limit=10.0)
     assert (changed.queue, changed.time_limit, base.queue) == ("other", 10.0, "runnable-k8s")
     assert changed.signing_key == base.signing_key
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="RUNNABLE_K8S_SIGNING_KEY"):
         base.replace(signing_key=SigningKey(b"short"))
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="RUNNABLE_K8S_VISIBILITY_TIMEOUT"):
         base.replace(time_limit=5000.0, visibility_timeout=100.0)
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="RUNNABLE_K8S_REDIS_URL"):
         base.replace(redis_url="memcached://x")
 
 
