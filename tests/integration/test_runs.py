@@ -59,6 +59,11 @@ def local_chain() -> Runnable[dict[str, str], str]:
 def test_submit_returns_at_once_and_any_process_can_attach(
     settings: Settings, worker: WorkerProcess
 ) -> None:
+    # At once: while a five-second run is still queued or running ("succeeded" here would
+    # mean submit waited for it).
+    slow = RunnableK8s(bound=SlowModel(delay=5.0, chunks=1), settings=settings).submit("wait")
+    assert slow.status().state in {"queued", "running"}
+    slow.cancel()
     remote = RunnableK8s(bound=DemoChatModel(), settings=settings)
     run = remote.submit(PIKACHU)
     assert run.status().state in {"queued", "running", "succeeded"}
