@@ -15,8 +15,9 @@ class ConfigurationError(RunnableK8sError):
 class SerializationRefused(RunnableK8sError):
     """A runnable, input or output cannot travel as signed JSON.
 
-    Raised on the producer before anything is enqueued; the message names the offending object
-    and says what to do instead.
+    For a runnable or an input: raised on the producer before anything is enqueued. For an
+    output or a stream chunk: raised on the worker, and the caller gets it as a `RemoteError`.
+    The message names the offending object and gives advice that fits what was refused.
     """
 
 

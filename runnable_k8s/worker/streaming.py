@@ -57,7 +57,8 @@ class StreamPublisher:
 
     async def _append(self, kind: str, value: Any) -> None:
         protocol = self._executor.protocol
-        data = protocol.data.encode_data(value, what=kind)
+        what = "stream chunk" if kind == "c" else "stream event"
+        data = protocol.data.encode_data(value, what=what)
         sealed = protocol.seal_chunk(self._run_id, data, seq=self._progress.published, kind=kind)
         redis = self._executor.redis
         if self._progress.published == 0:

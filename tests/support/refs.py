@@ -5,6 +5,7 @@ image would allow its own package."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
 import os
 from typing import Any
@@ -43,6 +44,14 @@ def _flaky(text: str) -> str:
 
 
 flaky = RunnableLambda(_flaky)
+
+
+def _when(text: str) -> datetime.datetime:
+    return datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+
+
+# Returns a value JSON has no type for: its output is refused on the worker.
+returns_datetime = RunnableLambda(_when)
 
 
 async def _call_model(state: MessagesState, config: RunnableConfig) -> dict[str, Any]:
