@@ -174,3 +174,46 @@ def test_dev_leaves_no_worker_or_server_behind_whatever_happens_to_it(
                 os.kill(pid, signal.SIGKILL)
         dev.wait(10)
         tee.wait(10)
+
+
+@pytest.mark.timeout(180)
+def test_dev_whose_control_loop_crashes_stops_its_workers_and_exits(
+    redis_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(redis_url)
+    env = worker_env(settings)
+    for name in ("RUNNABLE_K8S_REDIS_URL", "RUNNABLE_K8S_SIGNING_KEY"):
+        env.pop(name)
+    log_dir = tmp_path / "logs"
+    dev = subprocess.Popen(
+        [
+            sys.executable, "-m", "runnable_k8s", "dev",
+            "--polling-interval", "0.5", "--min-replicas", "2", "--max-replicas", "2",
+            "--target", "1", "--restart-backoff", "0.5", "--log-dir", str(log_dir),
+        ],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    tracked: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while not all((log_dir / f"worker-{n}.heartbeat.ready").exists() for n in (1, 2)):
+            assert dev.poll() is None
+            assert time.monotonic() < deadline, "dev's workers never became ready"
+            time.sleep(0.2)
+        tracked = _children(dev.pid)
+        workers = [pid for pid, cmd in tracked.items() if "runnable_k8s worker" in cmd]
+        assert len(workers) == 2, tracked
+        # Restarting a crashed worker needs its log folder: without it the control loop fails.
+        for path in log_dir.iterdir():
+            path.unlink()
+        log_dir.rmdir()
+        os.kill(workers[0], signal.SIGKILL)
+        output, _ = dev.communicate(timeout=120)
+        assert dev.returncode != 0, output
+        assert "the dev control loop failed" in output
+        assert [pid for pid in tracked if _running(pid)] == [], output
+    finally:
+        for pid in [dev.pid, *tracked]:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        dev.wait(10)
