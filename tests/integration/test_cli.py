@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import os
+import pty
 import subprocess
 import sys
 import time
@@ -166,3 +169,35 @@ def test_batch_reports_runs_not_done_in_time_as_failed_lines(
     assert line["error"]["type"] == "WaitTimeout"
     run_id = line["error"]["message"].rsplit(" ", 1)[1]
     assert "cancel" in cli(settings, "cancel", run_id).stdout  # the id is usable; free the slot
+
+
+def test_batch_shows_its_progress_bar_on_a_terminal(
+    settings: Settings, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    in_file = tmp_path / "in.jsonl"
+    out_file = tmp_path / "out.jsonl"
+    in_file.write_text(json.dumps(PIKACHU) + "\n")
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run(
+            [
+                sys.executable, "-m", "runnable_k8s", "batch", "tests.support.chains:chain",
+                "--input-file", str(in_file), "--output-file", str(out_file),
+            ],
+            env=worker_env(settings), cwd=REPO, stdout=subprocess.PIPE, stderr=terminal,
+            timeout=90, check=False,
+        )  # fmt: skip
+        os.close(terminal)
+        terminal = -1
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once everything written has been read
+            while chunk := os.read(controller, 4096):
+                shown += chunk
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+    assert done.returncode == 0
+    text = shown.decode(errors="replace")
+    assert "runs  [" in text and "100%" in text, text  # click's bar, drawn for a person
+    assert "1 runs, 0 failed" in text
