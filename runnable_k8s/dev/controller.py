@@ -108,8 +108,7 @@ class Controller:
                 error=str(exc),
             )
             return self._emit(sample)
-        metric = self.config.metric(lengths)
-        decision = self.autoscaler.decide(now, metric, current)
+        decision = self.autoscaler.decide(now, lengths, current)
         if not self.frozen and decision.desired != current:
             self.pool.scale_to(decision.desired)
         sample = Sample(
@@ -118,7 +117,7 @@ class Controller:
             self.pool.ready,
             self.pool.stopping,
             lengths,
-            metric,
+            decision.metric,
             decision.desired,
             decision.reason,
         )
