@@ -18,10 +18,11 @@ from runnable_k8s.dev.supervisor import WorkerPool
 
 def trigger_lengths(client: redis.Redis, triggers: Mapping[str, str]) -> dict[str, int]:
     """Length of each trigger's key, counted by the key's type as KEDA's Redis scaler does
-    (a missing key counts 0).
+    (redis_scaler.go's Lua script: ZCARD, SCARD, HLEN, LLEN; a missing key counts 0).
 
     Raises:
-        redis.RedisError: Redis did not answer.
+        redis.RedisError: Redis did not answer, or a key is of another type (a string, a
+            stream), which the scaler reports as an error rather than a length.
     """
     with client.pipeline(transaction=False) as pipe:
         for key in triggers.values():
@@ -40,8 +41,11 @@ def trigger_lengths(client: redis.Redis, triggers: Mapping[str, str]) -> dict[st
                 pipe.scard(key)
             elif kind == b"zset":
                 pipe.zcard(key)
-            else:
+            elif kind == b"none":
                 continue
+            else:
+                kind_name = kind.decode(errors="replace")
+                raise redis.ResponseError(f"ERR unsupported key type: {kind_name} ({key})")
             counted.append(name)
         lengths = pipe.execute()
     result = dict.fromkeys(triggers, 0)
