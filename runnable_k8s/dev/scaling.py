@@ -12,10 +12,8 @@ scaleToZeroOrIdle):
 - with minReplicaCount 0, once no trigger has been active for `cooldownPeriod` seconds (or, never
   active, `initialCooldownPeriod` after the ScaledObject appeared) KEDA sets 0, from whatever
   count the HPA had;
-- everything else is the HPA's (`hpa.Hpa`), which never counts KEDA's changes as its own.
-
-Known difference: the HPA controller syncs every 15 s whatever KEDA's `pollingInterval`; here
-both run once per polling interval (the same as the cluster for the shipped 15 s).
+- everything else is the HPA's (`hpa.Hpa`), which never counts KEDA's changes as its own, and
+  which syncs on its own clock (every 15 s) whatever KEDA's `pollingInterval`.
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ from runnable_k8s.dev.hpa import Hpa
 from runnable_k8s.dev.scaledobject import (
     DEFAULT_SCALE_DOWN,
     DEFAULT_SCALE_UP,
+    HPA_SYNC_PERIOD,
     HPA_TOLERANCE,
     Policy,
     Rules,
@@ -42,6 +41,7 @@ from runnable_k8s.dev.scaledobject import (
 __all__ = [
     "DEFAULT_SCALE_DOWN",
     "DEFAULT_SCALE_UP",
+    "HPA_SYNC_PERIOD",
     "HPA_TOLERANCE",
     "Autoscaler",
     "Decision",
@@ -70,7 +70,8 @@ class Decision:
 class Autoscaler:
     """KEDA's state (when it was last active) and the HPA's, and their decision.
 
-    Call `decide(now, lengths, current)` once per polling interval; `now` is a monotonic clock.
+    Call `decide(now, lengths, current)` at each KEDA poll and each HPA sync (`keda` and `hpa`
+    say which are due; both by default); `now` is a monotonic clock.
     """
 
     def __init__(self, config: ScalingConfig) -> None:
@@ -80,8 +81,17 @@ class Autoscaler:
         self._created: float | None = None
         self._last_active: float | None = None
 
-    def decide(self, now: float, lengths: Mapping[str, int], current: int) -> Decision:
-        """One KEDA poll (and HPA sync) for these trigger lengths at `current` replicas."""
+    def decide(
+        self,
+        now: float,
+        lengths: Mapping[str, int],
+        current: int,
+        *,
+        keda: bool = True,
+        hpa: bool = True,
+    ) -> Decision:
+        """A KEDA poll then an HPA sync (or either alone) for these trigger lengths at `current`
+        replicas."""
         config = self.config
         if self._created is None:
             self._created = now  # the ScaledObject appears when dev starts
@@ -91,21 +101,32 @@ class Autoscaler:
         def decision(desired: int, reason: str) -> Decision:
             return Decision(metric, active, current, desired, reason)
 
-        if active:
-            # RequestScale records LastActiveTime whenever the triggers are active.
-            self._last_active = now
-            if current == 0:
-                self.hpa.sync(now, [], 0)
-                return decision(max(config.min_replicas, 1), "activated")
-        elif current == 0 or current < config.min_replicas:
-            self.hpa.sync(now, [], current)
-            return decision(config.min_replicas, "idle" if current == 0 else "minReplicaCount")
-        elif config.min_replicas == 0 and self._cooled_down(now):
-            return decision(0, "cooldown over")
+        if keda:
+            if active:
+                # RequestScale records LastActiveTime whenever the triggers are active.
+                self._last_active = now
+                if current == 0:
+                    self._idle_sync(now, hpa, current)
+                    return decision(max(config.min_replicas, 1), "activated")
+            elif current == 0 or current < config.min_replicas:
+                self._idle_sync(now, hpa, current)
+                reason = "idle" if current == 0 else "minReplicaCount"
+                return decision(config.min_replicas, reason)
+            elif config.min_replicas == 0 and self._cooled_down(now):
+                return decision(0, "cooldown over")
+        if not hpa:
+            return decision(current, "active" if active else "cooling down")
         metrics = config.metrics(lengths)
         desired = self.hpa.sync(now, metrics, current)
-        assert desired is not None
+        if desired is None:
+            return decision(current, "idle")  # at 0 the HPA leaves it to KEDA
         return decision(desired, self._reason(metrics, current, desired))
+
+    def _idle_sync(self, now: float, due: bool, current: int) -> None:
+        # Below minReplicas the HPA needs no metric: at 0 it only records what it found, above
+        # 0 it sets minReplicas as KEDA does.
+        if due:
+            self.hpa.sync(now, [], current)
 
     def _cooled_down(self, now: float) -> bool:
         # scaleToZeroOrIdle compares with time.Before (strictly), but LastActiveTime and the

@@ -225,3 +225,24 @@ def test_a_target_never_active_goes_after_the_initial_cooldown() -> None:
     assert step(scaler, 60, 2) == 0
     del scaled_object["spec"]["initialCooldownPeriod"]
     assert step(scaler_for(scaled_object), 0, 2) == 0
+
+
+def test_the_hpa_syncs_every_15_seconds_whatever_the_polling_interval() -> None:
+    """The HPA controller resyncs every --horizontal-pod-autoscaler-sync-period (15 s) on its
+    own; KEDA's pollingInterval only paces KEDA (scale_handler.go startScaleLoop). With
+    pollingInterval 30 and 5000 queued runs: t=0 KEDA sets 1; t=15 an HPA sync alone ramps
+    1 -> 5 (as in the burst above); t=30 both: 5 (the +4 is 15 s old); t=45 the HPA alone: 10.
+    Run once per 30 s poll instead, the HPA would reach 5 only at t=30."""
+    scaled_object = shipped()
+    scaled_object["spec"]["pollingInterval"] = 30
+    config = from_manifests(scaled_object, "test")
+    assert (config.polling_interval, config.hpa_sync_period) == (30, 15)
+    scaler = Autoscaler(config)
+    counts = dict.fromkeys(config.triggers, 0) | {"queued": 5000}
+    assert scaler.decide(0, counts, 0).desired == 1
+    assert scaler.decide(15, counts, 1, keda=False).desired == 5
+    assert scaler.decide(30, counts, 5).desired == 5
+    assert scaler.decide(45, counts, 5, keda=False).desired == 10
+    # A shorter local poll (`dev --polling-interval 1`) brings the HPA's sync down with it.
+    assert config.with_overrides(polling_interval=1).hpa_sync_period == 1
+    assert config.with_overrides(polling_interval=60).hpa_sync_period == 15
