@@ -26,8 +26,18 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from runnable_k8s.dev.scaledobject import HPA_TOLERANCE, Rules, ScalingConfig
+
+
+@dataclass(slots=True)
+class _ScaleEvent:
+    """timestampedScaleEvent: replicas this HPA added (or removed) at `at`."""
+
+    at: float
+    change: int
+    outdated: bool = False
 
 
 class Hpa:
@@ -36,8 +46,8 @@ class Hpa:
     def __init__(self, config: ScalingConfig) -> None:
         self.config = config
         self._recommendations: deque[tuple[float, int]] | None = None
-        self._up_events: deque[tuple[float, int]] = deque()
-        self._down_events: deque[tuple[float, int]] = deque()
+        self._up_events: list[_ScaleEvent] = []
+        self._down_events: list[_ScaleEvent] = []
 
     @property
     def min_replicas(self) -> int:
@@ -139,18 +149,29 @@ class Hpa:
         return min(proposals) if lowest else max(proposals)
 
     @staticmethod
-    def _changed(events: deque[tuple[float, int]], now: float, period: float) -> int:
-        # getReplicasChangePerPeriod: events strictly newer than `period` seconds.
-        return sum(change for at, change in events if now - at < period)
+    def _changed(events: list[_ScaleEvent], now: float, period: float) -> int:
+        # getReplicasChangePerPeriod: events strictly newer than `period` seconds, outdated or
+        # not (a scale-down policy's longer period still counts scale-ups marked outdated).
+        return sum(event.change for event in events if now - event.at < period)
 
     def _store_event(self, now: float, current: int, desired: int) -> None:
+        """storeScaleEvent: mark the events older than this direction's longest policy period
+        outdated (markScaleEventsOutdated), then reuse the last outdated slot or append."""
         up = desired > current
         events = self._up_events if up else self._down_events
         rules = self.config.scale_up if up else self.config.scale_down
         longest = max((p.period for p in rules.policies), default=0.0)
-        while events and now - events[0][0] > longest:
-            events.popleft()  # markScaleEventsOutdated
-        events.append((now, abs(desired - current)))
+        reuse = None
+        for i, event in enumerate(events):
+            if now - event.at > longest:
+                event.outdated = True
+            if event.outdated:
+                reuse = i
+        new = _ScaleEvent(now, abs(desired - current))
+        if reuse is None:
+            events.append(new)
+        else:
+            events[reuse] = new
 
     # -- without a behavior block (legacy) ---------------------------------------------------
 

@@ -246,3 +246,29 @@ def test_the_hpa_syncs_every_15_seconds_whatever_the_polling_interval() -> None:
     # A shorter local poll (`dev --polling-interval 1`) brings the HPA's sync down with it.
     assert config.with_overrides(polling_interval=1).hpa_sync_period == 1
     assert config.with_overrides(polling_interval=60).hpa_sync_period == 15
+
+
+def test_a_scale_down_period_counts_the_scale_ups_inside_it_even_outdated_ones() -> None:
+    """scaleUp Pods 4 / 15 s, scaleDown Pods 1 / 120 s (Min), both windows 0, target 100.
+
+    t=0 (1 replica, 500 runs): 1 + 4 = 5; event A +4.
+    t=15 (900 runs, ceil 9): A is 15 s old, not After(now - 15 s): start 5 -> 9; storeScaleEvent
+    marks nothing outdated (A is not older than the longest scale-up period) and appends B +4.
+    t=45 (1300 runs): start 9 -> 13; A and B are now older than 15 s, both marked outdated
+    (markScaleEventsOutdated), and the last outdated slot, B's, is reused for C +4: A stays.
+    t=60 (100 runs, ceil 1): calculateScaleDownLimitWithBehaviors counts the scale-ups younger
+    than its own 120 s period whatever their outdated flag, A and C: start = 13 - 8 + 0 = 5,
+    so Pods 1 allows 4, and the HPA goes 13 -> 4 in one sync.
+    """
+    scaled_object = shipped()
+    behavior = scaled_object["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    behavior["scaleUp"] = {
+        "stabilizationWindowSeconds": 0,
+        "policies": [{"type": "Pods", "value": 4, "periodSeconds": 15}],
+    }
+    behavior["scaleDown"]["stabilizationWindowSeconds"] = 0
+    scaler = scaler_for(scaled_object)
+    assert step(scaler, 0, 1, queued=500) == 5
+    assert step(scaler, 15, 5, queued=900) == 9
+    assert step(scaler, 45, 9, queued=1300) == 13
+    assert step(scaler, 60, 13, queued=100) == 4
