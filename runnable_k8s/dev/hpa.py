@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from runnable_k8s.dev.scaledobject import HPA_TOLERANCE, Rules, ScalingConfig
+from runnable_k8s.dev.config import HPA_TOLERANCE, Rules, ScalingConfig
 
 
 @dataclass(slots=True)

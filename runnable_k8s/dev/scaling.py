@@ -22,8 +22,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from runnable_k8s.dev.hpa import Hpa
-from runnable_k8s.dev.scaledobject import (
+from runnable_k8s.dev.config import (
     DEFAULT_SCALE_DOWN,
     DEFAULT_SCALE_UP,
     HPA_SYNC_PERIOD,
@@ -31,6 +30,9 @@ from runnable_k8s.dev.scaledobject import (
     Policy,
     Rules,
     ScalingConfig,
+)
+from runnable_k8s.dev.hpa import Hpa
+from runnable_k8s.dev.scaledobject import (
     from_manifests,
     load,
     load_base,
