@@ -194,7 +194,8 @@ def test_keda_scales_to_zero_from_any_count_after_the_cooldown() -> None:
     """scaleToZeroOrIdle sets minReplicaCount (0) once LastActiveTime + cooldownPeriod has
     passed, whatever the current count: at 10 replicas with the HPA's 600 s window still holding
     10, the poll 300 s after the last active one sets 0. (LastActiveTime is kept in whole seconds,
-    so the poll exactly 300 s later finds it passed.)"""
+    so the poll exactly 300 s later finds it passed.) The ramp to 10 is the burst's: t=15 5,
+    t=45 10 (the +4 of t=15 is then 30 s old)."""
     scaler = scaler_for(shipped())
     assert step(scaler, 0, 0, queued=1000) == 1
     assert step(scaler, 15, 1, queued=1000) == 5
@@ -202,6 +203,10 @@ def test_keda_scales_to_zero_from_any_count_after_the_cooldown() -> None:
     for t in range(60, 345, 15):
         assert step(scaler, t, 10) == 10, t  # inactive since t=45; the HPA holds 10
     assert step(scaler, 345, 10) == 0
+    # Neither KEDA's 10 -> 0 nor its 0 -> 1 is an HPA event, so the next burst starts from 1:
+    # Pods 4 allows 5 (counting KEDA's +1 would start from 0 and allow 4).
+    assert step(scaler, 360, 0, queued=1000) == 1
+    assert step(scaler, 375, 1, queued=1000) == 5
 
 
 def test_in_flight_runs_keep_the_last_worker() -> None:
