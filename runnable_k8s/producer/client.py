@@ -1,8 +1,9 @@
 """The producer's side of Redis: enqueue runs, read statuses, wait for outcomes and chunks.
 
 Waiting never polls: callers block on `XREAD` of the runs' event streams, which Redis answers
-the moment a worker appends to one. The synchronous and the asyncio clients share every decision
-(`_Plan`, `_parse_entries`); only the I/O differs.
+the moment a worker appends to one. Only a run with a rejection notice in its stream is looked
+at again between blocks, until the notice is settled (producer/rejections.py). The synchronous
+and the asyncio clients share every decision (`_Plan`, `_parse_entries`); only the I/O differs.
 """
 
 from __future__ import annotations

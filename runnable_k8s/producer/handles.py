@@ -57,6 +57,7 @@ class RemoteRun:
             RunNotFound: unknown or expired id (checked first: never a hang).
             WaitTimeout: not finished within `timeout` (the run goes on).
             RemoteError, RunCancelled, RunExpired, ExecutionTimeout, RunRejected: how it ended.
+            SigningKeyMismatch: no worker could verify it (the signing keys probably differ).
         """
         client = client_for(self.settings)
         client.status(self.id)

@@ -78,7 +78,7 @@ def test_a_producer_with_another_key_gets_a_clear_error_and_nothing_loops(
 
     run = remote.submit(PIKACHU)
     started = time.monotonic()
-    with pytest.raises(SigningKeyMismatch, match="signing keys .* probably differ") as caught:
+    with pytest.raises(SigningKeyMismatch, match=r"signing keys .* probably differ") as caught:
         run.result()
     assert time.monotonic() - started < 25  # the 30 s wait was not what ended it
     assert isinstance(caught.value, SignatureRejected)
