@@ -128,10 +128,13 @@ class Watch:
         if not isinstance(digest, bytes) or len(digest) != 64:
             return
         reason = label.decode(errors="replace") if isinstance(label, bytes) else ""
-        suspect = self._suspects.setdefault(run_id, _Suspect(due=time.monotonic()))
+        now = time.monotonic()
+        suspect = self._suspects.setdefault(run_id, _Suspect(due=now))
         suspect.notices.setdefault(
             digest.decode(errors="replace"), reason if reason in rejection.REASONS else "malformed"
         )
+        if suspect.gone_at is None:  # a new rejection: look soon, however long the backoff
+            suspect.due, suspect.delay = min(suspect.due, now), _FIRST_DELAY
 
     def forget(self, run_id: str) -> None:
         self._suspects.pop(run_id, None)

@@ -2,8 +2,9 @@
 
 Everything read from Redis is hostile until its signature checks out, and even then it only
 builds allowlisted classes. A message that fails verification is logged and dropped without
-touching any run's records (its run id is unproven); every other path ends with exactly one
-signed outcome in the run's event stream.
+touching any run's signed records (its run id is unproven): the claimed run only gets an
+unsigned notice its producer checks for itself (protocol/rejection.py); every other path ends
+with exactly one signed outcome in the run's event stream.
 """
 
 from __future__ import annotations
