@@ -102,8 +102,14 @@ def test_a_producer_with_another_key_gets_a_clear_error_and_nothing_loops(
     assert redis_client.zcard(keys.pending(settings.queue)) == 0
     for run_id in runs:
         assert not held_anywhere(redis_client, settings.queue, run_id)
-    # No sweep pushes them again: each was rejected once, none rescued.
-    time.sleep(3 * settings.rescue_within)
+    # No sweep pushes them again: each was rejected once, none rescued (while sweeps ran: each
+    # takes the sweep lock).
+    swept = 0
+    deadline = time.monotonic() + 3 * settings.rescue_within
+    while time.monotonic() < deadline:
+        swept += redis_client.exists(keys.rescue_lock(settings.queue))
+        time.sleep(0.1)
+    assert swept > 0
     log = worker.log()
     for run_id in runs:
         assert log.count(f"rejected message claimed_run={run_id}") == 1
@@ -112,12 +118,14 @@ def test_a_producer_with_another_key_gets_a_clear_error_and_nothing_loops(
     assert worker.process.poll() is None
 
 
+@pytest.mark.parametrize("where", ["queued", "held"])
 def test_a_forged_notice_does_not_fail_a_queued_run(
-    redis_url: str, redis_client: redis.Redis, logs_dir: Path
+    redis_url: str, redis_client: redis.Redis, logs_dir: Path, where: str
 ) -> None:
     """Anyone who can read the queue can compute the digest a worker would name, and can also
-    take the run off the pending set and re-serialize its message (as kombu does when it hands
-    a message back): while the message is queued, the notice does not count."""
+    take the run off the pending set and change its message's bytes and delivery tag (as kombu
+    re-serializes a message it hands back): while the message is queued, or held by a worker
+    that has not started it, the notice does not count."""
     settings = make_settings(redis_url)  # no worker yet
     run = RunnableK8s(bound=DemoChatModel(), settings=settings).submit(PIKACHU)
     copy = redis_client.get(keys.message(run.id))
@@ -131,7 +139,11 @@ def test_a_forged_notice_does_not_fail_a_queued_run(
     redelivered = json.loads(copy)
     redelivered["headers"]["redelivered"] = True
     assert redis_client.lrem(settings.queue, 1, copy) == 1
-    redis_client.lpush(settings.queue, json.dumps(redelivered))
+    held = json.dumps([redelivered, "", settings.queue])  # as kombu records a reserved message
+    if where == "queued":
+        redis_client.lpush(settings.queue, json.dumps(redelivered))
+    else:
+        redis_client.hset(keys.UNACKED, f"another-tag-{run.id}", held)
 
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(run.result, 60)
@@ -141,6 +153,9 @@ def test_a_forged_notice_does_not_fail_a_queued_run(
         time.sleep(2)
         assert not waiting.done()
         assert status_cli(settings, run.id)["state"] == "queued"
+        if where == "held":  # the worker holding it hands it back, as kombu's restore does
+            assert redis_client.hdel(keys.UNACKED, f"another-tag-{run.id}") == 1
+            redis_client.lpush(settings.queue, json.dumps(redelivered))
         worker = WorkerProcess(settings, logs_dir, name="late")
         try:
             worker.wait_ready()
