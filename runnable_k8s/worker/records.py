@@ -88,6 +88,7 @@ return 1
 # stream, without extending a TTL already set (a forged message must not keep a finished run's
 # results alive). The run leaves the pending set only if its copy is still the one whose bytes
 # were rejected: rescuing it would only push the same bytes to the same rejection.
+# 'x' is rejection.NOTICE.
 _NOTE: Final = """
 if redis.call('exists', KEYS[1]) == 0 then return 0 end
 local kind = redis.call('type', KEYS[2]).ok
