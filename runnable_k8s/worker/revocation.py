@@ -84,12 +84,17 @@ class Revoker:
 
     def _cancel_logged(self, run_id: str, why: str) -> Verdict:
         verdict = self.cancel(run_id)
-        level = logging.INFO if verdict in ("cancelled", "cancelling") else logging.DEBUG
-        log.log(level, "%s run=%s: %s", why, run_id, verdict)
+        # Every one is logged: the command itself is unsigned, the log is its only trace.
+        log.info("%s run=%s: %s", why, run_id, verdict)
         return verdict
 
     def revoke(
-        self, state: Any, task_id: Any, terminate: Any = False, signal: Any = None, **_: Any
+        self,
+        state: Any,
+        task_id: Any = None,
+        terminate: Any = False,
+        signal: Any = None,
+        **_: Any,
     ) -> dict[str, str]:
         """Cancel runs by id (or list of ids), as `runnable-k8s cancel` does."""
         given = task_id if isinstance(task_id, (list, tuple)) else [task_id]
@@ -107,7 +112,9 @@ class Revoker:
         text = "; ".join(f"{verdict}: {', '.join(runs)}" for verdict, runs in verdicts.items())
         return {"ok": text or "no run named"}
 
-    def terminate(self, state: Any, signal: Any, task_id: Any, **_: Any) -> dict[str, str]:
+    def terminate(
+        self, state: Any, signal: Any = None, task_id: Any = None, **_: Any
+    ) -> dict[str, str]:
         """Cancel runs by id (the signal is not used: runs are cancelled, never killed)."""
         return self.revoke(state, task_id, terminate=True, signal=signal)
 

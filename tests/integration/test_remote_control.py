@@ -71,6 +71,7 @@ def test_revoking_a_running_run_cancels_it(busy: Busy, terminate: bool) -> None:
         run.result(timeout=20)
     assert run.status().state == "cancelled"
     busy.worker.wait_for_log(f"finished run={run.id} name=SlowModel state=cancelled")
+    assert f"by remote control run={run.id}: cancelling" in busy.worker.log()  # its only trace
     busy.serves()
     assert PIDBOX_ERROR not in busy.worker.log()
 
@@ -115,7 +116,9 @@ def test_revoking_unknown_ids_is_harmless(busy: Busy) -> None:
         timeout=3,
     )
     assert replies, "the worker did not answer"
-    assert all("ok" in reply for answer in replies for reply in answer.values()), replies
+    texts = [reply.get("ok", "") for answer in replies for reply in answer.values()]
+    assert all(f"unknown: {unknown}" in text for text in texts), replies
+    assert all("3 invalid id(s)" in text for text in texts), replies
     busy.serves()
     assert PIDBOX_ERROR not in busy.worker.log()
 
