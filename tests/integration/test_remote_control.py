@@ -127,10 +127,13 @@ def test_a_run_celery_drops_as_revoked_still_gets_its_outcome(busy: Busy) -> Non
     """Celery also learns revoked ids from other workers (the `hello` of mingle), and drops a
     message with such an id on delivery: that run must not be left queued forever."""
     run_id = new_run_id()
-    busy.app.control.broadcast(
-        "hello", arguments={"from_node": "elsewhere@test", "revoked": [run_id]}, reply=False
+    replies = busy.app.control.broadcast(
+        "hello",
+        arguments={"from_node": "elsewhere@test", "revoked": [run_id]},
+        reply=True,
+        timeout=3,
     )
-    time.sleep(0.5)  # the broadcast is not acknowledged without a reply; let it arrive
+    assert any(run_id in reply["revoked"] for answer in replies for reply in answer.values())
     protocol = Protocol(busy.settings)
     request = RunRequest(
         run_id=run_id,
