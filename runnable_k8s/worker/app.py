@@ -15,7 +15,7 @@ from celery.worker.request import Request
 
 from runnable_k8s.protocol.task_message import TASK_NAME
 from runnable_k8s.settings import Settings
-from runnable_k8s.worker import logs, memory, transport
+from runnable_k8s.worker import logs, memory, revocation, transport
 from runnable_k8s.worker.execution import REDIS_ERRORS, Executor
 from runnable_k8s.worker.health import heartbeat
 from runnable_k8s.worker.loop import LoopThread
@@ -67,10 +67,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": True,
         "worker_redirect_stdouts": False,
         "task_send_sent_event": False,
-        # Task events (for Flower) stay off until a monitor asks: Flower turns them on with
-        # the `enable_events` remote-control command, which works without mingle and gossip.
-        "worker_send_task_events": False,
-        "worker_enable_remote_control": True,
+        # Task events (for Flower) are off unless set, until a monitor asks: Flower turns them
+        # on with `enable_events`, which works without mingle and gossip (README: their cost).
+        "worker_send_task_events": settings.task_events,
+        "worker_enable_remote_control": settings.remote_control,
     }
     if urlsplit(settings.require_redis_url()).scheme == "rediss":
         query = parse_qs(urlsplit(settings.require_redis_url()).query)
@@ -142,6 +142,7 @@ def run_worker(
         ),
     ]
     app = create_app(settings, executor, loop)
+    revocation.install(settings.require_redis_url(), executor.protocol)  # revoke = cancel
     argv = [
         # Celery's banner is not a log line: no banner when every line must be JSON.
         *(["--quiet"] if settings.log_json else []),
