@@ -16,6 +16,7 @@ from celery.worker.request import Request
 from runnable_k8s.protocol.task_message import TASK_NAME
 from runnable_k8s.settings import Settings
 from runnable_k8s.worker import logs, memory, transport
+from runnable_k8s.worker.consumer import guarded_consumer
 from runnable_k8s.worker.execution import REDIS_ERRORS, Executor
 from runnable_k8s.worker.health import heartbeat
 from runnable_k8s.worker.loop import LoopThread
@@ -92,6 +93,9 @@ def create_app(settings: Settings, executor: Executor, loop: LoopThread) -> Cele
     """Build the Celery app whose one task hands each message to `executor` on `loop`."""
     app = Celery("runnable_k8s", broker=settings.require_redis_url(), set_as_current=False)
     app.conf.update(celery_config(settings))
+    # Nothing but our own task, as our producer writes it, becomes a request (see the module);
+    # the size bound is the executor's own first check (body limit plus header and MAC).
+    app.conf.worker_consumer = guarded_consumer(executor.metrics, settings.max_body_bytes + 1024)
 
     @app.task(  # type: ignore[untyped-decorator]
         name=TASK_NAME, ignore_result=True, acks_late=True, Request=DescribedRequest
