@@ -55,7 +55,7 @@ from runnable_k8s.worker.records import RunRecords
 from runnable_k8s.worker.registry import Registry, RunnableSource
 from runnable_k8s.worker.streaming import Progress as _Progress
 from runnable_k8s.worker.streaming import StreamPublisher as _StreamPublisher
-from runnable_k8s.worker.task_state import Handled
+from runnable_k8s.worker.task_state import Handled, already_ended
 
 log = logging.getLogger("runnable_k8s.worker")
 
@@ -228,7 +228,7 @@ class Executor:
                 seen = await self.records.read(run_id)
                 if seen.status is not None and seen.status.done:
                     self._refuse_finished(request, seen.status, duplicate=waiting)
-                    return Handled(run_id, "refused", "duplicate" if waiting else "replay")
+                    return already_ended(seen.status)
                 base, expected = seen.status or base, seen.digest
             running = None if time.time() > request.expires_at else _running(request, base)
             verdict, written = await self.records.claim(

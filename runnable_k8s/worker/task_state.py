@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from runnable_k8s.errors import RunNotSucceeded
+from runnable_k8s.protocol.messages import Outcome, RunStatus
+from runnable_k8s.worker.failures import outcome_label, short_reason
 from runnable_k8s.worker.metrics import RunOutcome
 
 Delivered = RunOutcome | Literal["refused"]
-"""A run's outcome this delivery recorded, or "refused": the message was not used (it did not
-verify, or its run had already ended or is held by another delivery)."""
+"""A run's outcome (recorded by this delivery or, for a replay or a duplicate delivery, by an
+earlier one), or "refused": the message did not verify and was not used."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,14 @@ class Handled:
     run_id: str | None
     outcome: Delivered
     detail: str = ""
+
+
+def already_ended(status: RunStatus) -> Handled:
+    """A delivery of a run that had already ended (a replay, or a duplicate delivery that
+    waited for its holder) repeats the run's recorded outcome: Flower keeps one state per task
+    id, the run id, and this delivery's state replaces the earlier one's."""
+    recorded = Outcome(status.run_id, status.state, reason=status.reason)
+    return Handled(status.run_id, outcome_label(recorded), short_reason(recorded))
 
 
 def failure(handled: Handled) -> RunNotSucceeded | None:

@@ -99,8 +99,12 @@ def terminal(events: TaskEvents, task_id: str) -> dict[str, Any]:
         f"a final task event for {task_id}",
     )
     time.sleep(0.5)  # room for a second (wrong) one to arrive
-    (final,) = [e for e in events.of(task_id) if e["type"] in ("task-succeeded", "task-failed")]
+    (final,) = finals_of(events, task_id)
     return final
+
+
+def finals_of(events: TaskEvents, task_id: str) -> list[dict[str, Any]]:
+    return [e for e in events.of(task_id) if e["type"] in ("task-succeeded", "task-failed")]
 
 
 def recorded_outcomes(client: redis.Redis, run_id: str) -> int:
@@ -119,23 +123,28 @@ def test_celery_task_state_tells_each_runs_outcome(
 ) -> None:
     settings, worker, events = watched
     marker = f"private-{uuid.uuid4().hex}"
+    protocol = Protocol(settings)
+    client = client_for(settings)
+    # Submitted as sealed requests kept here, to be replayed below.
+    succeeding = request_for(settings, demo_json(settings), marker)
+    failing_model = FailingModel(message=f"remote says {marker}")
+    failing = request_for(settings, protocol.runnables.encode_runnable(failing_model), marker)
+    client.submit([succeeding, failing])
     runs: dict[str, RemoteRun] = {}
-    runs["succeeded"] = RunnableK8s(bound=DemoChatModel(), settings=settings).submit(marker)
-    failing = RunnableK8s(bound=FailingModel(message=f"remote says {marker}"), settings=settings)
-    runs["failed"] = failing.submit(marker)
     slow = RunnableK8s(bound=SlowModel(delay=30.0), settings=settings, time_limit=0.5)
     runs["timeout"] = slow.submit(marker)
     runs["cancelled"] = RunnableK8s(bound=SlowModel(delay=30.0), settings=settings).submit(marker)
     worker.wait_for_log(f"started run={runs['cancelled'].id}")
     runs["cancelled"].cancel()
     expired = request_for(settings, demo_json(settings), marker, expires_at=time.time() - 1)
-    client_for(settings).submit([expired])
+    client.submit([expired])
     # Sealed with another key: refused by the worker at every delivery, never run.
     forger = settings.replace(signing_key=SigningKey(b"k" * 48))
     forged = request_for(settings, demo_json(settings), marker)
     push(redis_client, settings, Protocol(forger).seal_request(forged)[0], forged.run_id)
 
     ids = {label: run.id for label, run in runs.items()}
+    ids["succeeded"], ids["failed"] = succeeding.run_id, failing.run_id
     ids["expired"] = expired.run_id
     ids["refused"] = forged.run_id
     finals = {label: terminal(events, run_id) for label, run_id in ids.items()}
@@ -169,3 +178,16 @@ def test_celery_task_state_tells_each_runs_outcome(
     for label, run_id in ids.items():
         count = log.count(f"Task runnable_k8s.run[{run_id}] raised expected: RunNotSucceeded(")
         assert count == (0 if label == "succeeded" else 1), label
+
+    # A replayed message of a finished run does not run it again, and Flower (one state per
+    # task id) keeps showing the run's recorded outcome, not the replay's refusal.
+    for request in (succeeding, failing):
+        push(redis_client, settings, protocol.seal_request(request)[0], request.run_id)
+    for request in (succeeding, failing):
+        wait_until(lambda r=request: len(finals_of(events, r.run_id)) == 2, 30, "replay's end")
+    assert [e["type"] for e in finals_of(events, succeeding.run_id)] == ["task-succeeded"] * 2
+    again = finals_of(events, failing.run_id)
+    assert [e["type"] for e in again] == ["task-failed"] * 2
+    assert [e["exception"] for e in again] == [finals["failed"]["exception"]] * 2
+    for request in (succeeding, failing):
+        assert recorded_outcomes(redis_client, request.run_id) == 1
