@@ -80,9 +80,10 @@ def accumulate_to(queue: str) -> dict[str, Any]:
 def builtin_calls(decoy: str) -> dict[str, tuple[list[Any], dict[str, Any]]]:
     """Arguments that make each built-in task do something (seen to run without the guard)."""
     five = [accumulate_to(decoy) for _ in range(5)]
+    group_id = str(uuid.uuid4())
     return {
         "celery.accumulate": ([1, 2], {}),
-        "celery.group": ([five, None, str(uuid.uuid4()), []], {}),
+        "celery.group": ([five, [[group_id, None], None], group_id, []], {}),
         "celery.chain": ([], {"tasks": five}),
         "celery.chord": ([five, accumulate_to(decoy)], {}),
         "celery.chord_unlock": ([str(uuid.uuid4()), accumulate_to(decoy)], {}),
