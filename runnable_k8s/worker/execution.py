@@ -2,8 +2,9 @@
 
 Everything read from Redis is hostile until its signature checks out, and even then it only
 builds allowlisted classes. A message that fails verification is logged and dropped without
-touching any run's records (its run id is unproven); every other path ends with exactly one
-signed outcome in the run's event stream.
+touching any run's signed records (its run id is unproven): the claimed run only gets an
+unsigned notice its producer checks for itself (protocol/rejection.py); every other path ends
+with exactly one signed outcome in the run's event stream.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dataclasses
 import logging
 import os
 import random
+import re
 import socket
 import time
 import uuid
@@ -33,7 +35,7 @@ from runnable_k8s.errors import (
     PayloadTooLarge,
     SerializationRefused,
 )
-from runnable_k8s.protocol import envelope, keys
+from runnable_k8s.protocol import envelope, keys, rejection
 from runnable_k8s.protocol.allowlist import check_call_kwargs
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.protocol.remote_config import import_config
@@ -55,10 +57,14 @@ from runnable_k8s.worker.records import RunRecords
 from runnable_k8s.worker.registry import Registry, RunnableSource
 from runnable_k8s.worker.streaming import Progress as _Progress
 from runnable_k8s.worker.streaming import StreamPublisher as _StreamPublisher
+from runnable_k8s.worker.task_state import Handled, already_ended
 
 log = logging.getLogger("runnable_k8s.worker")
 
 _LATE_CANCEL_CHECK = 0.5
+# What a run id can look like (producers make 32 hex digits): a claimed id of any other shape
+# gets no rejection notice, so hostile ids cannot name other keys.
+_RUN_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 # Errors that mean "Redis is not reachable right now", not "this message is bad".
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
@@ -150,15 +156,15 @@ class Executor:
             return None
         return stored if isinstance(stored, bytes) else None
 
-    async def handle(self, wire: str, beside: bytes | _NotRead | None = NOT_READ) -> None:
-        """Handle one Celery message's argument. Never raises for bad input. `beside` is
-        what `fetch_beside` read (None: nothing); left out, it is read here."""
+    async def handle(self, wire: str, beside: bytes | _NotRead | None = NOT_READ) -> Handled:
+        """Handle one Celery message's argument and say what it came to (for the Celery
+        task's state). Never raises for bad input. `beside` is what `fetch_beside` read
+        (None: nothing); left out, it is read here."""
         raw = wire.encode() if isinstance(wire, str) else b""
         try:
             request = await self._verify(raw, beside)
         except MessageRejected as exc:
-            self._reject(raw, exc)
-            return
+            return await self._reject(raw, beside, exc)
         _event(
             logging.INFO,
             RunEvent("received", request.run_id, request.name),
@@ -167,7 +173,7 @@ class Executor:
             request.name,
             request.mode,
         )
-        await self._execute(request)
+        return await self._execute(request)
 
     async def _verify(self, raw: bytes, beside: bytes | _NotRead | None) -> RunRequest:
         if len(raw) > self.protocol.signer.max_body_bytes + 1024:
@@ -182,7 +188,9 @@ class Executor:
         # Expiry is checked after verification, so an authentic expired run is recorded.
         return self.protocol.open_request(raw, beside=beside, check_expiry=False)
 
-    def _reject(self, raw: bytes, exc: MessageRejected) -> None:
+    async def _reject(
+        self, raw: bytes, beside: bytes | _NotRead | None, exc: MessageRejected
+    ) -> Handled:
         reason = reject_reason(exc)
         self.metrics.reject(reason)
         header = envelope.peek_header(raw)
@@ -195,6 +203,27 @@ class Executor:
             claimed or "?",
             exc,
         )
+        if claimed is None or not _RUN_ID.fullmatch(claimed) or reason not in rejection.REASONS:
+            return Handled(claimed, "refused", reason)
+        # Tell the producer what exactly could not be verified, and stop rescuing the run if
+        # these are its stored bytes (protocol/rejection.py says why neither is a risk).
+        try:
+            body = None
+            if envelope.needs_body_beside(raw):
+                if isinstance(beside, _NotRead):
+                    with contextlib.suppress(ResponseError):  # another type: no body
+                        stored = await self.redis.get(keys.body(claimed))
+                        beside = stored if isinstance(stored, bytes) else None
+                body = beside if isinstance(beside, bytes) else None
+            if await self.records.note_rejection(claimed, raw, body, reason):
+                log.warning(
+                    "run=%s is no longer pending rescue: its stored message failed verification",
+                    claimed,
+                )
+        except (ResponseError, *REDIS_ERRORS) as exc_:
+            # The rescue sweep brings the message back, and its next rejection tells again.
+            log.warning("could not leave a rejection notice for run=%s: %s", claimed, exc_)
+        return Handled(claimed, "refused", reason)
 
     def _refuse(
         self, request: RunRequest, reason: RejectReason, message: str, *args: object
@@ -212,7 +241,7 @@ class Executor:
 
     # -- one verified run -------------------------------------------------------------------
 
-    async def _execute(self, request: RunRequest) -> None:
+    async def _execute(self, request: RunRequest) -> Handled:
         run_id = request.run_id
         # The usual first delivery finds the producer's "queued" record, which the request
         # names by digest: the claim needs no read first. Anything else reads, then claims.
@@ -226,7 +255,7 @@ class Executor:
                 seen = await self.records.read(run_id)
                 if seen.status is not None and seen.status.done:
                     self._refuse_finished(request, seen.status, duplicate=waiting)
-                    return
+                    return already_ended(seen.status)
                 base, expected = seen.status or base, seen.digest
             running = None if time.time() > request.expires_at else _running(request, base)
             verdict, written = await self.records.claim(
@@ -266,13 +295,14 @@ class Executor:
                     "cancelled before start run=%s",
                     run_id,
                 )
+                return Handled(run_id, "cancelled")
             elif running is None or written is None:
                 self._refuse(request, "expired", "expired run=%s name=%s", request.name)
                 await self._end_unstarted(
                     request, owner, base, expected, Outcome(run_id, "expired", reason="expired")
                 )
-            else:
-                await self._run_started(request, _Live(running, written, owner))
+                return Handled(run_id, "expired")
+            return await self._run_started(request, _Live(running, written, owner))
 
     async def _durably(self, request: RunRequest, record: Callable[[], Awaitable[bool]]) -> bool:
         """Record an outcome even across a Redis outage: the run is done, and its message
@@ -325,7 +355,7 @@ class Executor:
         ):
             self.metrics.finished(request.name, outcome_label(outcome), None)
 
-    async def _run_started(self, request: RunRequest, live: _Live) -> None:
+    async def _run_started(self, request: RunRequest, live: _Live) -> Handled:
         run_id = request.run_id
         started = live.status
         self.metrics.started(started.created_at, started.started_at)
@@ -389,6 +419,7 @@ class Executor:
             outcome.attempt,
             duration,
         )
+        return Handled(run_id, label, reason)
 
     async def _run(self, request: RunRequest, live: _Live) -> Outcome:
         """Every way a started run can end becomes an outcome: a run that raised anything,
