@@ -33,7 +33,7 @@ def other_key(settings: Settings) -> Settings:
 
 def status_cli(settings: Settings, run_id: str) -> dict[str, object]:
     done = subprocess.run(
-        [sys.executable, "-m", "runnable_k8s", "status", run_id],
+        [sys.executable, "-m", "runnable_k8s", "status", run_id, "--json"],
         env=worker_env(settings),
         cwd=REPO,
         capture_output=True,
