@@ -264,8 +264,9 @@ class BuiltImage:
     build_seconds: float
 
 
-def build_image(storage: Storage, tag: str) -> BuiltImage:
-    """Stand-in base imported under the FROM name, then `docker/Dockerfile` built with buildah."""
+def build_image(storage: Storage, tag: str, context: Path = REPO) -> BuiltImage:
+    """Stand-in base imported under the FROM name, then `docker/Dockerfile` of `context` (a
+    checkout of this repository) built with buildah."""
     tarball, base_seconds = standin_rootfs(apt_mirror())
     started = time.monotonic()
     changes = [arg for change in STANDIN_CHANGES for arg in ("--change", change)]
@@ -283,10 +284,10 @@ def build_image(storage: Storage, tag: str) -> BuiltImage:
         "--volume",
         f"{bundle}:{bundle}:ro",
         "--file",
-        str(DOCKERFILE),
+        str(context / "docker" / "Dockerfile"),
         "--tag",
         tag,
-        str(REPO),
+        str(context),
     )
     return BuiltImage(
         tag=tag,

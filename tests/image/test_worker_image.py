@@ -151,7 +151,11 @@ def test_image_installs_exactly_the_pinned_versions(
         if version
     }
     ours = {canonicalize_name("runnable-k8s"), "pip", "setuptools", "wheel"}
-    assert {k: v for k, v in installed.items() if k not in ours} == pinned
+    # Every distribution in the image is pinned, at that version. (A pin may go unused: some
+    # are needed only on older Pythons, by environment markers.)
+    unpinned = {k: v for k, v in installed.items() if k not in ours and pinned.get(k) != v}
+    assert unpinned == {}, f"installed but not pinned at that version: {unpinned}"
+    assert len(installed) > 20, done.stdout
 
 
 def test_readiness_fails_while_redis_is_frozen_and_liveness_holds(
