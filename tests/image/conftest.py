@@ -8,6 +8,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -63,11 +64,12 @@ def worker_image(image_storage: Storage) -> BuiltImage:
     return built
 
 
-def pod_secrets(signing_key: str, redis_password: str = "") -> dict[str, dict[str, str]]:
-    """The three Secrets the Deployment reads (a model key nobody uses here)."""
+def pod_secrets(signing_key: str, redis_url: str) -> dict[str, dict[str, str]]:
+    """The three Secrets the Deployment reads: the broker password is `redis_url`'s (the
+    Deployment composes the URL from it again); a model key nobody uses here."""
     return {
         "runnable-k8s-signing-key": {"signing-key": signing_key},
-        "runnable-k8s-redis": {"password": redis_password},
+        "runnable-k8s-redis": {"password": unquote(urlsplit(redis_url).password or "")},
         "runnable-k8s-model-keys": {"OPENAI_API_KEY": "sk-unused-" + secrets.token_hex(8)},
     }
 
@@ -82,20 +84,11 @@ def start_worker(
     network are shared with other tests."""
     started: list[Container] = []
 
-    def start(
-        redis_url: str,
-        *,
-        redis_password: str = "",
-        drop: tuple[str, ...] = (),
-        extra: dict[str, str] | None = None,
-    ) -> tuple[Container, Settings]:
+    def start(redis_url: str) -> tuple[Container, Settings]:
         key = secrets.token_urlsafe(48)
         queue = f"image-{uuid.uuid4().hex[:8]}"
-        env = pod_env(redis_url, pod_secrets(key, redis_password))
+        env = pod_env(redis_url, pod_secrets(key, redis_url))
         env.update(RUNNABLE_K8S_QUEUE=queue, RUNNABLE_K8S_METRICS_PORT=str(free_port()))
-        env.update(extra or {})
-        for name in drop:
-            env.pop(name)
         name = f"worker-{uuid.uuid4().hex[:8]}"
         container = run_worker(image_storage, worker_image.tag, env, name, tmp_path)
         started.append(container)

@@ -52,6 +52,9 @@ def test_worker_container_serves_a_run_and_passes_its_probes(
 ) -> None:
     container, settings = start_worker(redis_url)
     MEASURED["start-to-ready (podman run to readiness probe)"] = _ready(container)
+    # CPU seconds the worker spent getting ready: unlike wall time, barely load-dependent.
+    stat = container.exec(["cat", "/proc/1/stat"]).stdout.rsplit(")", 1)[1].split()
+    MEASURED["worker CPU to ready"] = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
     for command in (STARTUP, LIVENESS, READINESS):
         done = container.exec(command)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -83,7 +86,7 @@ def defaults_worker(
     """A worker whose ConfigMap does not set RUNNABLE_K8S_HEARTBEAT_FILE (the image's own
     default must do), run with PYTHONVERBOSE so its log shows where each module's code came
     from. Returns the container and its log up to readiness."""
-    env = pod_env(redis_url, pod_secrets("k" * 48))
+    env = pod_env(redis_url, pod_secrets("k" * 48, redis_url))
     env.pop("RUNNABLE_K8S_HEARTBEAT_FILE")
     env.update(
         PYTHONVERBOSE="1", RUNNABLE_K8S_METRICS_PORT="0", RUNNABLE_K8S_QUEUE="image-defaults"
@@ -164,7 +167,7 @@ def test_readiness_fails_while_redis_is_frozen_and_liveness_holds(
     # A private server: freezing the session's would stall every other test.
     password = "pw-" + os.urandom(8).hex()
     with EmbeddedRedis(password=password) as url:
-        container, _ = start_worker(url, redis_password=password)
+        container, _ = start_worker(url)
         _ready(container)
         pid = int(redis.Redis.from_url(url).info("server")["process_id"])
         os.kill(pid, signal.SIGSTOP)
