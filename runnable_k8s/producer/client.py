@@ -40,6 +40,9 @@ _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 # Longest single XREAD block; the loop re-arms it until the caller's deadline.
 _MAX_BLOCK_MS = 30_000
 _WATCH_RETRIES = 20
+# How long a wait for events keeps reconnecting to a Redis that went away (a restart that
+# reloads its append-only file, a failover) before it fails with BrokerUnavailable.
+_RECONNECT_FOR = 30.0
 _CONNECTION: dict[str, Any] = {
     "health_check_interval": 30,
     "socket_keepalive": True,
@@ -144,6 +147,27 @@ def _parse_entries(
             else:
                 raise SignatureRejected(f"unknown event in the stream of run {run_id}")
     return events
+
+
+class _Outage:
+    """A wait that rides out a Redis blip: the stream is durable and the cursors say what was
+    read, so reading again after a reconnect shows no gap and no repeat. Past
+    `_RECONNECT_FOR` seconds without Redis the wait gives up with the last error."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+        self._delay = 0.1
+
+    def pause(self, exc: Exception) -> float:
+        now = time.monotonic()
+        self._since = now if self._since is None else self._since
+        if now - self._since > _RECONNECT_FOR:
+            raise exc
+        self._delay = min(self._delay * 2, 2.0)
+        return self._delay
+
+    def over(self) -> None:
+        self._since, self._delay = None, 0.1
 
 
 def _block_ms(deadline: float | None) -> int:
@@ -253,6 +277,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         cursors = {keys.events(r): "0-0" for r in run_ids}
         seen: dict[str, int] = {}
+        outage = _Outage()
         try:
             while cursors:
                 block = _block_ms(deadline)
@@ -262,7 +287,12 @@ class Client:
                         f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
                         run_id=pending[0],
                     )
-                response = self._redis.xread(dict[Any, Any](cursors), block=block)
+                try:
+                    response = self._redis.xread(dict[Any, Any](cursors), block=block)
+                except _REDIS_ERRORS as exc:
+                    time.sleep(outage.pause(exc))
+                    continue
+                outage.over()
                 for event in _parse_entries(self.protocol, response, cursors, seen):
                     if event.outcome is not None:
                         cursors.pop(keys.events(event.run_id), None)
@@ -338,6 +368,7 @@ class AsyncClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         cursors = {keys.events(r): "0-0" for r in run_ids}
         seen: dict[str, int] = {}
+        outage = _Outage()
         try:
             while cursors:
                 block = _block_ms(deadline)
@@ -347,7 +378,12 @@ class AsyncClient:
                         f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
                         run_id=pending[0],
                     )
-                response = await self._redis.xread(dict[Any, Any](cursors), block=block)
+                try:
+                    response = await self._redis.xread(dict[Any, Any](cursors), block=block)
+                except _REDIS_ERRORS as exc:
+                    await asyncio.sleep(outage.pause(exc))
+                    continue
+                outage.over()
                 for event in _parse_entries(self.protocol, response, cursors, seen):
                     if event.outcome is not None:
                         cursors.pop(keys.events(event.run_id), None)

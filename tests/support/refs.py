@@ -109,3 +109,14 @@ async def _escape_mid_stream(name: str) -> Any:
 escapes = RunnableLambda(_escape)
 escapes_in_child_task = RunnableLambda(_escape_in_child_task)
 escapes_mid_stream = RunnableLambda(_escape_mid_stream)
+
+
+async def _own_redis_down(text: str) -> Any:
+    # The application's own Redis (a cache, a vector store) failing: the runnable's error.
+    import redis.exceptions
+
+    yield f"{text} before"
+    raise redis.exceptions.ConnectionError("the application's Redis is down")
+
+
+own_redis_down = RunnableLambda(_own_redis_down)
