@@ -407,10 +407,11 @@ class Executor:
     async def _attempts(self, request: RunRequest, live: _Live, progress: _Progress) -> Outcome:
         run_id = request.run_id
         attempt = live.status.attempt
+        # One limit for the whole run (loading and retries included), so the lease and the
+        # visibility timeout (both above the limit) always outlive it.
+        limit = asyncio.timeout(self._time_limit(request))
         try:
-            # One limit for the whole run (loading and retries included), so the lease and the
-            # visibility timeout (both above the limit) always outlive it.
-            async with asyncio.timeout(self._time_limit(request)):
+            async with limit:
                 try:
                     runnable = await self.runnables.load(request)
                     config = import_config(request.config)
@@ -445,6 +446,8 @@ class Executor:
                             return Outcome(run_id, "failed", error=failure, attempt=attempt)
                         attempt = await self._backoff(request, live, attempt, exc)
         except TimeoutError:
+            if not limit.expired():
+                raise  # a Redis command of ours timed out for too long: redelivered
             return Outcome(run_id, "failed", reason="timeout", attempt=attempt)
         except asyncio.CancelledError as exc:
             if self.cancellations.requested(run_id):

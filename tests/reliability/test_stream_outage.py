@@ -198,3 +198,36 @@ def test_runnable_that_raises_a_redis_error_of_its_own_fails_its_run(
         run.result(timeout=30)
     assert caught.value.remote_type == "redis.exceptions.ConnectionError"
     assert run.status().state == "failed"
+
+
+@pytest.mark.timeout(90)
+def test_stream_cut_short_by_a_lost_worker_ends_interrupted_after_its_chunks(
+    own_redis_url: str, logs_dir: Path, workers: list[WorkerProcess]
+) -> None:
+    # A stream cannot be replayed without showing its chunks twice: the delivery after a
+    # killed worker ends the run after the chunks readers already have, instead of appending
+    # a second copy of them.
+    settings = make_settings(own_redis_url, time_limit=8.0, lease=2.0)
+    short = {"RUNNABLE_K8S_VISIBILITY_TIMEOUT": "9"}
+    first = WorkerProcess(settings, logs_dir, concurrency=2, env=short, name="doomed")
+    workers.append(first)
+    first.wait_ready()
+    remote = RunnableK8s(bound=SlowModel(delay=0.2, chunks=30), settings=settings)
+    run = remote.submit("cut", stream=True)
+    client = redis.Redis.from_url(own_redis_url)
+    try:
+        wait_until(lambda: client.xlen(keys.events(run.id)) >= 3, 20, "run streaming")
+        first.kill()
+        sent = client.xlen(keys.events(run.id))
+    finally:
+        client.close()
+    second = WorkerProcess(settings, logs_dir, concurrency=2, env=short, name="replacement")
+    workers.append(second)
+    second.wait_ready()
+    reader = RemoteRun(run.id, settings).stream(timeout=60)
+    chunks = [next(reader) for _ in range(sent)]
+    assert [c.content for c in chunks] == [f"part{i} " for i in range(sent)]
+    with pytest.raises(RemoteError, match="interrupted"):
+        next(reader)
+    status = run.status()
+    assert (status.state, status.reason) == ("failed", "interrupted")
