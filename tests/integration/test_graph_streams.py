@@ -8,12 +8,16 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
 from langchain_core.messages import BaseMessage, HumanMessage
 
-from runnable_k8s import RunnableK8s, Settings
+from runnable_k8s import RemoteRun, RunnableK8s, Settings
+from runnable_k8s.producer.client import client_for, new_run_id
+from runnable_k8s.protocol.codec import data_codec
+from runnable_k8s.protocol.messages import RunRequest
 from tests.support.refs import graph as local_graph
 from tests.support.workers import REPO, WorkerProcess, worker_env
 
@@ -110,3 +114,22 @@ def test_cli_submit_stream_then_result_prints_the_final_state(
     assert [(m["kwargs"]["type"], m["kwargs"]["content"]) for m in printed["messages"]] == [
         (m.type, m.content) for m in expected["messages"]
     ]
+
+
+def test_graph_run_streaming_events_keeps_the_final_state_as_its_result(
+    settings: Settings, worker: WorkerProcess
+) -> None:
+    # What `astream_events` over RunnableK8s submits: a stream that also carries model events.
+    request = RunRequest(
+        run_id=new_run_id(),
+        mode="stream",
+        name=GRAPH,
+        runnable=b"",
+        input=data_codec().encode_data(state()),
+        expires_at=time.time() + 600,
+        ref=GRAPH,
+        events=True,
+    )
+    client_for(settings).submit([request])
+    run = RemoteRun(request.run_id, settings)
+    assert shape(run.result(timeout=30)) == shape(local_invoke())
