@@ -45,3 +45,16 @@ def test_base_exception_from_the_runnable_fails_the_run_and_the_worker_serves_on
             next(reader)
     _served_after(settings)
     assert worker.process.poll() is None
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("kind", ["SystemExit", "KeyboardInterrupt"])
+def test_base_exception_in_a_batch_fails_the_batch_run(
+    settings: Settings, worker: WorkerProcess, kind: str
+) -> None:
+    # In-process, `batch(..., return_exceptions=True)` lets a BaseException through: the
+    # remote batch run fails with it, and each input gets that error.
+    remote = RunnableK8s(ref="tests.support.refs:escapes", settings=settings)
+    results = remote.batch([kind, kind], return_exceptions=True)
+    assert [getattr(r, "remote_type", r) for r in results] == [kind, kind]
+    _served_after(settings)
