@@ -10,8 +10,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from redis.exceptions import ResponseError
-
 from runnable_k8s.errors import RunnableK8sError, SerializationRefused
 from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.remote_config import json_safe_mapping
@@ -45,17 +43,6 @@ class Progress:
     own_error: BaseException | None = None
 
 
-def entry_id(seq: int) -> str:
-    """The stream entry id of the entry signed with position `seq`.
-
-    Explicit ids make appending idempotent: after an XADD whose reply was lost (Redis went
-    away), the retry names the same id, Redis refuses it if the first one was applied, and the
-    entry found under that id tells whether it is ours. Ids `0-1`, `0-2`, ... sort before every
-    id Redis generates (`<ms>-<n>`), so the outcome, appended with `*`, always comes last.
-    """
-    return f"0-{seq + 1}"
-
-
 def _add(total: Any, chunk: Any) -> Any:
     # LangChain's streaming contract: chunks add up (str, message chunks, AddableDict). Where
     # one cannot be added to the sum so far, the sum starts again from it: that is what
@@ -77,13 +64,28 @@ class StreamInterrupted(RunnableK8sError):
         self.entries = entries
 
 
-# The largest id `entry_id` can give: chunk entries are the ones up to it.
-_LAST_ENTRY: Final = "0-18446744073709551615"
+# A delivery's first entry: appended only if no earlier delivery of the run has published
+# entries ("c" chunks, "e" events; other kinds, such as unsigned rejection notices, do not
+# count), else the count of those entries. KEYS: the stream. ARGV: kind, sealed entry, ttl s.
+_FIRST: Final = """
+local earlier = 0
+for _, entry in ipairs(redis.call('xrange', KEYS[1], '-', '+')) do
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'k' and (fields[i + 1] == 'c' or fields[i + 1] == 'e') then
+      earlier = earlier + 1
+    end
+  end
+end
+if earlier > 0 then return earlier end
+local id = redis.call('xadd', KEYS[1], '*', 'k', ARGV[1], 'm', ARGV[2])
+redis.call('expire', KEYS[1], ARGV[3])
+return id
+"""
 
 
-def _position(raw: Any) -> int:
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    return int(text.split("-", 1)[1])
+def _id(raw: Any) -> bytes:
+    return raw if isinstance(raw, bytes) else str(raw).encode()
 
 
 class StreamPublisher:
@@ -92,17 +94,29 @@ class StreamPublisher:
         self._run_id = run_id
         self._progress = progress
         self._stream = keys.events(run_id)
+        self._last: bytes | None = None  # id of the last entry appended
 
     async def _append(self, kind: str, value: Any) -> None:
         protocol = self._executor.protocol
         seq = self._progress.published
         data = protocol.data.encode_data(value, what=kind)
         sealed = protocol.seal_chunk(self._run_id, data, seq=seq, kind=kind)
+        tries = 0
+
+        async def append_once() -> bytes:
+            nonlocal tries
+            tries += 1
+            if tries > 1:
+                # The try before may have been applied, its reply lost: never append twice.
+                found = await self._find(sealed, seq)
+                if found is not None:
+                    return found
+            return await self._add(kind, sealed, seq)
+
         try:
-            # Across a Redis blip the run waits for Redis, as its outcome would; the same
-            # sealed bytes are offered again under the same id (see `entry_id`).
-            await ride_out(
-                lambda: self._xadd(entry_id(seq), kind, sealed),
+            # Across a Redis blip the run waits for Redis, as its outcome would.
+            self._last = await ride_out(
+                append_once,
                 within=self._executor.settings.effective_visibility_timeout,
                 what="streaming",
                 run_id=self._run_id,
@@ -112,27 +126,36 @@ class StreamPublisher:
             raise
         self._progress.published += 1
 
-    async def _xadd(self, entry: str, kind: str, sealed: bytes) -> None:
+    async def _add(self, kind: str, sealed: bytes, seq: int) -> bytes:
         redis = self._executor.redis
-        try:
-            async with redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(self._stream, {"k": kind, "m": sealed}, id=entry)
-                if entry == entry_id(0):
-                    pipe.expire(self._stream, int(self._executor.settings.result_ttl))
-                await pipe.execute()
-        except ResponseError:
-            # Refused: an entry with this id (or a later one) is there. Ours if an earlier try
-            # was applied and only its reply was lost.
-            found = await redis.xrange(self._stream, entry, entry)
-            fields = found[0][1] if found else None
-            if fields and fields.get(b"m") == sealed:
-                return
-            if await redis.type(self._stream) != b"stream":
-                raise  # a key of another type in the stream's place
-            # Another delivery of this run streamed here (its worker was lost mid-stream):
+        if seq > 0:  # the usual case: one plain XADD
+            return _id(await redis.xadd(self._stream, {"k": kind, "m": sealed}))
+        ttl = int(self._executor.settings.result_ttl)
+        # A script loaded again by redis-py if Redis restarted and forgot it.
+        first = redis.register_script(_FIRST)
+        reply = await first(keys=[self._stream], args=[kind, sealed, ttl])
+        if isinstance(reply, int):
+            # An earlier delivery of this run streamed here (its worker was lost mid-stream):
             # going on, or starting over, would show the reader chunks twice.
-            last = await redis.xrevrange(self._stream, _LAST_ENTRY, "-", count=1)
-            raise StreamInterrupted(_position(last[0][0]) if last else 0) from None
+            raise StreamInterrupted(reply)
+        return _id(reply)
+
+    async def _find(self, sealed: bytes, seq: int) -> bytes | None:
+        """The id of the entry holding `sealed`, if the try before appended it: then it is the
+        one entry ("c" or "e") after the last one this publisher knows it appended (only the
+        run's lease holder appends). None if there is none; any other finding means another
+        delivery streams here too."""
+        start = b"-" if self._last is None else b"(" + self._last
+        found = [
+            (entry, fields)
+            for entry, fields in await self._executor.redis.xrange(self._stream, start, "+") or []
+            if fields and fields.get(b"k") in (b"c", b"e")
+        ]
+        if not found:
+            return None
+        if len(found) == 1 and found[0][1].get(b"m") == sealed:
+            return _id(found[0][0])
+        raise StreamInterrupted(seq + len(found))
 
     async def chunks(self, source: AsyncIterator[Any]) -> Any:
         """Publish each output chunk; return their sum (what `invoke` would have returned)."""
