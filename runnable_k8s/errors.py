@@ -91,6 +91,12 @@ class RunRejected(RunError):
     """The worker refused the run (e.g. a class outside its allowlist); it did not execute."""
 
 
+class SigningKeyMismatch(SignatureRejected, RunError):
+    """A worker could not verify this run, whose message it read exactly as the producer
+    signed it: the producer's and the worker's signing keys (`RUNNABLE_K8S_SIGNING_KEY`)
+    probably differ. Nothing ran; the run is recorded as failed."""
+
+
 class WaitTimeout(RunError):
     """The caller stopped waiting; the run may still finish, and its handle can be awaited."""
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 @click.command()
 @click.option("--polling-interval", type=float, default=None, help="Seconds between decisions.")
-@click.option("--cooldown", type=float, default=None, help="Quiet seconds before 1 -> 0.")
+@click.option("--cooldown", type=float, default=None, help="Quiet seconds before KEDA scales to 0.")
 @click.option(
     "--scale-down-window", type=float, default=None, help="HPA scale-down stabilisation, seconds."
 )

@@ -1,8 +1,9 @@
 """The producer's side of Redis: enqueue runs, read statuses, wait for outcomes and chunks.
 
 Waiting never polls: callers block on `XREAD` of the runs' event streams, which Redis answers
-the moment a worker appends to one. The synchronous and the asyncio clients share every decision
-(`_Plan`, `_parse_entries`); only the I/O differs.
+the moment a worker appends to one. Only a run with a rejection notice in its stream is looked
+at again between blocks, until the notice is settled (producer/rejections.py). The synchronous
+and the asyncio clients share every decision (`_Plan`, `_parse_entries`); only the I/O differs.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from runnable_k8s.errors import (
     SignatureRejected,
     WaitTimeout,
 )
-from runnable_k8s.protocol import keys, task_message
+from runnable_k8s.producer import rejections
+from runnable_k8s.protocol import keys, rejection, task_message
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.settings import Settings
 
@@ -117,11 +119,15 @@ class _Plan:
 
 
 def _parse_entries(
-    protocol: Protocol, response: Any, cursors: dict[str, str], seen: dict[str, int]
+    protocol: Protocol,
+    response: Any,
+    cursors: dict[str, str],
+    seen: dict[str, int],
+    watch: rejections.Watch | None = None,
 ) -> list[Event]:
     """Turn an XREAD reply into verified events, advancing `cursors` (stream key -> last id)
     and `seen` (run id -> stream entries read), and checking that no entry was dropped,
-    repeated, reordered or relabelled."""
+    repeated, reordered or relabelled. Rejection notices (unsigned) go to `watch`."""
     events: list[Event] = []
     for stream_key, entries in response or []:
         key = stream_key.decode() if isinstance(stream_key, bytes) else stream_key
@@ -144,6 +150,9 @@ def _parse_entries(
                 if outcome.chunks != seen.get(run_id, 0):
                     raise SignatureRejected(f"the stream of run {run_id} lost entries")
                 events.append(Event(run_id, outcome=outcome))
+            elif kind == rejection.NOTICE:
+                if watch is not None:
+                    watch.noticed(run_id, fields)
             else:
                 raise SignatureRejected(f"unknown event in the stream of run {run_id}")
     return events
@@ -260,12 +269,13 @@ class Client:
     def status(self, run_id: str) -> RunStatus:
         """Raises: RunNotFound for an unknown or expired id."""
         try:
-            raw = self._redis.get(keys.status(run_id))
+            status = _existing(self.protocol, self._redis.get(keys.status(run_id)), run_id)
+            # A queued run no worker could verify is recorded as failed here too.
+            return rejections.settle(self._redis, self.protocol, status)
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot read status from Redis: {exc}") from exc
         except RedisError as exc:
             raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
-        return _existing(self.protocol, raw, run_id)
 
     def events(self, run_ids: Sequence[str], *, timeout: float | None) -> Iterator[Event]:
         """Yield verified events of `run_ids` as they arrive, until each has an outcome.
@@ -277,25 +287,29 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         cursors = {keys.events(r): "0-0" for r in run_ids}
         seen: dict[str, int] = {}
+        # A notice that no worker could verify a run shortens the blocks until it is settled.
+        watch = rejections.Watch(self.protocol)
         outage = _Outage()
         try:
             while cursors:
-                block = _block_ms(deadline)
-                if block < 0:
-                    pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
-                    raise WaitTimeout(
-                        f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
-                        run_id=pending[0],
-                    )
                 try:
+                    rejections.check_due(self._redis, watch)
+                    block = watch.wait_ms(_block_ms(deadline))
+                    if block < 0:
+                        pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
+                        raise WaitTimeout(
+                            f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
+                            run_id=pending[0],
+                        )
                     response = self._redis.xread(dict[Any, Any](cursors), block=block)
                 except _REDIS_ERRORS as exc:
                     time.sleep(outage.pause(exc))
                     continue
                 outage.over()
-                for event in _parse_entries(self.protocol, response, cursors, seen):
+                for event in _parse_entries(self.protocol, response, cursors, seen, watch):
                     if event.outcome is not None:
                         cursors.pop(keys.events(event.run_id), None)
+                        watch.forget(event.run_id)
                     yield event
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"lost Redis while waiting: {exc}") from exc
@@ -356,11 +370,12 @@ class AsyncClient:
     async def status(self, run_id: str) -> RunStatus:
         try:
             raw = await self._redis.get(keys.status(run_id))
+            status = _existing(self.protocol, raw, run_id)
+            return await rejections.asettle(self._redis, self.protocol, status)
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot read status from Redis: {exc}") from exc
         except RedisError as exc:
             raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
-        return _existing(self.protocol, raw, run_id)
 
     async def events(
         self, run_ids: Sequence[str], *, timeout: float | None
@@ -368,25 +383,29 @@ class AsyncClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         cursors = {keys.events(r): "0-0" for r in run_ids}
         seen: dict[str, int] = {}
+        # A notice that no worker could verify a run shortens the blocks until it is settled.
+        watch = rejections.Watch(self.protocol)
         outage = _Outage()
         try:
             while cursors:
-                block = _block_ms(deadline)
-                if block < 0:
-                    pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
-                    raise WaitTimeout(
-                        f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
-                        run_id=pending[0],
-                    )
                 try:
+                    await rejections.acheck_due(self._redis, watch)
+                    block = watch.wait_ms(_block_ms(deadline))
+                    if block < 0:
+                        pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
+                        raise WaitTimeout(
+                            f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
+                            run_id=pending[0],
+                        )
                     response = await self._redis.xread(dict[Any, Any](cursors), block=block)
                 except _REDIS_ERRORS as exc:
                     await asyncio.sleep(outage.pause(exc))
                     continue
                 outage.over()
-                for event in _parse_entries(self.protocol, response, cursors, seen):
+                for event in _parse_entries(self.protocol, response, cursors, seen, watch):
                     if event.outcome is not None:
                         cursors.pop(keys.events(event.run_id), None)
+                        watch.forget(event.run_id)
                     yield event
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"lost Redis while waiting: {exc}") from exc

@@ -61,3 +61,18 @@ def build(wire: str, *, run_id: str, queue: str, description: str) -> str:
         },
     }
     return json.dumps(message, separators=(",", ":"))
+
+
+def argument_of(message: bytes) -> tuple[str, str] | None:
+    """The task argument (the sealed envelope) and the delivery tag of a message `build`
+    made, or None when `message` is not shaped like one. `message` is read from Redis: only
+    its types are checked here; whoever uses the envelope verifies it."""
+    try:
+        outer = json.loads(message)
+        body = json.loads(outer["body"])
+        wire, tag = body[0][0], outer["properties"]["delivery_tag"]
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError):
+        return None
+    if not isinstance(wire, str) or not isinstance(tag, str):
+        return None
+    return wire, tag

@@ -2,8 +2,9 @@
 
 Everything read from Redis is hostile until its signature checks out, and even then it only
 builds allowlisted classes. A message that fails verification is logged and dropped without
-touching any run's records (its run id is unproven); every other path ends with exactly one
-signed outcome in the run's event stream.
+touching any run's signed records (its run id is unproven): the claimed run only gets an
+unsigned notice its producer checks for itself (protocol/rejection.py); every other path ends
+with exactly one signed outcome in the run's event stream.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dataclasses
 import logging
 import os
 import random
+import re
 import socket
 import time
 import uuid
@@ -31,7 +33,7 @@ from runnable_k8s.errors import (
     PayloadTooLarge,
     SerializationRefused,
 )
-from runnable_k8s.protocol import envelope, keys
+from runnable_k8s.protocol import envelope, keys, rejection
 from runnable_k8s.protocol.allowlist import check_call_kwargs
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.protocol.remote_config import import_config
@@ -61,6 +63,9 @@ from runnable_k8s.worker.streaming import StreamPublisher as _StreamPublisher
 log = logging.getLogger("runnable_k8s.worker")
 
 _LATE_CANCEL_CHECK = 0.5
+# What a run id can look like (producers make 32 hex digits): a claimed id of any other shape
+# gets no rejection notice, so hostile ids cannot name other keys.
+_RUN_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 T = TypeVar("T")
 
@@ -161,7 +166,7 @@ class Executor:
         try:
             request = await self._verify(raw, beside)
         except MessageRejected as exc:
-            self._reject(raw, exc)
+            await self._reject(raw, beside, exc)
             return
         _event(
             logging.INFO,
@@ -186,7 +191,9 @@ class Executor:
         # Expiry is checked after verification, so an authentic expired run is recorded.
         return self.protocol.open_request(raw, beside=beside, check_expiry=False)
 
-    def _reject(self, raw: bytes, exc: MessageRejected) -> None:
+    async def _reject(
+        self, raw: bytes, beside: bytes | _NotRead | None, exc: MessageRejected
+    ) -> None:
         reason = reject_reason(exc)
         self.metrics.reject(reason)
         header = envelope.peek_header(raw)
@@ -199,6 +206,26 @@ class Executor:
             claimed or "?",
             exc,
         )
+        if claimed is None or not _RUN_ID.fullmatch(claimed) or reason not in rejection.REASONS:
+            return
+        # Tell the producer what exactly could not be verified, and stop rescuing the run if
+        # these are its stored bytes (protocol/rejection.py says why neither is a risk).
+        try:
+            body = None
+            if envelope.needs_body_beside(raw):
+                if isinstance(beside, _NotRead):
+                    with contextlib.suppress(ResponseError):  # another type: no body
+                        stored = await self.redis.get(keys.body(claimed))
+                        beside = stored if isinstance(stored, bytes) else None
+                body = beside if isinstance(beside, bytes) else None
+            if await self.records.note_rejection(claimed, raw, body, reason):
+                log.warning(
+                    "run=%s is no longer pending rescue: its stored message failed verification",
+                    claimed,
+                )
+        except (ResponseError, *REDIS_ERRORS) as exc_:
+            # The rescue sweep brings the message back, and its next rejection tells again.
+            log.warning("could not leave a rejection notice for run=%s: %s", claimed, exc_)
 
     def _refuse(
         self, request: RunRequest, reason: RejectReason, message: str, *args: object

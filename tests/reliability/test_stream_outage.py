@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from runnable_k8s import RemoteError, RemoteRun, RunnableK8s
-from runnable_k8s.protocol import keys
+from runnable_k8s.protocol import keys, rejection
 from tests.conftest import make_settings
 from tests.reliability.conftest import DurableRedis, outcomes, wait_until
 from tests.support.models import SlowModel
@@ -231,3 +231,26 @@ def test_stream_cut_short_by_a_lost_worker_ends_interrupted_after_its_chunks(
         next(reader)
     status = run.status()
     assert (status.state, status.reason) == ("failed", "interrupted")
+
+
+@pytest.mark.timeout(60)
+def test_unsigned_notices_in_a_stream_do_not_cut_it_short(
+    own_redis_url: str, own_redis: redis.Redis, logs_dir: Path, workers: list[WorkerProcess]
+) -> None:
+    # Rejection notices are the one unsigned kind of entry, written by a worker that could not
+    # verify a message claiming the run's id (anyone can push one): before the run starts and
+    # while it streams, they change nothing of the run's own stream.
+    settings = make_settings(own_redis_url)
+    remote = RunnableK8s(bound=SlowModel(delay=0.1, chunks=10), settings=settings)
+    run = remote.submit("noticed", stream=True)
+    stream = keys.events(run.id)
+    notice = {b"k": rejection.NOTICE, b"d": b"0" * 64, b"r": b"bad_signature"}
+    own_redis.xadd(stream, notice)
+    worker = WorkerProcess(settings, logs_dir, name="noticed")
+    workers.append(worker)
+    worker.wait_ready()
+    wait_until(lambda: own_redis.xlen(stream) >= 3, 20, "run streaming")
+    own_redis.xadd(stream, notice)
+    expected = "".join(f"part{i} " for i in range(10))
+    assert run.result(timeout=30).content == expected
+    assert "".join(c.content for c in RemoteRun(run.id, settings).stream(timeout=10)) == expected
