@@ -19,7 +19,7 @@ import redis
 from runnable_k8s import RemoteError, RemoteRun, RunnableK8s
 from runnable_k8s.protocol import keys, rejection
 from tests.conftest import make_settings
-from tests.reliability.conftest import DurableRedis, outcomes, wait_until
+from tests.reliability.conftest import DurableRedis, outcomes, started_count, wait_until
 from tests.support.models import SlowModel
 from tests.support.workers import WorkerProcess
 
@@ -92,13 +92,17 @@ def test_redis_restart_mid_stream_fails_no_streamed_run(
 
 
 class ReplyDropper:
-    """A TCP proxy in front of Redis that lets chosen XADD commands through to the server and
-    then cuts the connection before their replies come back: the entry is appended, and the
-    worker never learns it was (a reply lost when Redis or the network goes away)."""
+    """A TCP proxy in front of Redis that lets chosen commands (by default XADDs) through to the
+    server and then cuts the connection before their replies come back: the command is applied,
+    and the worker never learns it was (a reply lost when Redis or the network goes away)."""
 
-    def __init__(self, target: int, drop: set[int]) -> None:
+    def __init__(
+        self, target: int, drop: set[int], command: bytes = b"XADD", naming: bytes = b""
+    ) -> None:
         self._target = target
-        self._drop = drop  # which XADDs (1st, 2nd, ...) to cut off
+        self._drop = drop  # which of those commands (1st, 2nd, ...) to cut off
+        self._command = b"\r\n" + command + b"\r\n"
+        self.naming = naming  # only commands whose packet holds these bytes count
         self._seen = 0
         self.dropped = 0
         self._lock = threading.Lock()
@@ -119,7 +123,9 @@ class ReplyDropper:
 
     def _cut(self, data: bytes) -> bool:
         with self._lock:
-            for _ in range(data.count(b"\r\nXADD\r\n")):
+            if self.naming not in data:
+                return False
+            for _ in range(data.count(self._command)):
                 self._seen += 1
                 if self._seen in self._drop:
                     self.dropped += 1
@@ -254,3 +260,30 @@ def test_unsigned_notices_in_a_stream_do_not_cut_it_short(
     expected = "".join(f"part{i} " for i in range(10))
     assert run.result(timeout=30).content == expected
     assert "".join(c.content for c in RemoteRun(run.id, settings).stream(timeout=10)) == expected
+
+
+@pytest.mark.timeout(90)
+def test_retry_status_write_whose_reply_was_lost_does_not_redeliver_the_run(
+    own_redis_url: str, logs_dir: Path, workers: list[WorkerProcess]
+) -> None:
+    # Between two attempts the worker writes "retrying" then "running": a blip there is ridden
+    # out in place, not turned into a redelivery that starts the run over.
+    settings = make_settings(own_redis_url)
+    port = urlsplit(own_redis_url).port
+    assert port is not None
+    proxy = ReplyDropper(port, drop={1}, command=b"SET", naming=b"never")
+    try:
+        behind = settings.replace(redis_url=f"redis://127.0.0.1:{proxy.port}/0")
+        run = RunnableK8s(ref="tests.support.refs:flaky", settings=settings).submit("x")
+        proxy.naming = keys.status(run.id).encode()
+        worker = WorkerProcess(behind, logs_dir, name="lost-status-reply")
+        workers.append(worker)
+        worker.wait_ready()
+        assert run.result(timeout=30) == "x after retries"
+        assert proxy.dropped == 1
+        status = run.status()
+        assert (status.state, status.attempt) == ("succeeded", 3)
+        assert started_count([worker.log()], run.id) == 1
+        assert "Redis unavailable while retrying" in worker.log()
+    finally:
+        proxy.close()
