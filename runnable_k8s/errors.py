@@ -115,3 +115,11 @@ class RunExpired(RunError):
 
 class RunNotFound(RunError):
     """No run with this id is known (never submitted, or its record expired)."""
+
+
+class RunNotSucceeded(RunError):
+    """Raised by the worker's Celery task when a delivery did not end in success (the run
+    failed, timed out, was cancelled, expired or refused), so Celery's events, Flower and
+    `celery inspect` report FAILURE instead of SUCCESS. Its text names only the run, the
+    outcome and the remote error type or refusal reason. Callers never see it: they get the
+    run's own error (`RemoteError`, `ExecutionTimeout`, ...)."""

@@ -35,6 +35,7 @@ from runnable_k8s.errors import (
 )
 from runnable_k8s.producer import rejections
 from runnable_k8s.protocol import keys, rejection, task_message
+from runnable_k8s.protocol.cancel import queue_cancel as _queue_cancel
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.settings import Settings
 
@@ -197,34 +198,6 @@ def _existing(protocol: Protocol, raw: Any, run_id: str) -> RunStatus:
     if status is None:
         raise RunNotFound(f"no run {run_id} (never submitted, or expired)", run_id=run_id)
     return status
-
-
-def _queue_cancel(pipe: Any, protocol: Protocol, status: RunStatus) -> None:
-    """Queue the commands that cancel a run in state `status` (inside MULTI)."""
-    if status.done:
-        return
-    run_id = status.run_id
-    ttl = int(protocol.settings.result_ttl)
-    pipe.set(keys.cancel(run_id), protocol.seal_cancel(run_id), ex=ttl)
-    if status.state == "queued":
-        # Nobody has started it: record the outcome now, so waiters return at once even with
-        # no worker running; a worker that later receives the message sees a finished run.
-        outcome = Outcome(run_id, "cancelled", reason="cancelled before start", attempt=0)
-        pipe.xadd(keys.events(run_id), {"k": "r", "m": protocol.seal_outcome(outcome)})
-        pipe.expire(keys.events(run_id), ttl)
-        cancelled = RunStatus(
-            run_id,
-            "cancelled",
-            status.name,
-            0,
-            created_at=status.created_at,
-            finished_at=time.time(),
-            reason="cancelled before start",
-        )
-        pipe.set(keys.status(run_id), protocol.seal_status(cancelled), ex=ttl)
-        pipe.zrem(keys.pending(protocol.settings.queue), run_id)
-        pipe.delete(keys.message(run_id))
-    pipe.publish(keys.CANCEL_CHANNEL, run_id)
 
 
 class Client:

@@ -59,6 +59,7 @@ from runnable_k8s.worker.registry import Registry, RunnableSource
 from runnable_k8s.worker.streaming import Progress as _Progress
 from runnable_k8s.worker.streaming import StreamInterrupted as _StreamInterrupted
 from runnable_k8s.worker.streaming import StreamPublisher as _StreamPublisher
+from runnable_k8s.worker.task_state import Handled, already_ended
 
 log = logging.getLogger("runnable_k8s.worker")
 
@@ -159,15 +160,15 @@ class Executor:
             return None
         return stored if isinstance(stored, bytes) else None
 
-    async def handle(self, wire: str, beside: bytes | _NotRead | None = NOT_READ) -> None:
-        """Handle one Celery message's argument. Never raises for bad input. `beside` is
-        what `fetch_beside` read (None: nothing); left out, it is read here."""
+    async def handle(self, wire: str, beside: bytes | _NotRead | None = NOT_READ) -> Handled:
+        """Handle one Celery message's argument and say what it came to (for the Celery
+        task's state). Never raises for bad input. `beside` is what `fetch_beside` read
+        (None: nothing); left out, it is read here."""
         raw = wire.encode() if isinstance(wire, str) else b""
         try:
             request = await self._verify(raw, beside)
         except MessageRejected as exc:
-            await self._reject(raw, beside, exc)
-            return
+            return await self._reject(raw, beside, exc)
         _event(
             logging.INFO,
             RunEvent("received", request.run_id, request.name),
@@ -176,7 +177,7 @@ class Executor:
             request.name,
             request.mode,
         )
-        await self._execute(request)
+        return await self._execute(request)
 
     async def _verify(self, raw: bytes, beside: bytes | _NotRead | None) -> RunRequest:
         if len(raw) > self.protocol.signer.max_body_bytes + 1024:
@@ -193,7 +194,7 @@ class Executor:
 
     async def _reject(
         self, raw: bytes, beside: bytes | _NotRead | None, exc: MessageRejected
-    ) -> None:
+    ) -> Handled:
         reason = reject_reason(exc)
         self.metrics.reject(reason)
         header = envelope.peek_header(raw)
@@ -207,7 +208,7 @@ class Executor:
             exc,
         )
         if claimed is None or not _RUN_ID.fullmatch(claimed) or reason not in rejection.REASONS:
-            return
+            return Handled(claimed, "refused", reason)
         # Tell the producer what exactly could not be verified, and stop rescuing the run if
         # these are its stored bytes (protocol/rejection.py says why neither is a risk).
         try:
@@ -226,6 +227,7 @@ class Executor:
         except (ResponseError, *REDIS_ERRORS) as exc_:
             # The rescue sweep brings the message back, and its next rejection tells again.
             log.warning("could not leave a rejection notice for run=%s: %s", claimed, exc_)
+        return Handled(claimed, "refused", reason)
 
     def _refuse(
         self, request: RunRequest, reason: RejectReason, message: str, *args: object
@@ -243,7 +245,7 @@ class Executor:
 
     # -- one verified run -------------------------------------------------------------------
 
-    async def _execute(self, request: RunRequest) -> None:
+    async def _execute(self, request: RunRequest) -> Handled:
         run_id = request.run_id
         # The usual first delivery finds the producer's "queued" record, which the request
         # names by digest: the claim needs no read first. Anything else reads, then claims.
@@ -257,7 +259,7 @@ class Executor:
                 seen = await self.records.read(run_id)
                 if seen.status is not None and seen.status.done:
                     self._refuse_finished(request, seen.status, duplicate=waiting)
-                    return
+                    return already_ended(seen.status)
                 base, expected = seen.status or base, seen.digest
             running = None if time.time() > request.expires_at else _running(request, base)
             verdict, written = await self.records.claim(
@@ -297,13 +299,14 @@ class Executor:
                     "cancelled before start run=%s",
                     run_id,
                 )
+                return Handled(run_id, "cancelled")
             elif running is None or written is None:
                 self._refuse(request, "expired", "expired run=%s name=%s", request.name)
                 await self._end_unstarted(
                     request, owner, base, expected, Outcome(run_id, "expired", reason="expired")
                 )
-            else:
-                await self._run_started(request, _Live(running, written, owner))
+                return Handled(run_id, "expired")
+            return await self._run_started(request, _Live(running, written, owner))
 
     async def _durably(
         self, request: RunRequest, record: Callable[[], Awaitable[T]], what: str = "recording"
@@ -352,7 +355,7 @@ class Executor:
         ):
             self.metrics.finished(request.name, outcome_label(outcome), None)
 
-    async def _run_started(self, request: RunRequest, live: _Live) -> None:
+    async def _run_started(self, request: RunRequest, live: _Live) -> Handled:
         run_id = request.run_id
         started = live.status
         self.metrics.started(started.created_at, started.started_at)
@@ -421,6 +424,7 @@ class Executor:
             outcome.attempt,
             duration,
         )
+        return Handled(run_id, label, reason)
 
     async def _run(self, request: RunRequest, live: _Live) -> Outcome:
         """Every way a started run can end becomes an outcome: a run that raised anything,
