@@ -43,6 +43,9 @@ _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 # Longest single XREAD block; the loop re-arms it until the caller's deadline.
 _MAX_BLOCK_MS = 30_000
 _WATCH_RETRIES = 20
+# How long a wait for events keeps reconnecting to a Redis that went away (a restart that
+# reloads its append-only file, a failover) before it fails with BrokerUnavailable.
+_RECONNECT_FOR = 30.0
 _CONNECTION: dict[str, Any] = {
     "health_check_interval": 30,
     "socket_keepalive": True,
@@ -156,6 +159,27 @@ def _parse_entries(
     return events
 
 
+class _Outage:
+    """A wait that rides out a Redis blip: the stream is durable and the cursors say what was
+    read, so reading again after a reconnect shows no gap and no repeat. Past
+    `_RECONNECT_FOR` seconds without Redis the wait gives up with the last error."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+        self._delay = 0.1
+
+    def pause(self, exc: Exception) -> float:
+        now = time.monotonic()
+        self._since = now if self._since is None else self._since
+        if now - self._since > _RECONNECT_FOR:
+            raise exc
+        self._delay = min(self._delay * 2, 2.0)
+        return self._delay
+
+    def over(self) -> None:
+        self._since, self._delay = None, 0.1
+
+
 def _block_ms(deadline: float | None) -> int:
     if deadline is None:
         return _MAX_BLOCK_MS
@@ -238,17 +262,23 @@ class Client:
         seen: dict[str, int] = {}
         # A notice that no worker could verify a run shortens the blocks until it is settled.
         watch = rejections.Watch(self.protocol)
+        outage = _Outage()
         try:
             while cursors:
-                rejections.check_due(self._redis, watch)
-                block = watch.wait_ms(_block_ms(deadline))
-                if block < 0:
-                    pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
-                    raise WaitTimeout(
-                        f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
-                        run_id=pending[0],
-                    )
-                response = self._redis.xread(dict[Any, Any](cursors), block=block)
+                try:
+                    rejections.check_due(self._redis, watch)
+                    block = watch.wait_ms(_block_ms(deadline))
+                    if block < 0:
+                        pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
+                        raise WaitTimeout(
+                            f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
+                            run_id=pending[0],
+                        )
+                    response = self._redis.xread(dict[Any, Any](cursors), block=block)
+                except _REDIS_ERRORS as exc:
+                    time.sleep(outage.pause(exc))
+                    continue
+                outage.over()
                 for event in _parse_entries(self.protocol, response, cursors, seen, watch):
                     if event.outcome is not None:
                         cursors.pop(keys.events(event.run_id), None)
@@ -328,17 +358,23 @@ class AsyncClient:
         seen: dict[str, int] = {}
         # A notice that no worker could verify a run shortens the blocks until it is settled.
         watch = rejections.Watch(self.protocol)
+        outage = _Outage()
         try:
             while cursors:
-                await rejections.acheck_due(self._redis, watch)
-                block = watch.wait_ms(_block_ms(deadline))
-                if block < 0:
-                    pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
-                    raise WaitTimeout(
-                        f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
-                        run_id=pending[0],
-                    )
-                response = await self._redis.xread(dict[Any, Any](cursors), block=block)
+                try:
+                    await rejections.acheck_due(self._redis, watch)
+                    block = watch.wait_ms(_block_ms(deadline))
+                    if block < 0:
+                        pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
+                        raise WaitTimeout(
+                            f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
+                            run_id=pending[0],
+                        )
+                    response = await self._redis.xread(dict[Any, Any](cursors), block=block)
+                except _REDIS_ERRORS as exc:
+                    await asyncio.sleep(outage.pause(exc))
+                    continue
+                outage.over()
                 for event in _parse_entries(self.protocol, response, cursors, seen, watch):
                     if event.outcome is not None:
                         cursors.pop(keys.events(event.run_id), None)

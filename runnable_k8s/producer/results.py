@@ -38,6 +38,15 @@ def error_for(outcome: Outcome) -> RunError:
         return RunRejected(f"run {run_id}: {outcome.reason}", run_id=run_id)
     if outcome.reason.startswith("rejected"):
         return RunRejected(f"worker refused run {run_id}: {outcome.reason}", run_id=run_id)
+    if outcome.reason == "interrupted":
+        # Its worker was lost mid-stream; a stream cannot start over without repeating chunks.
+        return RemoteError(
+            "RemoteError",
+            f"interrupted: the worker streaming run {run_id} was lost after "
+            f"{outcome.chunks} entries; submit it again",
+            "",
+            run_id=run_id,
+        )
     failure = outcome.error
     if failure is None:
         return RemoteError("RemoteError", outcome.reason or "unknown failure", "", run_id=run_id)

@@ -20,14 +20,12 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import redis.asyncio as aredis
 from langchain_core.runnables import Runnable, RunnableConfig
 from redis import Redis as SyncRedis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runnable_k8s.errors import (
     DisallowedObject,
@@ -51,11 +49,15 @@ from runnable_k8s.worker.failures import (
     reject_reason,
     short_reason,
 )
+from runnable_k8s.worker.graphs import graph_stream
 from runnable_k8s.worker.logs import RunEvent, run_event
 from runnable_k8s.worker.metrics import RejectReason, WorkerMetrics
+from runnable_k8s.worker.outage import REDIS_ERRORS as _REDIS_ERRORS
+from runnable_k8s.worker.outage import ride_out
 from runnable_k8s.worker.records import RunRecords
 from runnable_k8s.worker.registry import Registry, RunnableSource
 from runnable_k8s.worker.streaming import Progress as _Progress
+from runnable_k8s.worker.streaming import StreamInterrupted as _StreamInterrupted
 from runnable_k8s.worker.streaming import StreamPublisher as _StreamPublisher
 from runnable_k8s.worker.task_state import Handled, already_ended
 
@@ -66,8 +68,10 @@ _LATE_CANCEL_CHECK = 0.5
 # gets no rejection notice, so hostile ids cannot name other keys.
 _RUN_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
+T = TypeVar("T")
+
 # Errors that mean "Redis is not reachable right now", not "this message is bad".
-REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+REDIS_ERRORS: Final = _REDIS_ERRORS
 
 
 class _NotRead:
@@ -304,23 +308,19 @@ class Executor:
                 return Handled(run_id, "expired")
             return await self._run_started(request, _Live(running, written, owner))
 
-    async def _durably(self, request: RunRequest, record: Callable[[], Awaitable[bool]]) -> bool:
-        """Record an outcome even across a Redis outage: the run is done, and its message
-        is acknowledged only after this returns. Retries until Redis answers again, for at
-        most the visibility timeout (after which the message is delivered again anyway)."""
-        deadline = time.monotonic() + self.settings.effective_visibility_timeout
-        delay = 0.1
-        while True:
-            try:
-                return await record()
-            except REDIS_ERRORS as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning(
-                    "Redis unavailable while recording run=%s, retrying: %s", request.run_id, exc
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+    async def _durably(
+        self, request: RunRequest, record: Callable[[], Awaitable[T]], what: str = "recording"
+    ) -> T:
+        """Write a run's record even across a Redis outage (an outcome: the run is done, and
+        its message is acknowledged only after this returns). Retries until Redis answers
+        again, for at most the visibility timeout (after which the message is delivered again
+        anyway). `record` must be safe to repeat."""
+        return await ride_out(
+            record,
+            within=self.settings.effective_visibility_timeout,
+            what=what,
+            run_id=request.run_id,
+        )
 
     def _refuse_finished(self, request: RunRequest, status: RunStatus, *, duplicate: bool) -> None:
         if duplicate:
@@ -376,6 +376,11 @@ class Executor:
         self.metrics.in_flight.inc()
         try:
             outcome = await asyncio.shield(task)
+        except (*REDIS_ERRORS, asyncio.CancelledError):
+            raise  # Redis lost for longer than the visibility timeout, or shutdown: redelivered
+        except BaseException as exc:  # `_run` missed it: still an outcome, never "running"
+            failure = describe(exc, self.settings.redact_values)
+            outcome = Outcome(run_id, "failed", error=failure, attempt=started.attempt)
         finally:
             self.metrics.in_flight.dec()
             self.cancellations.forget(run_id)
@@ -433,10 +438,11 @@ class Executor:
     async def _attempts(self, request: RunRequest, live: _Live, progress: _Progress) -> Outcome:
         run_id = request.run_id
         attempt = live.status.attempt
+        # One limit for the whole run (loading and retries included), so the lease and the
+        # visibility timeout (both above the limit) always outlive it.
+        limit = asyncio.timeout(self._time_limit(request))
         try:
-            # One limit for the whole run (loading and retries included), so the lease and the
-            # visibility timeout (both above the limit) always outlive it.
-            async with asyncio.timeout(self._time_limit(request)):
+            async with limit:
                 try:
                     runnable = await self.runnables.load(request)
                     config = import_config(request.config)
@@ -445,19 +451,34 @@ class Executor:
                         check_call_kwargs(request.kwargs)
                 except (DisallowedObject, SerializationRefused) as exc:
                     return self._rejected_run(request, attempt, exc)
-                except Exception as exc:  # anything else while loading: a failed run
+                except asyncio.CancelledError:
+                    raise  # the time limit, a cancellation or shutdown: handled below
+                except BaseException as exc:  # anything else while loading: a failed run
+                    # SystemExit, KeyboardInterrupt and the like included: raised in the
+                    # loop's thread they can only come from application code (signals reach
+                    # the main thread), and let through they would stop the event loop.
                     failure = describe(exc, self.settings.redact_values)
                     return Outcome(run_id, "failed", error=failure, attempt=attempt)
                 while True:
                     try:
                         output = await self._dispatch(request, runnable, payload, config, progress)
                         return Outcome(run_id, "succeeded", output=output, attempt=attempt)
-                    except Exception as exc:
+                    except asyncio.CancelledError:
+                        raise
+                    except BaseException as exc:
+                        if exc is progress.own_error and isinstance(exc, _StreamInterrupted):
+                            # The reader has the earlier delivery's entries, then this outcome.
+                            progress.published = exc.entries
+                            return Outcome(run_id, "failed", reason="interrupted", attempt=attempt)
+                        if exc is progress.own_error:
+                            raise  # Redis gone too long: ours, not the runnable's; redelivered
                         if not self._should_retry(exc, attempt, progress):
                             failure = describe(exc, self.settings.redact_values)
                             return Outcome(run_id, "failed", error=failure, attempt=attempt)
                         attempt = await self._backoff(request, live, attempt, exc)
         except TimeoutError:
+            if not limit.expired():
+                raise  # a Redis command of ours timed out for too long: redelivered
             return Outcome(run_id, "failed", reason="timeout", attempt=attempt)
         except asyncio.CancelledError as exc:
             if self.cancellations.requested(run_id):
@@ -483,7 +504,7 @@ class Executor:
         )
         return Outcome(request.run_id, "failed", reason=f"rejected: {exc}", attempt=attempt)
 
-    def _should_retry(self, exc: Exception, attempt: int, progress: _Progress) -> bool:
+    def _should_retry(self, exc: BaseException, attempt: int, progress: _Progress) -> bool:
         # A stream that already sent chunks cannot be replayed without duplicating them.
         return (
             attempt < self.settings.max_attempts
@@ -491,7 +512,9 @@ class Executor:
             and isinstance(exc, self._retry_types)
         )
 
-    async def _backoff(self, request: RunRequest, live: _Live, attempt: int, exc: Exception) -> int:
+    async def _backoff(
+        self, request: RunRequest, live: _Live, attempt: int, exc: BaseException
+    ) -> int:
         # Exponential backoff with full jitter: retries from many runs spread out instead of
         # hitting a rate-limited provider in waves.
         cap = min(self.settings.retry_backoff_max, self.settings.retry_backoff * 2 ** (attempt - 1))
@@ -511,11 +534,15 @@ class Executor:
         retrying = dataclasses.replace(
             live.status, state="retrying", attempt=attempt + 1, reason=type(exc).__name__
         )
-        # The lease holder writes blindly, and remembers what `finish` must find in place.
-        live.expected = await self.records.write_status(retrying)
+        # The lease holder writes blindly (so a repeated write is harmless), and remembers
+        # what `finish` must find in place. A Redis blip here is not the runnable's failure.
+        live.expected = await self._durably(
+            request, lambda: self.records.write_status(retrying), "retrying"
+        )
         await asyncio.sleep(delay)
-        live.expected = await self.records.write_status(
-            dataclasses.replace(retrying, state="running", reason="")
+        running = dataclasses.replace(retrying, state="running", reason="")
+        live.expected = await self._durably(
+            request, lambda: self.records.write_status(running), "retrying"
         )
         return attempt + 1
 
@@ -540,15 +567,20 @@ class Executor:
                 outputs = await runnable.abatch(payload, configs, return_exceptions=True, **call)
                 items = [
                     {"ok": False, "e": describe(out, self.settings.redact_values).as_json()}
-                    if isinstance(out, Exception)
+                    if isinstance(out, BaseException)
                     else {"ok": True, "v": out}
                     for out in outputs
                 ]
                 return data.encode_data(items, what="output")
             publisher = _StreamPublisher(self, request.run_id, progress)
+            # A graph's chunks do not add up to what `invoke` returns: see `graphs`.
+            graph = graph_stream(runnable, call)
             if request.events:
                 events = runnable.astream_events(payload, config, version="v2", **call)
-                final = await publisher.events(events)
+                final = await publisher.events(events, ended=graph is not None)
+            elif graph is not None:
+                chunks = runnable.astream(payload, config, **graph.kwargs)
+                final = await publisher.graph(chunks, graph)
             else:
                 final = await publisher.chunks(runnable.astream(payload, config, **call))
             return data.encode_data(final, what="output")
