@@ -84,7 +84,7 @@ def s3(ours: Ours, worker: Worker, settings: Any, sizes: Sizes, out: Results) ->
             async with reading:
                 return await run.aresult()
 
-        return await asyncio.gather(*(one(run) for run in runs))
+        return await asyncio.gather(*(one(run) for run in runs), return_exceptions=True)
 
     with PeakRss(worker.pid) as peak:
         start = time.perf_counter()
@@ -93,7 +93,11 @@ def s3(ours: Ours, worker: Worker, settings: Any, sizes: Sizes, out: Results) ->
         out.s3_wall_s = time.perf_counter() - start
     out.s3_rss_peak_mb = peak.peak_mb
     want = streamed_text(tokens)
-    wrong = sum(text != want for text in done)
+    # A run that failed is a figure (the worker could not hold them all), not a wrong answer.
+    failed = [d for d in done if isinstance(d, BaseException)]
+    wrong = sum(d != want for d in done if not isinstance(d, BaseException))
     if wrong:
-        raise BenchmarkError(f"S3: {wrong} of {sizes.memory_runs} runs wrong: {done[0]!r:.200}")
-    out.s3_runs = sizes.memory_runs
+        raise BenchmarkError(f"S3: {wrong} of {sizes.memory_runs} runs gave a wrong answer")
+    out.s3_runs = len(done) - len(failed)
+    out.s3_failed = len(failed)
+    out.s3_error = str(failed[0]).splitlines()[0][:300] if failed else ""

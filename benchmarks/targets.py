@@ -122,8 +122,11 @@ def targets(sizes: Sizes, results: dict[str, Results], memory: bool) -> list[Tar
         rows.append(
             Target(
                 figure,
-                {"ours": f"{fmt(ours.s3_rss_peak_mb)} MB (idle {fmt(ours.s3_rss_idle_mb)} MB; "
-                         f"all {ours.s3_runs:,} x {tokens} tokens in {ours.s3_wall_s:.1f} s)"},
+                {"ours": f"{fmt(ours.s3_rss_peak_mb)} MB (idle {fmt(ours.s3_rss_idle_mb)} MB); "
+                         f"{ours.s3_runs:,} runs of {tokens} tokens finished in "
+                         f"{ours.s3_wall_s:.1f} s"
+                         + (f", **{ours.s3_failed:,} failed**: {ours.s3_error}"
+                            if ours.s3_failed else "")},
                 "",
                 "",
                 "<= 300 MB, all finished",

@@ -36,6 +36,10 @@ class Results:
     token_commands: dict[str, float] = field(default_factory=dict)
     """Redis commands per streamed token, by command (the run's own commands included)."""
     s3_runs: int = 0
+    """S3: runs that finished (correctly: a wrong answer fails the benchmark)..."""
+    s3_failed: int = 0
+    """...and runs that failed, the first one's error."""
+    s3_error: str = ""
     s3_wall_s: float = math.nan
     s3_rss_idle_mb: float = math.nan
     s3_rss_peak_mb: float = math.nan
