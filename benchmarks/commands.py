@@ -89,7 +89,7 @@ def count_commands(
     try:
         counting = Counting(client, quiet)
         for side in sides:
-            if side.name not in ("ours", "baseline"):
+            if not side.uses_redis:
                 continue
             out = results[side.name]
             out.commands_per_invoke, out.invoke_commands = counting.per_item(

@@ -206,11 +206,12 @@ def profile(
 
                 total, mix = counting.per_item(items, profiled)
                 wall = time.perf_counter() - start
-            stem.with_suffix(".redis.txt").write_text(
-                f"{side.name} {name}: Redis commands per item ({items} items; idle polling of "
-                f"{counting.idle_per_s:.1f}/s subtracted), {total:.2f} in all\n"
-                + "".join(f"  {n:8.2f}  {k}\n" for k, n in mix.items())
-            )
+            if side.uses_redis:
+                stem.with_suffix(".redis.txt").write_text(
+                    f"{side.name} {name}: Redis commands per item ({items} items; idle polling "
+                    f"of {counting.idle_per_s:.1f}/s subtracted), {total:.2f} in all\n"
+                    + "".join(f"  {n:8.2f}  {k}\n" for k, n in mix.items())
+                )
             profiler.dump_stats(stem.with_suffix(".producer.pstats"))
             with open(stem.with_suffix(".producer.txt"), "w") as text:
                 text.write(f"{side.name} {name}: caller wall {wall:.3f} s (under cProfile)\n\n")

@@ -22,6 +22,8 @@ class Side:
     """Runs W2 to W4 (RunnableK8s and plain Celery)."""
     streams: ClassVar[bool] = False
     """Runs the streaming workloads (RunnableK8s, LangServe, in-process)."""
+    uses_redis: ClassVar[bool] = False
+    """Its Redis commands are counted (RunnableK8s and plain Celery)."""
     worker: Worker | None = None
     """The process that does the work (in-process: none)."""
 
@@ -59,6 +61,7 @@ class Ours(Side):
     label = "RunnableK8s"
     batches = True
     streams = True
+    uses_redis = True
 
     def __init__(self, settings: Any, sizes: Sizes, worker: Worker) -> None:
         from benchmarks.models import EchoRunnable, small_chain
@@ -104,6 +107,7 @@ class Baseline(Side):
     name = "baseline"
     label = "plain Celery"
     batches = True
+    uses_redis = True
 
     def __init__(self, redis_url: str, queue: str, sizes: Sizes, worker: Worker) -> None:
         from benchmarks import baseline
