@@ -102,7 +102,7 @@ def scaling_for(queue: str, *, max_replicas: int, target: int, polling: float) -
         # The three triggers of k8s/base/scaledobject.yaml.
         triggers={"queued": queue, "inflight": keys.UNACKED, "pending": keys.pending(queue)},
         formula=("queued", "inflight", "pending"),
-        factors={"pending": 0.01},
+        divisors={"pending": 100},
         scale_up=Rules(0.0, (Policy("Percent", 100, 2.0), Policy("Pods", 4, 2.0)), "Max"),
         scale_down=Rules(3.0, (Policy("Pods", 1, 1.0),), "Min"),
         source="soak",

@@ -21,6 +21,7 @@ from runnable_k8s.errors import (
     RunRejected,
     SerializationRefused,
     SignatureRejected,
+    SigningKeyMismatch,
     WaitTimeout,
 )
 from runnable_k8s.producer.handles import RemoteRun
@@ -50,5 +51,6 @@ __all__ = [
     "SerializationRefused",
     "Settings",
     "SignatureRejected",
+    "SigningKeyMismatch",
     "WaitTimeout",
 ]

@@ -37,10 +37,22 @@ def main() -> None:
 @click.option("--queue", "-Q", default=None, help="Queue to consume (RUNNABLE_K8S_QUEUE).")
 @click.option("--loglevel", "-l", default=None, help="Log level (RUNNABLE_K8S_LOG_LEVEL).")
 @click.option("--hostname", "-n", default=None, help="Celery node name.")
+@click.option(
+    "--parent-pid",
+    type=int,
+    default=None,
+    help="Stop (warm) when process PID exits, and hard if that takes longer than the time "
+    "limit plus 60 s (`runnable-k8s dev` passes its own pid).",
+)
 def worker(
-    concurrency: int | None, queue: str | None, loglevel: str | None, hostname: str | None
+    concurrency: int | None,
+    queue: str | None,
+    loglevel: str | None,
+    hostname: str | None,
+    parent_pid: int | None,
 ) -> None:
     """Start a worker (Celery threads pool, one event loop). SIGTERM finishes running runs."""
+    from runnable_k8s import lifeline
     from runnable_k8s.worker.app import run_worker
 
     settings = _settings()
@@ -49,6 +61,13 @@ def worker(
         settings.require_redis_url()
     except RunnableK8sError as exc:
         raise click.ClickException(str(exc)) from exc
+    # Warm first, like the kubelet's SIGTERM; the hard stop stands in for the SIGKILL after
+    # terminationGracePeriodSeconds (time limit + 60 s in the manifests) nobody else will send.
+    if parent_pid is not None and not lifeline.exit_with_parent(
+        parent_pid, grace=settings.time_limit + 60.0
+    ):
+        click.echo(f"process {parent_pid} that started this worker is gone: not starting", err=True)
+        return
     run_worker(settings, concurrency=concurrency, queue=queue, loglevel=loglevel, hostname=hostname)
 
 
@@ -71,6 +90,7 @@ def local_worker(
             "worker",
             f"--concurrency={concurrency}",
             "--loglevel=WARNING",
+            f"--parent-pid={os.getpid()}",  # gone with us, even if we are killed
         ],
         env=env,
         stdout=log,

@@ -7,6 +7,8 @@ runnable is shipped (`bound=`), or run by reference with `--ref`.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -22,6 +24,7 @@ from runnable_k8s.errors import (
     RemoteError,
     RunnableK8sError,
     SerializationRefused,
+    WaitTimeout,
 )
 from runnable_k8s.producer.client import client_for
 from runnable_k8s.producer.handles import RemoteRun
@@ -113,24 +116,40 @@ def submit(runnable: str, input_: str, stream: bool, ref: bool) -> None:
 
 @click.command()
 @click.argument("run_id")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object, times as seconds since the epoch (for scripts).",
+)
 @_errors
-def status(run_id: str) -> None:
-    """Print a run's status as JSON."""
+def status(run_id: str, as_json: bool) -> None:
+    """Print a run's state, attempt and times (ISO 8601, UTC)."""
     st = RemoteRun(run_id, _settings()).status()
-    click.echo(
-        json.dumps(
-            {
-                "id": st.run_id,
-                "state": st.state,
-                "name": st.name,
-                "attempt": st.attempt,
-                "created_at": st.created_at,
-                "started_at": st.started_at,
-                "finished_at": st.finished_at,
-                "reason": st.reason,
-            }
-        )
-    )
+    fields: dict[str, Any] = {
+        "id": st.run_id,
+        "state": st.state,
+        "name": st.name,
+        "attempt": st.attempt,
+        "created_at": st.created_at,
+        "started_at": st.started_at,
+        "finished_at": st.finished_at,
+        "reason": st.reason,
+    }
+    if as_json:
+        click.echo(json.dumps(fields))
+        return
+    for key, value in fields.items():
+        shown = iso_time(value) if key.endswith("_at") else value
+        click.echo(f"{key + ':':<13}{'-' if shown in (None, '') else shown}")
+
+
+def iso_time(epoch: float | None) -> str | None:
+    """Seconds since the epoch as ISO 8601 in UTC, to the millisecond (`...T12:00:00.000Z`)."""
+    if epoch is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @click.command()
@@ -162,6 +181,16 @@ def stream(run_id: str, timeout: float | None) -> None:
     click.echo()
 
 
+# `batch` exit codes, documented in the README's "Command line" section. Click itself exits 2
+# on a usage error (a missing option or file); an input line that is not JSON is one too.
+BATCH_SOME_FAILED = 1
+BATCH_NOT_RUN = 3
+
+
+class _BatchNotRun(click.ClickException):
+    exit_code = BATCH_NOT_RUN
+
+
 def _read_inputs(path: Path) -> Iterator[Any]:
     with path.open() as lines:
         for number, line in enumerate(lines, 1):
@@ -169,7 +198,13 @@ def _read_inputs(path: Path) -> Iterator[Any]:
                 try:
                     yield json.loads(line)
                 except ValueError as exc:
-                    raise click.ClickException(f"{path}:{number}: not JSON: {exc}") from exc
+                    raise click.UsageError(f"{path}:{number}: not JSON: {exc}") from exc
+
+
+def _failure(exc: RunnableK8sError) -> dict[str, Any]:
+    if isinstance(exc, RemoteError):
+        return {"type": exc.remote_type, "message": exc.remote_message}
+    return {"type": type(exc).__name__, "message": str(exc)}
 
 
 @click.command()
@@ -188,42 +223,74 @@ def _read_inputs(path: Path) -> Iterator[Any]:
 )
 @click.option("--ref", is_flag=True, help="Run RUNNABLE by reference (worker imports it).")
 @click.option("--timeout", type=float, default=None, help="Seconds to wait for all results.")
-@_errors
 def batch(
     runnable: str, input_file: Path, output_file: Path, ref: bool, timeout: float | None
 ) -> None:
-    """Submit every line of --input-file as a run; write results in input order."""
+    """Submit every line of --input-file as a run; write results in input order.
+
+    Exit status: 0 every line succeeded; 1 the output file is written and at least one line
+    failed or was not done within --timeout; 2 usage error (including an input line that is
+    not JSON); 3 the batch could not run (runnable, settings or Redis), no output file.
+    """
+    inputs = list(_read_inputs(input_file))
+    try:
+        lines = _run_batch(runnable, inputs, ref=ref, timeout=timeout)
+    except RunnableK8sError as exc:
+        raise _BatchNotRun(f"{type(exc).__name__}: {exc}") from exc
+    except click.ClickException as exc:  # settings or runnable refused by the helpers
+        raise _BatchNotRun(exc.message) from exc
+    with output_file.open("w") as out:
+        for line in lines:
+            out.write(json.dumps(line) + "\n")
+    failed = sum(1 for line in lines if not line["ok"])
+    click.echo(f"{len(lines)} runs, {failed} failed -> {output_file}", err=True)
+    if failed:
+        click.get_current_context().exit(BATCH_SOME_FAILED)
+
+
+def _run_batch(
+    runnable: str, inputs: list[Any], *, ref: bool, timeout: float | None
+) -> list[dict[str, Any]]:
     settings = _settings()
     remote = load_runnable(runnable, settings, ref=ref)
-    inputs = list(_read_inputs(input_file))
     client = client_for(settings)
     handles = [remote.submit(value) for value in inputs]
     index = {handle.id: i for i, handle in enumerate(handles)}
-    lines: list[str | None] = [None] * len(handles)
+    lines: list[dict[str, Any] | None] = [None] * len(handles)
     wait = timeout if timeout is not None else settings.wait_timeout
-    with click.progressbar(length=len(handles), label="runs", file=sys.stderr) as bar:
-        for event in client.events(list(index), timeout=wait):
-            if event.outcome is None:
-                continue
-            i = index[event.run_id]
-            try:
-                line = {
-                    "index": i,
-                    "ok": True,
-                    "output": to_json(unwrap(client.protocol, event.outcome)),
-                }
-            except RunnableK8sError as exc:
-                error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
-                if isinstance(exc, RemoteError):
-                    error = {"type": exc.remote_type, "message": exc.remote_message}
-                line = {"index": i, "ok": False, "error": error}
-            lines[i] = json.dumps(line)
-            bar.update(1)
-    with output_file.open("w") as out:
-        for line_text in lines:
-            out.write(f"{line_text}\n")
-    failed = sum(1 for text in lines if text and '"ok": false' in text)
-    click.echo(f"{len(lines)} runs, {failed} failed -> {output_file}", err=True)
+    # A progress bar only for a person watching: without a terminal, click would still print
+    # its label (a bare "runs" line) into whatever collects stderr.
+    bar = (
+        click.progressbar(length=len(handles), label="runs", file=sys.stderr)
+        if sys.stderr.isatty()
+        else None
+    )
+    with bar if bar is not None else contextlib.nullcontext():
+        try:
+            for event in client.events(list(index), timeout=wait):
+                if event.outcome is None:
+                    continue
+                i = index[event.run_id]
+                try:
+                    output = to_json(unwrap(client.protocol, event.outcome))
+                    lines[i] = {"index": i, "ok": True, "output": output}
+                except RunnableK8sError as exc:
+                    lines[i] = {"index": i, "ok": False, "error": _failure(exc)}
+                if bar is not None:
+                    bar.update(1)
+        except WaitTimeout:
+            pass  # the lines still missing are reported as not done, below
+    for i, handle in enumerate(handles):
+        if lines[i] is None:
+            message = (
+                f"no result after {wait:g} s; the run goes on: runnable-k8s result {handle.id}"
+            )
+            lines[i] = {
+                "index": i,
+                "ok": False,
+                "error": {"type": "WaitTimeout", "message": message},
+            }
+    return [line for line in lines if line is not None]
 
 
 COMMANDS = (submit, status, result, cancel, stream, batch)

@@ -17,6 +17,7 @@ from types import TracebackType
 
 import redis
 
+from runnable_k8s import lifeline
 from runnable_k8s.errors import ConfigurationError
 
 
@@ -50,17 +51,26 @@ class EmbeddedRedis:
     """A throw-away server: `with EmbeddedRedis() as url: ...`."""
 
     def __init__(
-        self, *, password: str | None = None, port: int | None = None, durable: bool = False
+        self,
+        *,
+        password: str | None = None,
+        port: int | None = None,
+        durable: bool = False,
+        die_with_parent: bool = False,
     ) -> None:
         """Args:
         password: `requirepass` for the server.
         port: a fixed port (default: a free one). `start()` after `stop()` reuses it.
         durable: keep an fsync-always append-only file, so a restart keeps every write
             (for tests of Redis restarts; the demo needs none).
+        die_with_parent: for `dev`, whose server must not outlive it: on Linux the server is
+            killed when the thread that calls `start()` exits (its process killed included),
+            and it runs in its own session, so a terminal's Ctrl-C reaches `dev` only.
         """
         self.password = password
         self.port = port
         self.durable = durable
+        self.die_with_parent = die_with_parent
         self._process: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
@@ -100,7 +110,13 @@ class EmbeddedRedis:
             if self.password:
                 args += ["--requirepass", self.password]
             self._process = subprocess.Popen(
-                args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                args,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=lifeline.kill_with_parent if self.die_with_parent else None,  # noqa: PLW1509 (one prctl call)
+                # Out of the terminal's process group: Ctrl-C is for its owner (`dev`), which
+                # may still drain queued runs through it before stopping it.
+                start_new_session=self.die_with_parent,
             )
             self.port = port
             if self._wait_ready(timeout):

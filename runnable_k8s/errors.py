@@ -15,8 +15,9 @@ class ConfigurationError(RunnableK8sError):
 class SerializationRefused(RunnableK8sError):
     """A runnable, input or output cannot travel as signed JSON.
 
-    Raised on the producer before anything is enqueued; the message names the offending object
-    and says what to do instead.
+    For a runnable or an input: raised on the producer before anything is enqueued. For an
+    output or a stream chunk: raised on the worker, and the caller gets it as a `RemoteError`.
+    The message names the offending object and gives advice that fits what was refused.
     """
 
 
@@ -91,6 +92,12 @@ class RunRejected(RunError):
     """The worker refused the run (e.g. a class outside its allowlist); it did not execute."""
 
 
+class SigningKeyMismatch(SignatureRejected, RunError):
+    """A worker could not verify this run, whose message it read exactly as the producer
+    signed it: the producer's and the worker's signing keys (`RUNNABLE_K8S_SIGNING_KEY`)
+    probably differ. Nothing ran; the run is recorded as failed."""
+
+
 class WaitTimeout(RunError):
     """The caller stopped waiting; the run may still finish, and its handle can be awaited."""
 
@@ -109,3 +116,11 @@ class RunExpired(RunError):
 
 class RunNotFound(RunError):
     """No run with this id is known (never submitted, or its record expired)."""
+
+
+class RunNotSucceeded(RunError):
+    """Raised by the worker's Celery task when a delivery did not end in success (the run
+    failed, timed out, was cancelled, expired or refused), so Celery's events, Flower and
+    `celery inspect` report FAILURE instead of SUCCESS. Its text names only the run, the
+    outcome and the remote error type or refusal reason. Callers never see it: they get the
+    run's own error (`RemoteError`, `ExecutionTimeout`, ...)."""

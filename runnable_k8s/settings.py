@@ -131,6 +131,19 @@ class Settings:
     metrics_port: int = 0
     """Port of the worker's Prometheus endpoint; 0 disables it."""
 
+    task_events: bool = False
+    """Worker only: send Celery task events (`task-received`, `-started`, `-succeeded`, ...)
+    from the start, as `celery worker -E` does. Off, a worker sends them only once a monitor
+    asks (Flower sends `enable_events` every 5 s), so Flower misses the first runs of a pod
+    that KEDA just started for them. Costs Redis commands on every run (README, "Flower and
+    `celery inspect`")."""
+
+    remote_control: bool = True
+    """Worker only: answer Celery remote-control commands (Flower, `celery inspect`,
+    `celery control`), which come through Redis unsigned: with it on, anyone who can write to
+    Redis can cancel a run by revoking its id. Off, monitors can only watch events (see
+    `task_events`): no inspect, no revoke, no `enable_events`."""
+
     retry_on: tuple[str, ...] = ()
     """Import paths of exception types a worker retries (e.g. `openai:RateLimitError`)."""
 

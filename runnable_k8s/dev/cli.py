@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 @click.command()
 @click.option("--polling-interval", type=float, default=None, help="Seconds between decisions.")
-@click.option("--cooldown", type=float, default=None, help="Quiet seconds before 1 -> 0.")
+@click.option("--cooldown", type=float, default=None, help="Quiet seconds before KEDA scales to 0.")
 @click.option(
     "--scale-down-window", type=float, default=None, help="HPA scale-down stabilisation, seconds."
 )
@@ -98,7 +98,8 @@ def dev(**options: Any) -> None:
         if embedded:
             from runnable_k8s.embedded import EmbeddedRedis
 
-            server = stack.enter_context(contextlib.closing(EmbeddedRedis()))
+            # Killed with `dev` even when `dev` cannot stop it (SIGKILL): see lifeline.py.
+            server = stack.enter_context(contextlib.closing(EmbeddedRedis(die_with_parent=True)))
             try:
                 settings = settings.replace(redis_url=server.start())
             except RunnableK8sError as exc:
@@ -141,7 +142,7 @@ def _serve(
     restart_backoff: float,
 ) -> None:
     from runnable_k8s.dev.session import DevSession
-    from runnable_k8s.dev.view import LiveView
+    from runnable_k8s.dev.view import LiveView, safe_echo
 
     session = DevSession(
         settings,
@@ -155,19 +156,31 @@ def _serve(
     session.pool.on_event = view.on_event
     session.controller.on_sample = view.on_sample
     interrupted = threading.Event()
+    hung_up = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if interrupted.is_set():
             raise KeyboardInterrupt
         interrupted.set()
 
-    previous = signal.signal(signal.SIGINT, on_signal)
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        # The terminal is gone: nobody is left to press Ctrl-C a second time, so no draining.
+        hung_up.set()
+        interrupted.set()
+
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.getsignal(signum) for signum in stops}
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     session.start()
     try:
-        interrupted.wait()
-        backlog = session.controller.backlog() if embedded else 0
-        if backlog:
+        # Woken now and then to notice a control loop that died: `dev` then stops too, rather
+        # than leaving workers nobody scales or restarts.
+        while not interrupted.wait(1.0) and session.alive:
+            pass
+        backlog = session.controller.backlog() if embedded and session.alive else 0
+        if backlog and not hung_up.is_set():
             view.message(
                 f"stopping: finishing {backlog} queued or running run(s) first "
                 "(the embedded server keeps nothing); Ctrl-C again to stop now"
@@ -178,16 +191,22 @@ def _serve(
     except KeyboardInterrupt:
         view.message("stopping now: workers finish their running runs, then exit")
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        session.close()
-        left = _left_over(session.client, settings.queue)
-        view.close()
-        signal.signal(signal.SIGINT, previous)
+        # Nothing may interrupt the warm stop halfway: a worker left out of it would outlive
+        # `dev` (until its own parent-pid check stops it).
+        for signum in stops:
+            signal.signal(signum, signal.SIG_IGN)
+        try:
+            session.close()
+        finally:
+            left = _left_over(session.client, settings.queue)
+            view.close()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     if left:
         where = "were discarded with the embedded server" if embedded else "stay queued in Redis"
-        click.echo(f"{left} queued run(s) {where}")
+        safe_echo(f"{left} queued run(s) {where}")
     counts = session.pool.counts
-    click.echo(
+    safe_echo(
         f"stopped: {counts['done']} done, {counts['failed']} failed, "
         f"{counts['crashed']} worker crash(es)"
     )

@@ -1,5 +1,6 @@
-"""The control loop of `runnable-k8s dev`: every polling interval read the trigger lengths
-(`LLEN queue`, `HLEN unacked`), decide as KEDA and the HPA would, and resize the worker pool."""
+"""The control loop of `runnable-k8s dev`: at each KEDA poll and each HPA sync read the trigger
+lengths (`LLEN queue`, `HLEN unacked`, ...), decide as KEDA and the HPA would, and resize the
+worker pool."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from runnable_k8s.dev.supervisor import WorkerPool
 
 def trigger_lengths(client: redis.Redis, triggers: Mapping[str, str]) -> dict[str, int]:
     """Length of each trigger's key, counted by the key's type as KEDA's Redis scaler does
-    (a missing key counts 0).
+    (redis_scaler.go's Lua script: ZCARD, SCARD, HLEN, LLEN; a missing key counts 0).
 
     Raises:
-        redis.RedisError: Redis did not answer.
+        redis.RedisError: Redis did not answer, or a key is of another type (a string, a
+            stream), which the scaler reports as an error rather than a length.
     """
     with client.pipeline(transaction=False) as pipe:
         for key in triggers.values():
@@ -40,8 +42,11 @@ def trigger_lengths(client: redis.Redis, triggers: Mapping[str, str]) -> dict[st
                 pipe.scard(key)
             elif kind == b"zset":
                 pipe.zcard(key)
-            else:
+            elif kind == b"none":
                 continue
+            else:
+                kind_name = kind.decode(errors="replace")
+                raise redis.ResponseError(f"ERR unsupported key type: {kind_name} ({key})")
             counted.append(name)
         lengths = pipe.execute()
     result = dict.fromkeys(triggers, 0)
@@ -88,7 +93,8 @@ class Controller:
         self.frozen = False
         """When true the loop still watches the pool but no longer changes its size."""
 
-    def step(self) -> Sample:
+    def step(self, *, keda: bool = True, hpa: bool = True) -> Sample:
+        """Read the triggers once and run a KEDA poll and/or an HPA sync on them."""
         self.pool.poll()
         now = self.clock()
         current = self.pool.replicas
@@ -108,8 +114,7 @@ class Controller:
                 error=str(exc),
             )
             return self._emit(sample)
-        metric = self.config.metric(lengths)
-        decision = self.autoscaler.decide(now, metric, current)
+        decision = self.autoscaler.decide(now, lengths, current, keda=keda, hpa=hpa)
         if not self.frozen and decision.desired != current:
             self.pool.scale_to(decision.desired)
         sample = Sample(
@@ -118,7 +123,7 @@ class Controller:
             self.pool.ready,
             self.pool.stopping,
             lengths,
-            metric,
+            decision.metric,
             decision.desired,
             decision.reason,
         )
@@ -131,17 +136,25 @@ class Controller:
         return sample
 
     def run(self, stop: threading.Event, *, tick: float = 0.2) -> None:
-        """Step every polling interval until `stop` is set; between steps keep reaping and
-        restarting workers every `tick` seconds."""
-        next_step = self.clock()
+        """Poll as KEDA does every polling interval and sync as the HPA does every sync period
+        (with each poll when the config has none) until `stop` is set; between the two keep
+        reaping and restarting workers every `tick` seconds."""
+        sync_period = self.config.hpa_sync_period
+        next_poll = next_sync = self.clock()
         while not stop.is_set():
             now = self.clock()
-            if now >= next_step:
-                self.step()
-                next_step = now + self.config.polling_interval
+            keda = now >= next_poll
+            hpa = keda if sync_period is None else now >= next_sync
+            if keda or hpa:
+                self.step(keda=keda, hpa=hpa)
+                if keda:
+                    next_poll = now + self.config.polling_interval
+                if hpa and sync_period is not None:
+                    next_sync = now + sync_period
             else:
                 self.pool.poll()
-            stop.wait(min(tick, max(0.0, next_step - self.clock())))
+            due = next_poll if sync_period is None else min(next_poll, next_sync)
+            stop.wait(min(tick, max(0.0, due - self.clock())))
 
     def backlog(self) -> int | None:
         """The formula's value now, rounded up (any work left counts at least 1), or None when

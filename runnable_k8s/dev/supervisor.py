@@ -189,6 +189,8 @@ class WorkerPool:
                 f"--concurrency={self.concurrency}",
                 f"--loglevel={self.loglevel}",
                 f"--hostname={worker.name}-{os.getpid()}@dev",
+                # It stops when this process is gone, however that happens (even SIGKILL).
+                f"--parent-pid={os.getpid()}",
             ],
             env=env,
             stdout=worker._log,
@@ -296,21 +298,27 @@ class WorkerPool:
 
     def stop_all(self, timeout: float | None = None) -> list[Worker]:
         """Warm-stop every worker and wait for them (SIGKILL after `timeout`, default the
-        grace period). Returns the workers that had to be killed."""
-        for worker in list(self.workers):
-            if worker.state != "stopping":
-                self._stop(worker)
+        grace period). Returns the workers that had to be killed.
+
+        Whatever goes wrong meanwhile, no worker is left running: one started late (by a
+        control step still under way) is stopped too, and an error kills the rest.
+        """
         deadline = self.clock() + (self.grace_period if timeout is None else timeout)
-        while self.workers and self.clock() < deadline:
-            self.poll()
-            time.sleep(0.05)
         killed = []
-        for worker in list(self.workers):
-            if worker.process is not None and worker.process.poll() is None:
-                worker.process.kill()
-                worker.process.wait(10)
-                killed.append(worker)
-                self._event(worker, "SIGKILL: did not stop in time")
+        try:
+            while self.workers and self.clock() < deadline:
+                for worker in list(self.workers):
+                    if worker.state != "stopping":
+                        self._stop(worker)
+                self.poll()
+                time.sleep(0.05)
+        finally:
+            for worker in list(self.workers):
+                if worker.process is not None and worker.process.poll() is None:
+                    worker.process.kill()
+                    worker.process.wait(10)
+                    killed.append(worker)
+                    self._event(worker, "SIGKILL: did not stop in time")
         self.poll()
         return killed
 

@@ -1,8 +1,15 @@
 """The live view of `runnable-k8s dev`: one status line (redrawn in place on a terminal) and a
-line per event (worker started, stopped, died; scale decisions)."""
+line per event (worker started, stopped, died; scale decisions).
+
+Output is a courtesy: when it fails (`dev | tee log` and the reader died, a closed terminal),
+the view goes quiet and `dev` carries on, and stops its workers when asked. A write error that
+escaped from here would abort the shutdown halfway and leave workers running.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import threading
 import time
@@ -12,11 +19,36 @@ from runnable_k8s.dev.controller import Sample
 from runnable_k8s.dev.supervisor import PoolEvent, WorkerPool
 
 
+def silence(stream: TextIO) -> None:
+    """Send what is still buffered in `stream`, and everything written to it later, to
+    /dev/null: the reader is gone, and the interpreter's flush at exit must not fail either."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
+
+
+def safe_echo(text: str, stream: TextIO | None = None) -> bool:
+    """Write a line; on a broken pipe or a closed stream go quiet instead of raising."""
+    stream = stream or sys.stdout
+    try:
+        stream.write(text + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        silence(stream)
+        return False
+    return True
+
+
 class LiveView:
     def __init__(self, pool: WorkerPool, stream: TextIO | None = None, every: float = 10.0) -> None:
         self.pool = pool
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
+        self.broken = False
+        """Set once a write failed; nothing is written after that."""
         self.every = every
         self._lock = threading.Lock()
         self._status = ""
@@ -50,12 +82,10 @@ class LiveView:
             self._status = self.status_line(sample)
             now = time.monotonic()
             if self.tty:
-                self.stream.write("\r\x1b[K" + self._status)
-                self.stream.flush()
+                self._write("\r\x1b[K" + self._status)
             elif now - self._last_print >= self.every:
                 self._last_print = now
-                self.stream.write(self._status + "\n")
-                self.stream.flush()
+                self._write(self._status + "\n")
 
     def on_event(self, event: PoolEvent) -> None:
         with self._lock:
@@ -67,13 +97,21 @@ class LiveView:
 
     def _line(self, text: str) -> None:
         if self.tty:
-            self.stream.write("\r\x1b[K" + text + "\n" + self._status)
+            self._write("\r\x1b[K" + text + "\n" + self._status)
         else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+            self._write(text + "\n")
+
+    def _write(self, text: str) -> None:
+        if self.broken:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # BrokenPipeError (SIGPIPE is ignored), a closed stream
+            self.broken = True
+            silence(self.stream)
 
     def close(self) -> None:
         with self._lock:
             if self.tty:
-                self.stream.write("\n")
-                self.stream.flush()
+                self._write("\n")

@@ -1,8 +1,9 @@
 """The producer's side of Redis: enqueue runs, read statuses, wait for outcomes and chunks.
 
 Waiting never polls: callers block on `XREAD` of the runs' event streams, which Redis answers
-the moment a worker appends to one. The synchronous and the asyncio clients share every decision
-(`_Plan`, `_parse_entries`); only the I/O differs.
+the moment a worker appends to one. Only a run with a rejection notice in its stream is looked
+at again between blocks, until the notice is settled (producer/rejections.py). The synchronous
+and the asyncio clients share every decision (`_Plan`, `_parse_entries`); only the I/O differs.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from runnable_k8s.errors import (
     SignatureRejected,
     WaitTimeout,
 )
-from runnable_k8s.protocol import keys, task_message
+from runnable_k8s.producer import rejections
+from runnable_k8s.protocol import keys, rejection, task_message
+from runnable_k8s.protocol.cancel import queue_cancel as _queue_cancel
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.settings import Settings
 
@@ -40,6 +43,9 @@ _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 # Longest single XREAD block; the loop re-arms it until the caller's deadline.
 _MAX_BLOCK_MS = 30_000
 _WATCH_RETRIES = 20
+# How long a wait for events keeps reconnecting to a Redis that went away (a restart that
+# reloads its append-only file, a failover) before it fails with BrokerUnavailable.
+_RECONNECT_FOR = 30.0
 _CONNECTION: dict[str, Any] = {
     "health_check_interval": 30,
     "socket_keepalive": True,
@@ -114,11 +120,15 @@ class _Plan:
 
 
 def _parse_entries(
-    protocol: Protocol, response: Any, cursors: dict[str, str], seen: dict[str, int]
+    protocol: Protocol,
+    response: Any,
+    cursors: dict[str, str],
+    seen: dict[str, int],
+    watch: rejections.Watch | None = None,
 ) -> list[Event]:
     """Turn an XREAD reply into verified events, advancing `cursors` (stream key -> last id)
     and `seen` (run id -> stream entries read), and checking that no entry was dropped,
-    repeated, reordered or relabelled."""
+    repeated, reordered or relabelled. Rejection notices (unsigned) go to `watch`."""
     events: list[Event] = []
     for stream_key, entries in response or []:
         key = stream_key.decode() if isinstance(stream_key, bytes) else stream_key
@@ -141,9 +151,33 @@ def _parse_entries(
                 if outcome.chunks != seen.get(run_id, 0):
                     raise SignatureRejected(f"the stream of run {run_id} lost entries")
                 events.append(Event(run_id, outcome=outcome))
+            elif kind == rejection.NOTICE:
+                if watch is not None:
+                    watch.noticed(run_id, fields)
             else:
                 raise SignatureRejected(f"unknown event in the stream of run {run_id}")
     return events
+
+
+class _Outage:
+    """A wait that rides out a Redis blip: the stream is durable and the cursors say what was
+    read, so reading again after a reconnect shows no gap and no repeat. Past
+    `_RECONNECT_FOR` seconds without Redis the wait gives up with the last error."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+        self._delay = 0.1
+
+    def pause(self, exc: Exception) -> float:
+        now = time.monotonic()
+        self._since = now if self._since is None else self._since
+        if now - self._since > _RECONNECT_FOR:
+            raise exc
+        self._delay = min(self._delay * 2, 2.0)
+        return self._delay
+
+    def over(self) -> None:
+        self._since, self._delay = None, 0.1
 
 
 def _block_ms(deadline: float | None) -> int:
@@ -164,34 +198,6 @@ def _existing(protocol: Protocol, raw: Any, run_id: str) -> RunStatus:
     if status is None:
         raise RunNotFound(f"no run {run_id} (never submitted, or expired)", run_id=run_id)
     return status
-
-
-def _queue_cancel(pipe: Any, protocol: Protocol, status: RunStatus) -> None:
-    """Queue the commands that cancel a run in state `status` (inside MULTI)."""
-    if status.done:
-        return
-    run_id = status.run_id
-    ttl = int(protocol.settings.result_ttl)
-    pipe.set(keys.cancel(run_id), protocol.seal_cancel(run_id), ex=ttl)
-    if status.state == "queued":
-        # Nobody has started it: record the outcome now, so waiters return at once even with
-        # no worker running; a worker that later receives the message sees a finished run.
-        outcome = Outcome(run_id, "cancelled", reason="cancelled before start", attempt=0)
-        pipe.xadd(keys.events(run_id), {"k": "r", "m": protocol.seal_outcome(outcome)})
-        pipe.expire(keys.events(run_id), ttl)
-        cancelled = RunStatus(
-            run_id,
-            "cancelled",
-            status.name,
-            0,
-            created_at=status.created_at,
-            finished_at=time.time(),
-            reason="cancelled before start",
-        )
-        pipe.set(keys.status(run_id), protocol.seal_status(cancelled), ex=ttl)
-        pipe.zrem(keys.pending(protocol.settings.queue), run_id)
-        pipe.delete(keys.message(run_id))
-    pipe.publish(keys.CANCEL_CHANNEL, run_id)
 
 
 class Client:
@@ -236,12 +242,13 @@ class Client:
     def status(self, run_id: str) -> RunStatus:
         """Raises: RunNotFound for an unknown or expired id."""
         try:
-            raw = self._redis.get(keys.status(run_id))
+            status = _existing(self.protocol, self._redis.get(keys.status(run_id)), run_id)
+            # A queued run no worker could verify is recorded as failed here too.
+            return rejections.settle(self._redis, self.protocol, status)
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot read status from Redis: {exc}") from exc
         except RedisError as exc:
             raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
-        return _existing(self.protocol, raw, run_id)
 
     def events(self, run_ids: Sequence[str], *, timeout: float | None) -> Iterator[Event]:
         """Yield verified events of `run_ids` as they arrive, until each has an outcome.
@@ -253,19 +260,29 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         cursors = {keys.events(r): "0-0" for r in run_ids}
         seen: dict[str, int] = {}
+        # A notice that no worker could verify a run shortens the blocks until it is settled.
+        watch = rejections.Watch(self.protocol)
+        outage = _Outage()
         try:
             while cursors:
-                block = _block_ms(deadline)
-                if block < 0:
-                    pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
-                    raise WaitTimeout(
-                        f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
-                        run_id=pending[0],
-                    )
-                response = self._redis.xread(dict[Any, Any](cursors), block=block)
-                for event in _parse_entries(self.protocol, response, cursors, seen):
+                try:
+                    rejections.check_due(self._redis, watch)
+                    block = watch.wait_ms(_block_ms(deadline))
+                    if block < 0:
+                        pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
+                        raise WaitTimeout(
+                            f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
+                            run_id=pending[0],
+                        )
+                    response = self._redis.xread(dict[Any, Any](cursors), block=block)
+                except _REDIS_ERRORS as exc:
+                    time.sleep(outage.pause(exc))
+                    continue
+                outage.over()
+                for event in _parse_entries(self.protocol, response, cursors, seen, watch):
                     if event.outcome is not None:
                         cursors.pop(keys.events(event.run_id), None)
+                        watch.forget(event.run_id)
                     yield event
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"lost Redis while waiting: {exc}") from exc
@@ -326,11 +343,12 @@ class AsyncClient:
     async def status(self, run_id: str) -> RunStatus:
         try:
             raw = await self._redis.get(keys.status(run_id))
+            status = _existing(self.protocol, raw, run_id)
+            return await rejections.asettle(self._redis, self.protocol, status)
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot read status from Redis: {exc}") from exc
         except RedisError as exc:
             raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
-        return _existing(self.protocol, raw, run_id)
 
     async def events(
         self, run_ids: Sequence[str], *, timeout: float | None
@@ -338,19 +356,29 @@ class AsyncClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         cursors = {keys.events(r): "0-0" for r in run_ids}
         seen: dict[str, int] = {}
+        # A notice that no worker could verify a run shortens the blocks until it is settled.
+        watch = rejections.Watch(self.protocol)
+        outage = _Outage()
         try:
             while cursors:
-                block = _block_ms(deadline)
-                if block < 0:
-                    pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
-                    raise WaitTimeout(
-                        f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
-                        run_id=pending[0],
-                    )
-                response = await self._redis.xread(dict[Any, Any](cursors), block=block)
-                for event in _parse_entries(self.protocol, response, cursors, seen):
+                try:
+                    await rejections.acheck_due(self._redis, watch)
+                    block = watch.wait_ms(_block_ms(deadline))
+                    if block < 0:
+                        pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
+                        raise WaitTimeout(
+                            f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
+                            run_id=pending[0],
+                        )
+                    response = await self._redis.xread(dict[Any, Any](cursors), block=block)
+                except _REDIS_ERRORS as exc:
+                    await asyncio.sleep(outage.pause(exc))
+                    continue
+                outage.over()
+                for event in _parse_entries(self.protocol, response, cursors, seen, watch):
                     if event.outcome is not None:
                         cursors.pop(keys.events(event.run_id), None)
+                        watch.forget(event.run_id)
                     yield event
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"lost Redis while waiting: {exc}") from exc

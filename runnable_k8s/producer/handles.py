@@ -47,7 +47,9 @@ class RemoteRun:
 
     def status(self) -> RunStatus:
         """State (queued, running, retrying, succeeded, failed, cancelled, expired), attempt
-        and timestamps. Raises `RunNotFound` for an unknown or expired id."""
+        and timestamps. Raises `RunNotFound` for an unknown or expired id. A queued run that
+        no worker could verify, and that nothing can still run, is recorded as failed first
+        (its reason says the signing keys probably differ)."""
         return client_for(self.settings).status(self.id)
 
     def result(self, timeout: float | None = None) -> Any:
@@ -57,6 +59,7 @@ class RemoteRun:
             RunNotFound: unknown or expired id (checked first: never a hang).
             WaitTimeout: not finished within `timeout` (the run goes on).
             RemoteError, RunCancelled, RunExpired, ExecutionTimeout, RunRejected: how it ended.
+            SigningKeyMismatch: no worker could verify it (the signing keys probably differ).
         """
         client = client_for(self.settings)
         client.status(self.id)

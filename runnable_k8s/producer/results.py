@@ -12,7 +12,9 @@ from runnable_k8s.errors import (
     RunExpired,
     RunRejected,
     SignatureRejected,
+    SigningKeyMismatch,
 )
+from runnable_k8s.protocol import rejection
 from runnable_k8s.protocol.messages import Outcome, Protocol
 
 
@@ -29,8 +31,22 @@ def error_for(outcome: Outcome) -> RunError:
         return ExecutionTimeout(
             f"run {run_id} exceeded the worker's time limit and was cancelled", run_id=run_id
         )
+    label = rejection.label_of(outcome.reason)
+    if label == "bad_signature":
+        return SigningKeyMismatch(f"run {run_id}: {outcome.reason}", run_id=run_id)
+    if label is not None:
+        return RunRejected(f"run {run_id}: {outcome.reason}", run_id=run_id)
     if outcome.reason.startswith("rejected"):
         return RunRejected(f"worker refused run {run_id}: {outcome.reason}", run_id=run_id)
+    if outcome.reason == "interrupted":
+        # Its worker was lost mid-stream; a stream cannot start over without repeating chunks.
+        return RemoteError(
+            "RemoteError",
+            f"interrupted: the worker streaming run {run_id} was lost after "
+            f"{outcome.chunks} entries; submit it again",
+            "",
+            run_id=run_id,
+        )
     failure = outcome.error
     if failure is None:
         return RemoteError("RemoteError", outcome.reason or "unknown failure", "", run_id=run_id)

@@ -37,6 +37,53 @@ _REGISTER_HINT: Final = (
     "and run it by reference: RunnableK8s(ref='your_package.module:attribute') with the path "
     "in the workers' RUNNABLE_K8S_ALLOWED_REFS."
 )
+# Data has its own, fixed allowlist: RUNNABLE_K8S_ALLOWED_CLASSES and references are about what
+# may run, so advice about them would send a user the wrong way for an input or an output.
+_DATA_TYPES: Final = (
+    "Inputs, outputs and stream chunks may hold JSON values (str, int, float, bool, None, and "
+    "lists and string-keyed dicts of them), messages and message chunks, prompt values and "
+    "documents (README: What can travel)."
+)
+# What to send instead of common Python values JSON has no type for. They are refused rather
+# than given a private encoding: a reader on the other side would get a string either way, and
+# a tagged form would be one more shape that hostile data could imitate.
+_SEND_INSTEAD: Final = {
+    "datetime.datetime": "an ISO 8601 string (value.isoformat(); datetime.fromisoformat reads "
+    "it back)",
+    "datetime.date": "an ISO 8601 string (value.isoformat(); date.fromisoformat reads it back)",
+    "datetime.time": "an ISO 8601 string (value.isoformat(); time.fromisoformat reads it back)",
+    "datetime.timedelta": "a number of seconds (value.total_seconds())",
+    "uuid.UUID": "its string (str(value))",
+    "decimal.Decimal": "a string (str(value)) or a float",
+    "builtins.bytes": "text, or base64 text (base64.b64encode(value).decode())",
+    "builtins.bytearray": "text, or base64 text (base64.b64encode(value).decode())",
+    "builtins.dict": "a dict with string keys",
+    "builtins.set": "a list",
+    "builtins.frozenset": "a list",
+    "pathlib.Path": "its string (str(value))",
+    "pathlib.PosixPath": "its string (str(value))",
+    "pathlib.WindowsPath": "its string (str(value))",
+}
+_CONVERT: Final = (
+    "plain JSON (a pydantic model: model.model_dump(mode='json'); a dataclass: "
+    "dataclasses.asdict(value))"
+)
+
+
+def _advice(what: str, class_path: str | None, *, instead: str | None = None) -> str:
+    """What to do about a refused object, for the kind of thing that held it."""
+    if what == "runnable":
+        return _REGISTER_HINT
+    instead = instead or _SEND_INSTEAD.get(class_path or "", _CONVERT)
+    if what == "input":
+        return f"{_DATA_TYPES} Send {instead} instead."
+    if what in ("output", "stream chunk", "stream event"):
+        verb = "returned" if what == "output" else "streamed"
+        return (
+            f"The runnable {verb} it on the worker. {_DATA_TYPES} Make the runnable return "
+            f"{instead} instead (for a chain: end it with a parser or a step that converts it)."
+        )
+    return f"{_DATA_TYPES} Use {instead} instead."
 
 
 class Codec:
@@ -75,7 +122,9 @@ class Codec:
         try:
             text = dumps(value)
         except (TypeError, ValueError, RecursionError) as exc:
-            raise SerializationRefused(f"{what} cannot be encoded as JSON: {exc!r}"[:500]) from exc
+            raise SerializationRefused(
+                f"{what} cannot be encoded as JSON: {exc!r}"[:500] + f". {_advice(what, None)}"
+            ) from exc
         if '"lc"' in text:
             # dumps never raises on unsupported objects; it writes a marker that only fails
             # on load. Find it here, where we can still name the object, and refuse classes
@@ -177,7 +226,7 @@ class Codec:
                 shown = str(node.get("repr", ""))[:200]
                 raise SerializationRefused(
                     f"{what} contains {cls} at {path or 'the top'}, which cannot be "
-                    f"serialized: {shown}. {_REGISTER_HINT}"
+                    f"serialized: {shown}. {_advice(what, cls)}"
                 )
 
     def _check_tree(self, tree: Any, *, what: str) -> None:
@@ -186,9 +235,14 @@ class Codec:
                 continue
             class_path = tuple(str(p) for p in node.get("id", []))
             if class_path not in self._paths:
+                name = ".".join(class_path)
+                if what == "runnable":
+                    refusal = "not in the allowlist of classes the other side may load"
+                else:  # the data allowlist is fixed: RUNNABLE_K8S_ALLOWED_CLASSES is for runnables
+                    refusal = "not a class that data may hold"
                 raise SerializationRefused(
-                    f"{what} contains {'.'.join(class_path)} at {path or 'the top'}, which is "
-                    f"not in the allowlist of classes the other side may load. {_REGISTER_HINT}"
+                    f"{what} contains {name} at {path or 'the top'}, which is {refusal}. "
+                    f"{_advice(what, name, instead='its content as plain JSON')}"
                 )
             try:
                 self._validator(class_path, node.get("kwargs", {}))

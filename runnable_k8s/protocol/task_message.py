@@ -13,11 +13,36 @@ import json
 import os
 import socket
 import uuid
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final
 
 TASK_NAME: Final = "runnable_k8s.run"
 _ORIGIN: Final = f"{os.getpid()}@{socket.gethostname()}"
 _EMBED: Final = '{"callbacks":null,"errbacks":null,"chain":null,"chord":null}'
+
+FIXED_HEADERS: Final[Mapping[str, object]] = MappingProxyType(
+    {
+        "lang": "py",
+        "task": TASK_NAME,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": (None, None),
+        "parent_id": None,
+        "kwargsrepr": "{}",
+        "ignore_result": True,
+    }
+)
+"""The headers every run message carries with these values. The worker refuses a message
+whose headers differ (see `runnable_k8s.worker.consumer`): Celery acts on them before the task
+verifies anything. The others are `id` and `root_id` (the run id), `argsrepr` and `origin`."""
+FREE_HEADERS: Final = frozenset({"id", "root_id", "argsrepr", "origin"})
+EMBED: Final[Mapping[str, None]] = MappingProxyType(json.loads(_EMBED))
+"""The body's third element: no callbacks, errbacks, chain or chord, ever."""
 
 
 def build(wire: str, *, run_id: str, queue: str, description: str) -> str:
@@ -35,22 +60,11 @@ def build(wire: str, *, run_id: str, queue: str, description: str) -> str:
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": {
-            "lang": "py",
-            "task": TASK_NAME,
+            **FIXED_HEADERS,
             "id": run_id,
-            "shadow": None,
-            "eta": None,
-            "expires": None,
-            "group": None,
-            "group_index": None,
-            "retries": 0,
-            "timelimit": [None, None],
             "root_id": run_id,
-            "parent_id": None,
             "argsrepr": description,
-            "kwargsrepr": "{}",
             "origin": _ORIGIN,
-            "ignore_result": True,
         },
         "properties": {
             "correlation_id": run_id,
@@ -61,3 +75,18 @@ def build(wire: str, *, run_id: str, queue: str, description: str) -> str:
         },
     }
     return json.dumps(message, separators=(",", ":"))
+
+
+def argument_of(message: bytes) -> tuple[str, str] | None:
+    """The task argument (the sealed envelope) and the delivery tag of a message `build`
+    made, or None when `message` is not shaped like one. `message` is read from Redis: only
+    its types are checked here; whoever uses the envelope verifies it."""
+    try:
+        outer = json.loads(message)
+        body = json.loads(outer["body"])
+        wire, tag = body[0][0], outer["properties"]["delivery_tag"]
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError):
+        return None
+    if not isinstance(wire, str) or not isinstance(tag, str):
+        return None
+    return wire, tag

@@ -13,9 +13,11 @@ from celery import Celery
 from celery.exceptions import Reject
 from celery.worker.request import Request
 
+from runnable_k8s.errors import RunNotSucceeded
 from runnable_k8s.protocol.task_message import TASK_NAME
 from runnable_k8s.settings import Settings
-from runnable_k8s.worker import logs, memory, transport
+from runnable_k8s.worker import logs, memory, revocation, task_state, transport
+from runnable_k8s.worker.consumer import guarded_consumer
 from runnable_k8s.worker.execution import REDIS_ERRORS, Executor
 from runnable_k8s.worker.health import heartbeat
 from runnable_k8s.worker.loop import LoopThread
@@ -51,6 +53,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_accept_content": ["json"],
         # Ack after the run: a killed worker's run is redelivered, not lost.
         "task_acks_late": True,
+        # A run that did not succeed raises (so Celery's state tells it, see task_state) after
+        # its outcome is recorded: its message must be acked like a success's, not requeued.
+        "task_acks_on_failure_or_timeout": True,
         "task_reject_on_worker_lost": True,
         # Prefetched messages leave the queue list and hide backlog from KEDA.
         "worker_prefetch_multiplier": 1,
@@ -67,10 +72,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": True,
         "worker_redirect_stdouts": False,
         "task_send_sent_event": False,
-        # Task events (for Flower) stay off until a monitor asks: Flower turns them on with
-        # the `enable_events` remote-control command, which works without mingle and gossip.
-        "worker_send_task_events": False,
-        "worker_enable_remote_control": True,
+        # Task events (for Flower) are off unless set, until a monitor asks: Flower turns them
+        # on with `enable_events`, which works without mingle and gossip (README: their cost).
+        "worker_send_task_events": settings.task_events,
+        "worker_enable_remote_control": settings.remote_control,
     }
     if urlsplit(settings.require_redis_url()).scheme == "rediss":
         query = parse_qs(urlsplit(settings.require_redis_url()).query)
@@ -92,18 +97,30 @@ def create_app(settings: Settings, executor: Executor, loop: LoopThread) -> Cele
     """Build the Celery app whose one task hands each message to `executor` on `loop`."""
     app = Celery("runnable_k8s", broker=settings.require_redis_url(), set_as_current=False)
     app.conf.update(celery_config(settings))
+    # Nothing but our own task, as our producer writes it, becomes a request (see the module);
+    # the size bound is the executor's own first check (body limit plus header and MAC).
+    app.conf.worker_consumer = guarded_consumer(executor.metrics, settings.max_body_bytes + 1024)
 
     @app.task(  # type: ignore[untyped-decorator]
-        name=TASK_NAME, ignore_result=True, acks_late=True, Request=DescribedRequest
+        name=TASK_NAME,
+        ignore_result=True,
+        acks_late=True,
+        Request=DescribedRequest,
+        # Expected: logged by Celery as one INFO line, no traceback (see task_state).
+        throws=(RunNotSucceeded,),
     )
     def run(wire: str) -> None:
         # Blocks this pool thread until the run is over, so the message is acked only then.
         try:
-            loop.run(executor.handle(wire, executor.fetch_beside(wire)))
+            handled = loop.run(executor.handle(wire, executor.fetch_beside(wire)))
         except REDIS_ERRORS as exc:
             # Not the message's fault: hand it back (or, with Redis still away, leave it
             # unacknowledged for redelivery) instead of acknowledging a run never recorded.
             raise Reject(f"Redis unavailable: {exc}", requeue=True) from exc
+        # Raised outside the `try`, so no other exception is chained into what Celery shows.
+        failure = task_state.failure(handled)
+        if failure is not None:
+            raise failure
 
     return app
 
@@ -142,6 +159,7 @@ def run_worker(
         ),
     ]
     app = create_app(settings, executor, loop)
+    revocation.install(settings.require_redis_url(), executor.protocol)  # revoke = cancel
     argv = [
         # Celery's banner is not a log line: no banner when every line must be JSON.
         *(["--quiet"] if settings.log_json else []),

@@ -2,8 +2,9 @@
 
 Everything read from Redis is hostile until its signature checks out, and even then it only
 builds allowlisted classes. A message that fails verification is logged and dropped without
-touching any run's records (its run id is unproven); every other path ends with exactly one
-signed outcome in the run's event stream.
+touching any run's signed records (its run id is unproven): the claimed run only gets an
+unsigned notice its producer checks for itself (protocol/rejection.py); every other path ends
+with exactly one signed outcome in the run's event stream.
 """
 
 from __future__ import annotations
@@ -14,18 +15,17 @@ import dataclasses
 import logging
 import os
 import random
+import re
 import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import redis.asyncio as aredis
 from langchain_core.runnables import Runnable, RunnableConfig
 from redis import Redis as SyncRedis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runnable_k8s.errors import (
     DisallowedObject,
@@ -33,7 +33,7 @@ from runnable_k8s.errors import (
     PayloadTooLarge,
     SerializationRefused,
 )
-from runnable_k8s.protocol import envelope, keys
+from runnable_k8s.protocol import envelope, keys, rejection
 from runnable_k8s.protocol.allowlist import check_call_kwargs
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.protocol.remote_config import import_config
@@ -49,19 +49,29 @@ from runnable_k8s.worker.failures import (
     reject_reason,
     short_reason,
 )
+from runnable_k8s.worker.graphs import graph_stream
 from runnable_k8s.worker.logs import RunEvent, run_event
 from runnable_k8s.worker.metrics import RejectReason, WorkerMetrics
+from runnable_k8s.worker.outage import REDIS_ERRORS as _REDIS_ERRORS
+from runnable_k8s.worker.outage import ride_out
 from runnable_k8s.worker.records import RunRecords
 from runnable_k8s.worker.registry import Registry, RunnableSource
 from runnable_k8s.worker.streaming import Progress as _Progress
+from runnable_k8s.worker.streaming import StreamInterrupted as _StreamInterrupted
 from runnable_k8s.worker.streaming import StreamPublisher as _StreamPublisher
+from runnable_k8s.worker.task_state import Handled, already_ended
 
 log = logging.getLogger("runnable_k8s.worker")
 
 _LATE_CANCEL_CHECK = 0.5
+# What a run id can look like (producers make 32 hex digits): a claimed id of any other shape
+# gets no rejection notice, so hostile ids cannot name other keys.
+_RUN_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+T = TypeVar("T")
 
 # Errors that mean "Redis is not reachable right now", not "this message is bad".
-REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+REDIS_ERRORS: Final = _REDIS_ERRORS
 
 
 class _NotRead:
@@ -150,15 +160,15 @@ class Executor:
             return None
         return stored if isinstance(stored, bytes) else None
 
-    async def handle(self, wire: str, beside: bytes | _NotRead | None = NOT_READ) -> None:
-        """Handle one Celery message's argument. Never raises for bad input. `beside` is
-        what `fetch_beside` read (None: nothing); left out, it is read here."""
+    async def handle(self, wire: str, beside: bytes | _NotRead | None = NOT_READ) -> Handled:
+        """Handle one Celery message's argument and say what it came to (for the Celery
+        task's state). Never raises for bad input. `beside` is what `fetch_beside` read
+        (None: nothing); left out, it is read here."""
         raw = wire.encode() if isinstance(wire, str) else b""
         try:
             request = await self._verify(raw, beside)
         except MessageRejected as exc:
-            self._reject(raw, exc)
-            return
+            return await self._reject(raw, beside, exc)
         _event(
             logging.INFO,
             RunEvent("received", request.run_id, request.name),
@@ -167,7 +177,7 @@ class Executor:
             request.name,
             request.mode,
         )
-        await self._execute(request)
+        return await self._execute(request)
 
     async def _verify(self, raw: bytes, beside: bytes | _NotRead | None) -> RunRequest:
         if len(raw) > self.protocol.signer.max_body_bytes + 1024:
@@ -182,7 +192,9 @@ class Executor:
         # Expiry is checked after verification, so an authentic expired run is recorded.
         return self.protocol.open_request(raw, beside=beside, check_expiry=False)
 
-    def _reject(self, raw: bytes, exc: MessageRejected) -> None:
+    async def _reject(
+        self, raw: bytes, beside: bytes | _NotRead | None, exc: MessageRejected
+    ) -> Handled:
         reason = reject_reason(exc)
         self.metrics.reject(reason)
         header = envelope.peek_header(raw)
@@ -195,6 +207,27 @@ class Executor:
             claimed or "?",
             exc,
         )
+        if claimed is None or not _RUN_ID.fullmatch(claimed) or reason not in rejection.REASONS:
+            return Handled(claimed, "refused", reason)
+        # Tell the producer what exactly could not be verified, and stop rescuing the run if
+        # these are its stored bytes (protocol/rejection.py says why neither is a risk).
+        try:
+            body = None
+            if envelope.needs_body_beside(raw):
+                if isinstance(beside, _NotRead):
+                    with contextlib.suppress(ResponseError):  # another type: no body
+                        stored = await self.redis.get(keys.body(claimed))
+                        beside = stored if isinstance(stored, bytes) else None
+                body = beside if isinstance(beside, bytes) else None
+            if await self.records.note_rejection(claimed, raw, body, reason):
+                log.warning(
+                    "run=%s is no longer pending rescue: its stored message failed verification",
+                    claimed,
+                )
+        except (ResponseError, *REDIS_ERRORS) as exc_:
+            # The rescue sweep brings the message back, and its next rejection tells again.
+            log.warning("could not leave a rejection notice for run=%s: %s", claimed, exc_)
+        return Handled(claimed, "refused", reason)
 
     def _refuse(
         self, request: RunRequest, reason: RejectReason, message: str, *args: object
@@ -212,7 +245,7 @@ class Executor:
 
     # -- one verified run -------------------------------------------------------------------
 
-    async def _execute(self, request: RunRequest) -> None:
+    async def _execute(self, request: RunRequest) -> Handled:
         run_id = request.run_id
         # The usual first delivery finds the producer's "queued" record, which the request
         # names by digest: the claim needs no read first. Anything else reads, then claims.
@@ -226,7 +259,7 @@ class Executor:
                 seen = await self.records.read(run_id)
                 if seen.status is not None and seen.status.done:
                     self._refuse_finished(request, seen.status, duplicate=waiting)
-                    return
+                    return already_ended(seen.status)
                 base, expected = seen.status or base, seen.digest
             running = None if time.time() > request.expires_at else _running(request, base)
             verdict, written = await self.records.claim(
@@ -266,31 +299,28 @@ class Executor:
                     "cancelled before start run=%s",
                     run_id,
                 )
+                return Handled(run_id, "cancelled")
             elif running is None or written is None:
                 self._refuse(request, "expired", "expired run=%s name=%s", request.name)
                 await self._end_unstarted(
                     request, owner, base, expected, Outcome(run_id, "expired", reason="expired")
                 )
-            else:
-                await self._run_started(request, _Live(running, written, owner))
+                return Handled(run_id, "expired")
+            return await self._run_started(request, _Live(running, written, owner))
 
-    async def _durably(self, request: RunRequest, record: Callable[[], Awaitable[bool]]) -> bool:
-        """Record an outcome even across a Redis outage: the run is done, and its message
-        is acknowledged only after this returns. Retries until Redis answers again, for at
-        most the visibility timeout (after which the message is delivered again anyway)."""
-        deadline = time.monotonic() + self.settings.effective_visibility_timeout
-        delay = 0.1
-        while True:
-            try:
-                return await record()
-            except REDIS_ERRORS as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning(
-                    "Redis unavailable while recording run=%s, retrying: %s", request.run_id, exc
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+    async def _durably(
+        self, request: RunRequest, record: Callable[[], Awaitable[T]], what: str = "recording"
+    ) -> T:
+        """Write a run's record even across a Redis outage (an outcome: the run is done, and
+        its message is acknowledged only after this returns). Retries until Redis answers
+        again, for at most the visibility timeout (after which the message is delivered again
+        anyway). `record` must be safe to repeat."""
+        return await ride_out(
+            record,
+            within=self.settings.effective_visibility_timeout,
+            what=what,
+            run_id=request.run_id,
+        )
 
     def _refuse_finished(self, request: RunRequest, status: RunStatus, *, duplicate: bool) -> None:
         if duplicate:
@@ -325,7 +355,7 @@ class Executor:
         ):
             self.metrics.finished(request.name, outcome_label(outcome), None)
 
-    async def _run_started(self, request: RunRequest, live: _Live) -> None:
+    async def _run_started(self, request: RunRequest, live: _Live) -> Handled:
         run_id = request.run_id
         started = live.status
         self.metrics.started(started.created_at, started.started_at)
@@ -346,6 +376,11 @@ class Executor:
         self.metrics.in_flight.inc()
         try:
             outcome = await asyncio.shield(task)
+        except (*REDIS_ERRORS, asyncio.CancelledError):
+            raise  # Redis lost for longer than the visibility timeout, or shutdown: redelivered
+        except BaseException as exc:  # `_run` missed it: still an outcome, never "running"
+            failure = describe(exc, self.settings.redact_values)
+            outcome = Outcome(run_id, "failed", error=failure, attempt=started.attempt)
         finally:
             self.metrics.in_flight.dec()
             self.cancellations.forget(run_id)
@@ -389,6 +424,7 @@ class Executor:
             outcome.attempt,
             duration,
         )
+        return Handled(run_id, label, reason)
 
     async def _run(self, request: RunRequest, live: _Live) -> Outcome:
         """Every way a started run can end becomes an outcome: a run that raised anything,
@@ -402,10 +438,11 @@ class Executor:
     async def _attempts(self, request: RunRequest, live: _Live, progress: _Progress) -> Outcome:
         run_id = request.run_id
         attempt = live.status.attempt
+        # One limit for the whole run (loading and retries included), so the lease and the
+        # visibility timeout (both above the limit) always outlive it.
+        limit = asyncio.timeout(self._time_limit(request))
         try:
-            # One limit for the whole run (loading and retries included), so the lease and the
-            # visibility timeout (both above the limit) always outlive it.
-            async with asyncio.timeout(self._time_limit(request)):
+            async with limit:
                 try:
                     runnable = await self.runnables.load(request)
                     config = import_config(request.config)
@@ -414,19 +451,34 @@ class Executor:
                         check_call_kwargs(request.kwargs)
                 except (DisallowedObject, SerializationRefused) as exc:
                     return self._rejected_run(request, attempt, exc)
-                except Exception as exc:  # anything else while loading: a failed run
+                except asyncio.CancelledError:
+                    raise  # the time limit, a cancellation or shutdown: handled below
+                except BaseException as exc:  # anything else while loading: a failed run
+                    # SystemExit, KeyboardInterrupt and the like included: raised in the
+                    # loop's thread they can only come from application code (signals reach
+                    # the main thread), and let through they would stop the event loop.
                     failure = describe(exc, self.settings.redact_values)
                     return Outcome(run_id, "failed", error=failure, attempt=attempt)
                 while True:
                     try:
                         output = await self._dispatch(request, runnable, payload, config, progress)
                         return Outcome(run_id, "succeeded", output=output, attempt=attempt)
-                    except Exception as exc:
+                    except asyncio.CancelledError:
+                        raise
+                    except BaseException as exc:
+                        if exc is progress.own_error and isinstance(exc, _StreamInterrupted):
+                            # The reader has the earlier delivery's entries, then this outcome.
+                            progress.published = exc.entries
+                            return Outcome(run_id, "failed", reason="interrupted", attempt=attempt)
+                        if exc is progress.own_error:
+                            raise  # Redis gone too long: ours, not the runnable's; redelivered
                         if not self._should_retry(exc, attempt, progress):
                             failure = describe(exc, self.settings.redact_values)
                             return Outcome(run_id, "failed", error=failure, attempt=attempt)
                         attempt = await self._backoff(request, live, attempt, exc)
         except TimeoutError:
+            if not limit.expired():
+                raise  # a Redis command of ours timed out for too long: redelivered
             return Outcome(run_id, "failed", reason="timeout", attempt=attempt)
         except asyncio.CancelledError as exc:
             if self.cancellations.requested(run_id):
@@ -452,7 +504,7 @@ class Executor:
         )
         return Outcome(request.run_id, "failed", reason=f"rejected: {exc}", attempt=attempt)
 
-    def _should_retry(self, exc: Exception, attempt: int, progress: _Progress) -> bool:
+    def _should_retry(self, exc: BaseException, attempt: int, progress: _Progress) -> bool:
         # A stream that already sent chunks cannot be replayed without duplicating them.
         return (
             attempt < self.settings.max_attempts
@@ -460,7 +512,9 @@ class Executor:
             and isinstance(exc, self._retry_types)
         )
 
-    async def _backoff(self, request: RunRequest, live: _Live, attempt: int, exc: Exception) -> int:
+    async def _backoff(
+        self, request: RunRequest, live: _Live, attempt: int, exc: BaseException
+    ) -> int:
         # Exponential backoff with full jitter: retries from many runs spread out instead of
         # hitting a rate-limited provider in waves.
         cap = min(self.settings.retry_backoff_max, self.settings.retry_backoff * 2 ** (attempt - 1))
@@ -480,11 +534,15 @@ class Executor:
         retrying = dataclasses.replace(
             live.status, state="retrying", attempt=attempt + 1, reason=type(exc).__name__
         )
-        # The lease holder writes blindly, and remembers what `finish` must find in place.
-        live.expected = await self.records.write_status(retrying)
+        # The lease holder writes blindly (so a repeated write is harmless), and remembers
+        # what `finish` must find in place. A Redis blip here is not the runnable's failure.
+        live.expected = await self._durably(
+            request, lambda: self.records.write_status(retrying), "retrying"
+        )
         await asyncio.sleep(delay)
-        live.expected = await self.records.write_status(
-            dataclasses.replace(retrying, state="running", reason="")
+        running = dataclasses.replace(retrying, state="running", reason="")
+        live.expected = await self._durably(
+            request, lambda: self.records.write_status(running), "retrying"
         )
         return attempt + 1
 
@@ -509,15 +567,20 @@ class Executor:
                 outputs = await runnable.abatch(payload, configs, return_exceptions=True, **call)
                 items = [
                     {"ok": False, "e": describe(out, self.settings.redact_values).as_json()}
-                    if isinstance(out, Exception)
+                    if isinstance(out, BaseException)
                     else {"ok": True, "v": out}
                     for out in outputs
                 ]
                 return data.encode_data(items, what="output")
             publisher = _StreamPublisher(self, request.run_id, progress)
+            # A graph's chunks do not add up to what `invoke` returns: see `graphs`.
+            graph = graph_stream(runnable, call)
             if request.events:
                 events = runnable.astream_events(payload, config, version="v2", **call)
-                final = await publisher.events(events)
+                final = await publisher.events(events, ended=graph is not None)
+            elif graph is not None:
+                chunks = runnable.astream(payload, config, **graph.kwargs)
+                final = await publisher.graph(chunks, graph)
             else:
                 final = await publisher.chunks(runnable.astream(payload, config, **call))
             return data.encode_data(final, what="output")

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger("runnable_k8s.worker")
 
 
 class LoopThread:
@@ -25,7 +28,18 @@ class LoopThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        while True:
+            try:
+                self.loop.run_forever()
+                return  # stopped by `stop`
+            except (SystemExit, KeyboardInterrupt) as exc:
+                # asyncio re-raises these out of `run_forever` when a task raises them (after
+                # setting them as the task's exception). In this thread they can only come
+                # from application code in a run (signals reach the main thread): the awaiting
+                # run records them as its failure, and the loop must go on serving the others.
+                log.error(
+                    "%s escaped a task on the event loop; the loop goes on", type(exc).__name__
+                )
 
     def start(self) -> None:
         if not self._started:

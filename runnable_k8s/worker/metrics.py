@@ -16,7 +16,14 @@ from typing import Final, Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 RejectReason = Literal[
-    "bad_signature", "too_large", "malformed", "expired", "replay", "duplicate", "disallowed"
+    "bad_signature",
+    "too_large",
+    "malformed",
+    "expired",
+    "replay",
+    "duplicate",
+    "disallowed",
+    "unknown_task",
 ]
 REJECT_REASONS: Final[tuple[RejectReason, ...]] = (
     "bad_signature",
@@ -26,6 +33,7 @@ REJECT_REASONS: Final[tuple[RejectReason, ...]] = (
     "replay",
     "duplicate",
     "disallowed",
+    "unknown_task",
 )
 """Why a message was refused without running (the `reason` label)."""
 

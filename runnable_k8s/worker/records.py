@@ -20,7 +20,7 @@ from typing import Any, Final, Literal
 import redis.asyncio as aredis
 
 from runnable_k8s.errors import MessageRejected
-from runnable_k8s.protocol import keys
+from runnable_k8s.protocol import keys, rejection, task_message
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
 
 Claim = Literal["ok", "locked", "changed", "cancelled"]
@@ -82,6 +82,26 @@ redis.call('del', KEYS[3])
 return 1
 """
 
+# KEYS: status, events, pending set, message copy. ARGV: digest, reason label, ttl s, SHA-1 of
+# the copy the rejected bytes equal ("" = they equal no copy), run id.
+# A notice goes only to a run that exists (a status record), into its stream if that is a
+# stream, without extending a TTL already set (a forged message must not keep a finished run's
+# results alive). The run leaves the pending set only if its copy is still the one whose bytes
+# were rejected: rescuing it would only push the same bytes to the same rejection.
+# 'x' is rejection.NOTICE.
+_NOTE: Final = """
+if redis.call('exists', KEYS[1]) == 0 then return 0 end
+local kind = redis.call('type', KEYS[2]).ok
+if kind == 'none' or kind == 'stream' then
+  redis.call('xadd', KEYS[2], '*', 'k', 'x', 'd', ARGV[1], 'r', ARGV[2])
+  if redis.call('ttl', KEYS[2]) < 0 then redis.call('expire', KEYS[2], ARGV[3]) end
+end
+if ARGV[4] == '' or redis.call('type', KEYS[4]).ok ~= 'string' then return 0 end
+if redis.sha1hex(redis.call('get', KEYS[4])) ~= ARGV[4] then return 0 end
+redis.call('zrem', KEYS[3], ARGV[5])
+return 1
+"""
+
 # Outcomes from this size on are appended by a plain XADD beside the script (see above).
 LARGE_OUTCOME: Final = 64 * 1024
 
@@ -121,6 +141,7 @@ class RunRecords:
         self._queue = queue
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
+        self._note = client.register_script(_NOTE)
         self._on_forged = on_forged
 
     async def read(self, run_id: str) -> Snapshot:
@@ -221,3 +242,27 @@ class RunRecords:
             pipe.eval(_FINISH, len(keys_), *keys_, *args, "")
             _, done = await pipe.execute()
         return bool(done == 1)
+
+    async def note_rejection(
+        self, run_id: str, wire: bytes, beside: bytes | None, reason: str
+    ) -> bool:
+        """Leave a notice that the message `wire` (with `beside`, the body beside it, if it
+        has one) claiming `run_id` could not be verified, for its producer to check (see
+        protocol/rejection.py); and if those are the exact bytes of the run's stored copy,
+        take the run off the pending set. Returns whether it was taken off."""
+        stored = await self._client.get(keys.message(run_id))
+        copy = ""
+        if isinstance(stored, bytes):
+            found = task_message.argument_of(stored)
+            if found is not None and found[0].encode() == wire:
+                copy = digest(stored)
+        dropped = await self._note(
+            keys=[
+                keys.status(run_id),
+                keys.events(run_id),
+                keys.pending(self._queue),
+                keys.message(run_id),
+            ],
+            args=[rejection.digest(wire, beside), reason, self._ttl, copy, run_id],
+        )
+        return bool(dropped == 1)

@@ -8,6 +8,8 @@ no visibility timeout brings it back. The producer keeps a copy of every message
 longer than `RUNNABLE_K8S_RESCUE_AFTER` and pushes back any whose message is in neither place.
 A run rescued twice, or rescued while a slow worker is still claiming it, is harmless: claims
 are compare-and-set, and a delivery of a started or finished run does not run it again.
+A worker that rejects the exact bytes of a run's stored message takes the run off the pending
+set (protocol/rejection.py): pushing them again would only meet the same rejection.
 """
 
 from __future__ import annotations
@@ -82,8 +84,13 @@ class Rescuer:
         )
         rescued = [r.decode() if isinstance(r, bytes) else str(r) for r in raw or []]
         for run_id in rescued:
+            # All a sweep knows is where the message is not. A worker that could not verify a
+            # run's stored message took it off the pending set, so it is never pushed again.
             log.warning(
-                "rescued run=%s: its message was lost by the broker; enqueued again", run_id
+                "rescued run=%s: pending for over %gs, its message neither queued nor held by "
+                "a worker; enqueued again",
+                run_id,
+                self._after,
             )
         return rescued
 

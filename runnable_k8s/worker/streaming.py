@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from runnable_k8s.errors import SerializationRefused
+from runnable_k8s.errors import RunnableK8sError, SerializationRefused
 from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.remote_config import json_safe_mapping
+from runnable_k8s.worker.graphs import GraphStream
+from runnable_k8s.worker.outage import REDIS_ERRORS, ride_out
 
 if TYPE_CHECKING:
     from runnable_k8s.worker.execution import Executor
@@ -33,13 +35,18 @@ _EVENT_DATA_KEYS: Final = ("input", "chunk", "output")
 
 @dataclass
 class Progress:
-    """How many entries a run has published (a stream that has begun cannot be retried)."""
+    """How many entries a run has published (a stream that has begun cannot be retried), and
+    the error that made publishing give up, if any: that one is the worker's, never the
+    runnable's (a runnable that raises a Redis error of its own fails its run)."""
 
     published: int = 0
+    own_error: BaseException | None = None
 
 
 def _add(total: Any, chunk: Any) -> Any:
-    # LangChain's streaming contract: chunks add up (str, message chunks, AddableDict).
+    # LangChain's streaming contract: chunks add up (str, message chunks, AddableDict). Where
+    # one cannot be added to the sum so far, the sum starts again from it: that is what
+    # `invoke` of a RunnableLambda over a generator returns for the same chunks.
     if total is None:
         return chunk
     try:
@@ -48,26 +55,108 @@ def _add(total: Any, chunk: Any) -> Any:
         return chunk
 
 
+class StreamInterrupted(RunnableK8sError):
+    """This run's stream already holds another delivery's entries: the run ends "interrupted"
+    after the `entries` the reader has (never the runnable's failure)."""
+
+    def __init__(self, entries: int) -> None:
+        super().__init__(f"the stream already holds {entries} entries of an earlier delivery")
+        self.entries = entries
+
+
+# A delivery's first entry: appended only if no earlier delivery of the run has published
+# entries ("c" chunks, "e" events; other kinds, such as unsigned rejection notices, do not
+# count), else the count of those entries. KEYS: the stream. ARGV: kind, sealed entry, ttl s.
+_FIRST: Final = """
+local earlier = 0
+for _, entry in ipairs(redis.call('xrange', KEYS[1], '-', '+')) do
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'k' and (fields[i + 1] == 'c' or fields[i + 1] == 'e') then
+      earlier = earlier + 1
+    end
+  end
+end
+if earlier > 0 then return earlier end
+local id = redis.call('xadd', KEYS[1], '*', 'k', ARGV[1], 'm', ARGV[2])
+redis.call('expire', KEYS[1], ARGV[3])
+return id
+"""
+
+
+def _id(raw: Any) -> bytes:
+    return raw if isinstance(raw, bytes) else str(raw).encode()
+
+
 class StreamPublisher:
     def __init__(self, executor: Executor, run_id: str, progress: Progress) -> None:
         self._executor = executor
         self._run_id = run_id
         self._progress = progress
         self._stream = keys.events(run_id)
+        self._last: bytes | None = None  # id of the last entry appended
 
     async def _append(self, kind: str, value: Any) -> None:
         protocol = self._executor.protocol
-        data = protocol.data.encode_data(value, what=kind)
-        sealed = protocol.seal_chunk(self._run_id, data, seq=self._progress.published, kind=kind)
-        redis = self._executor.redis
-        if self._progress.published == 0:
-            async with redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(self._stream, {"k": kind, "m": sealed})
-                pipe.expire(self._stream, int(self._executor.settings.result_ttl))
-                await pipe.execute()
-        else:
-            await redis.xadd(self._stream, {"k": kind, "m": sealed})
+        seq = self._progress.published
+        what = "stream chunk" if kind == "c" else "stream event"
+        data = protocol.data.encode_data(value, what=what)
+        sealed = protocol.seal_chunk(self._run_id, data, seq=seq, kind=kind)
+        tries = 0
+
+        async def append_once() -> bytes:
+            nonlocal tries
+            tries += 1
+            if tries > 1:
+                # The try before may have been applied, its reply lost: never append twice.
+                found = await self._find(sealed, seq)
+                if found is not None:
+                    return found
+            return await self._add(kind, sealed, seq)
+
+        try:
+            # Across a Redis blip the run waits for Redis, as its outcome would.
+            self._last = await ride_out(
+                append_once,
+                within=self._executor.settings.effective_visibility_timeout,
+                what="streaming",
+                run_id=self._run_id,
+            )
+        except (*REDIS_ERRORS, StreamInterrupted) as exc:
+            self._progress.own_error = exc
+            raise
         self._progress.published += 1
+
+    async def _add(self, kind: str, sealed: bytes, seq: int) -> bytes:
+        redis = self._executor.redis
+        if seq > 0:  # the usual case: one plain XADD
+            return _id(await redis.xadd(self._stream, {"k": kind, "m": sealed}))
+        ttl = int(self._executor.settings.result_ttl)
+        # A script loaded again by redis-py if Redis restarted and forgot it.
+        first = redis.register_script(_FIRST)
+        reply = await first(keys=[self._stream], args=[kind, sealed, ttl])
+        if isinstance(reply, int):
+            # An earlier delivery of this run streamed here (its worker was lost mid-stream):
+            # going on, or starting over, would show the reader chunks twice.
+            raise StreamInterrupted(reply)
+        return _id(reply)
+
+    async def _find(self, sealed: bytes, seq: int) -> bytes | None:
+        """The id of the entry holding `sealed`, if the try before appended it: then it is the
+        one entry ("c" or "e") after the last one this publisher knows it appended (only the
+        run's lease holder appends). None if there is none; any other finding means another
+        delivery streams here too."""
+        start = b"-" if self._last is None else b"(" + self._last
+        found = [
+            (entry, fields)
+            for entry, fields in await self._executor.redis.xrange(self._stream, start, "+") or []
+            if fields and fields.get(b"k") in (b"c", b"e")
+        ]
+        if not found:
+            return None
+        if len(found) == 1 and found[0][1].get(b"m") == sealed:
+            return _id(found[0][0])
+        raise StreamInterrupted(seq + len(found))
 
     async def chunks(self, source: AsyncIterator[Any]) -> Any:
         """Publish each output chunk; return their sum (what `invoke` would have returned)."""
@@ -77,16 +166,29 @@ class StreamPublisher:
             total = _add(total, chunk)
         return total
 
-    async def events(self, source: AsyncIterator[Any]) -> Any:
+    async def graph(self, source: AsyncIterator[Any], graph: GraphStream) -> Any:
+        """Publish what the caller's stream modes yield; return the graph's final state (see
+        `graphs`): a graph's chunks do not add up to it."""
+        async for item in source:
+            for chunk in graph.take(item):
+                await self._append("c", chunk)
+        return graph.output()
+
+    async def events(self, source: AsyncIterator[Any], *, ended: bool = False) -> Any:
         """From `astream_events(version="v2")`: publish the root's output chunks, and the
-        events of every model inside the run."""
+        events of every model inside the run. Returns the chunks' sum, or with `ended` (a
+        graph, whose chunks do not add up) the output the root's end event reports."""
         total = None
         async for event in source:
             name = event.get("event", "")
             data = event.get("data", {})
-            if not event.get("parent_ids") and name.endswith("_stream") and "chunk" in data:
+            root = not event.get("parent_ids")
+            if root and name.endswith("_stream") and "chunk" in data:
                 await self._append("c", data["chunk"])
-                total = _add(total, data["chunk"])
+                if not ended:
+                    total = _add(total, data["chunk"])
+            elif root and ended and name.endswith("_end") and "output" in data:
+                total = data["output"]
             if name in MODEL_EVENTS:
                 await self._append("e", self._event(event))
         return total

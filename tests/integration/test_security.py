@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from runnable_k8s import (
     BrokerUnavailable,
     PayloadTooLarge,
+    RemoteRun,
     RunExpired,
     RunnableK8s,
     RunRejected,
@@ -27,7 +28,7 @@ from runnable_k8s import (
 )
 from runnable_k8s.models import DemoChatModel
 from runnable_k8s.producer.client import client_for, new_run_id
-from runnable_k8s.protocol import keys, task_message
+from runnable_k8s.protocol import keys, rejection, task_message
 from runnable_k8s.protocol.codec import data_codec
 from runnable_k8s.protocol.messages import Protocol, RunRequest
 from runnable_k8s.settings import SigningKey
@@ -70,7 +71,10 @@ def assert_still_serving(settings: Settings) -> None:
 
 
 def assert_never_ran(client: redis.Redis, run_id: str) -> None:
-    assert client.exists(keys.events(run_id)) == 0
+    # No chunk and no outcome: at most the worker's unsigned notice that it could not verify
+    # a message claiming this run (protocol/rejection.py).
+    kinds = {fields.get(b"k") for _, fields in client.xrange(keys.events(run_id))}
+    assert kinds <= {rejection.NOTICE}
     assert client.exists(keys.lock(run_id)) == 0
 
 
@@ -201,6 +205,10 @@ def test_worker_rejects_oversized_bodies_and_keeps_serving(
     worker.wait_for_log("exceeds the size limit")
     assert_never_ran(redis_client, big.run_id)
     assert_still_serving(settings)
+    # Its producer learns why, and no sweep pushes it to the same refusal again.
+    with pytest.raises(RunRejected, match="RUNNABLE_K8S_MAX_BODY_BYTES is probably lower"):
+        RemoteRun(big.run_id, generous).result(timeout=30)
+    assert redis_client.zscore(keys.pending(settings.queue), big.run_id) is None
 
 
 @pytest.mark.parametrize("body", ["missing", "a list"])

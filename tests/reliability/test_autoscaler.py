@@ -46,9 +46,17 @@ def test_trigger_lengths_count_by_key_type(own_redis: redis.Redis) -> None:
     own_redis.lpush("q", "a", "b")
     own_redis.hset("h", mapping={"x": "1"})
     own_redis.zadd("z", {"m": 1.0})
-    own_redis.set("s", "not counted")
+    own_redis.sadd("s", "m", "n", "o")
     lengths = trigger_lengths(own_redis, {"a": "q", "b": "h", "c": "z", "d": "s", "e": "none"})
-    assert lengths == {"a": 2, "b": 1, "c": 1, "d": 0, "e": 0}
+    assert lengths == {"a": 2, "b": 1, "c": 1, "d": 3, "e": 0}
+
+
+def test_a_trigger_key_of_another_type_is_an_error_not_zero(own_redis: redis.Redis) -> None:
+    """redis_scaler.go's script answers `ERR unsupported key type` for a string or a stream, so
+    KEDA reports the scaler as failing (and keeps the replica count) instead of reading 0."""
+    own_redis.set("s", "not a list")
+    with pytest.raises(redis.ResponseError, match="unsupported key type: string"):
+        trigger_lengths(own_redis, {"a": "s"})
 
 
 @pytest.mark.timeout(90)
@@ -110,7 +118,7 @@ def test_a_lost_message_brings_a_worker_back_only_with_the_pending_trigger(
         triggers["pending"] = keys.pending(settings.queue)
         formula = (*formula, "pending")
     config = fast_scaling(
-        settings, max_replicas=1, triggers=triggers, formula=formula, factors={"pending": 0.01}
+        settings, max_replicas=1, triggers=triggers, formula=formula, divisors={"pending": 100}
     )
     run = RunnableK8s(bound=DemoChatModel(), settings=settings).submit("Pikachu?")
     # As if Redis died between a worker's BRPOP and kombu's unacked record (before the

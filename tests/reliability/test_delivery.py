@@ -80,8 +80,8 @@ def test_a_live_worker_redelivers_a_killed_workers_run_soon_after_the_visibility
     assert started_count([other.log()], run.id) == 1
 
 
-@pytest.mark.timeout(60)
-def test_sigtermed_worker_finishes_its_run_then_exits_and_takes_no_more(
+@pytest.mark.timeout(90)
+def test_sigtermed_worker_finishes_its_run_and_starts_none_submitted_after_the_signal(
     own_redis_url: str, own_redis: redis.Redis, logs_dir: Path, workers: list[WorkerProcess]
 ) -> None:
     settings = make_settings(own_redis_url, time_limit=30.0)
@@ -92,24 +92,33 @@ def test_sigtermed_worker_finishes_its_run_then_exits_and_takes_no_more(
     run = remote.submit("finish me")
     worker.wait_for_log(f"started run={run.id}")
     worker.process.send_signal(signal.SIGTERM)
+    # Right after the signal, while the worker's fetch (BRPOP) is still in flight: that fetch
+    # pops one of these, and the worker must hand it back instead of running it.
+    late = [remote.submit(f"after the signal {i}") for i in range(3)]
     worker.wait_for_log("Warm shutdown")
-    # A fetch already in flight when the signal lands may still deliver one message (it
-    # then runs to completion too); after that the worker must take nothing more.
-    time.sleep(1.0)
-    late = remote.submit("after the signal")
+    late.append(remote.submit("after the shutdown began"))
     assert result_of(run, 30).content == "echo: finish me"
     assert worker.process.wait(30) == 0
     exited_at = time.time()
     finished_at = run.status().finished_at
     assert finished_at is not None and exited_at >= finished_at
-    assert f"finished run={run.id}" in worker.log()
-    # The warm shutdown took no new work: the later run is still queued for the next worker.
-    assert f"started run={late.id}" not in worker.log()
-    assert late.status().state == "queued"
-    assert own_redis.llen(settings.queue) == 1
+    log = worker.log()
+    assert f"finished run={run.id}" in log
+    assert outcomes(own_redis, run.id) == 1
+    for other in late:
+        assert f"started run={other.id}" not in log
+        assert other.status().state == "queued"
+    # Handed back at once, not left unacknowledged until the visibility timeout (330 s here).
+    assert own_redis.llen(settings.queue) == len(late)
+    assert own_redis.hlen(keys.UNACKED) == 0
     successor = WorkerProcess(settings, logs_dir, concurrency=4, name="successor")
     workers.append(successor)
-    assert result_of(late, 30).content == "echo: after the signal"
+    for i, other in enumerate(late[:-1]):
+        assert result_of(other, 30).content == f"echo: after the signal {i}"
+    assert result_of(late[-1], 30).content == "echo: after the shutdown began"
+    for other in late:
+        assert started_count([worker.log(), successor.log()], other.id) == 1
+        assert outcomes(own_redis, other.id) == 1
 
 
 @pytest.mark.timeout(90)

@@ -3,6 +3,7 @@ and Ctrl-C stops everything without losing a queued run."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -79,3 +80,143 @@ def test_dev_serves_a_burst_and_ctrl_c_keeps_queued_runs(
             assert "Eevee" in run.result(timeout=60).content
     finally:
         worker.stop()
+
+
+def _children(pid: int) -> dict[int, str]:
+    """Live processes whose parent is `pid`, with their command lines."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if fields.get("PPid", "").strip() == str(pid):
+            found[int(entry.name)] = cmdline
+    return found
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (a reaped or zombie process runs nothing)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    "ending", ["ctrl-c-with-tee", "reader-gone-then-ctrl-c", "hangup", "sigkill"]
+)
+def test_dev_leaves_no_worker_or_server_behind_whatever_happens_to_it(
+    redis_url: str, tmp_path: Path, ending: str
+) -> None:
+    """`dev 2>&1 | tee dev.log` as a user runs it (with its embedded server), then the ways it
+    can end: Ctrl-C to the terminal's process group (tee dies too), its reader gone before
+    Ctrl-C, the terminal closed (SIGHUP to the group), and dev killed outright."""
+    settings = make_settings(redis_url)
+    env = worker_env(settings)
+    for name in ("RUNNABLE_K8S_REDIS_URL", "RUNNABLE_K8S_SIGNING_KEY"):
+        env.pop(name)  # dev starts its embedded server and makes a key, as for a new user
+    log_dir = tmp_path / "logs"
+    tee = subprocess.Popen(
+        ["tee", str(tmp_path / "dev.log")],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, process_group=0,
+    )  # fmt: skip
+    assert tee.stdin is not None
+    group = tee.pid  # the pipeline's process group, as a shell makes one per job
+    dev = subprocess.Popen(
+        [
+            sys.executable, "-m", "runnable_k8s", "dev",
+            "--polling-interval", "0.5", "--min-replicas", "2", "--max-replicas", "2",
+            "--target", "1", "--log-dir", str(log_dir),
+        ],
+        env=env, cwd=REPO, stdout=tee.stdin, stderr=subprocess.STDOUT, process_group=group,
+    )  # fmt: skip
+    tee.stdin.close()  # dev holds the only writing end: when tee goes, dev's writes fail
+    tracked: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while not all((log_dir / f"worker-{n}.heartbeat.ready").exists() for n in (1, 2)):
+            assert dev.poll() is None, (tmp_path / "dev.log").read_text()
+            assert time.monotonic() < deadline, "dev's workers never became ready"
+            time.sleep(0.2)
+        tracked = _children(dev.pid)
+        workers = [pid for pid, cmd in tracked.items() if "runnable_k8s worker" in cmd]
+        servers = [pid for pid, cmd in tracked.items() if "server" in cmd]
+        assert len(workers) == 2 and len(servers) == 1, tracked
+
+        if ending == "ctrl-c-with-tee":
+            os.killpg(group, signal.SIGINT)
+        elif ending == "reader-gone-then-ctrl-c":
+            tee.kill()
+            tee.wait(10)
+            dev.send_signal(signal.SIGINT)
+        elif ending == "hangup":
+            os.killpg(group, signal.SIGHUP)
+        else:
+            dev.kill()
+
+        deadline = time.monotonic() + 120
+        while [pid for pid in tracked if _running(pid)]:
+            assert time.monotonic() < deadline, (
+                f"still running after dev ended ({ending}): "
+                f"{ {pid: tracked[pid] for pid in tracked if _running(pid)} }"
+            )
+            time.sleep(0.2)
+        code = dev.wait(60)
+        if ending != "sigkill":
+            assert code == 0, (tmp_path / "dev.log").read_text()
+    finally:
+        for pid in [dev.pid, tee.pid, *tracked]:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        dev.wait(10)
+        tee.wait(10)
+
+
+@pytest.mark.timeout(180)
+def test_dev_whose_control_loop_crashes_stops_its_workers_and_exits(
+    redis_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(redis_url)
+    env = worker_env(settings)
+    for name in ("RUNNABLE_K8S_REDIS_URL", "RUNNABLE_K8S_SIGNING_KEY"):
+        env.pop(name)
+    log_dir = tmp_path / "logs"
+    dev = subprocess.Popen(
+        [
+            sys.executable, "-m", "runnable_k8s", "dev",
+            "--polling-interval", "0.5", "--min-replicas", "2", "--max-replicas", "2",
+            "--target", "1", "--restart-backoff", "0.5", "--log-dir", str(log_dir),
+        ],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    tracked: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while not all((log_dir / f"worker-{n}.heartbeat.ready").exists() for n in (1, 2)):
+            assert dev.poll() is None
+            assert time.monotonic() < deadline, "dev's workers never became ready"
+            time.sleep(0.2)
+        tracked = _children(dev.pid)
+        workers = [pid for pid, cmd in tracked.items() if "runnable_k8s worker" in cmd]
+        assert len(workers) == 2, tracked
+        # Restarting a crashed worker needs its log folder: without it the control loop fails.
+        for path in log_dir.iterdir():
+            path.unlink()
+        log_dir.rmdir()
+        os.kill(workers[0], signal.SIGKILL)
+        output, _ = dev.communicate(timeout=120)
+        assert dev.returncode != 0, output
+        assert "the dev control loop failed" in output
+        assert [pid for pid in tracked if _running(pid)] == [], output
+    finally:
+        for pid in [dev.pid, *tracked]:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        dev.wait(10)

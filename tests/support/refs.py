@@ -5,6 +5,7 @@ image would allow its own package."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
 import os
 from typing import Any
@@ -45,6 +46,14 @@ def _flaky(text: str) -> str:
 flaky = RunnableLambda(_flaky)
 
 
+def _when(text: str) -> datetime.datetime:
+    return datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+
+
+# Returns a value JSON has no type for: its output is refused on the worker.
+returns_datetime = RunnableLambda(_when)
+
+
 async def _call_model(state: MessagesState, config: RunnableConfig) -> dict[str, Any]:
     reply = await DemoChatModel().ainvoke(state["messages"], config)
     return {"messages": [reply]}
@@ -77,3 +86,46 @@ async def make_chat_graph() -> Runnable[Any, Any]:
     saver = AsyncSqliteSaver(conn)
     await saver.setup()
     return build_graph(saver)
+
+
+class OutsideException(BaseException):
+    """Raised by application code that subclasses BaseException directly (not Exception)."""
+
+
+_ESCAPES: dict[str, type[BaseException]] = {
+    "SystemExit": SystemExit,
+    "KeyboardInterrupt": KeyboardInterrupt,
+    "OutsideException": OutsideException,
+}
+
+
+async def _escape(name: str) -> str:
+    # Raised in the run's own task: nothing above the runnable may let it through.
+    raise _ESCAPES[name](f"{name} from the runnable")
+
+
+async def _escape_in_child_task(name: str) -> str:
+    # Raised in a task the runnable starts: asyncio re-raises SystemExit and
+    # KeyboardInterrupt out of the event loop itself before the awaiting run sees them.
+    return await asyncio.ensure_future(_escape(name))
+
+
+async def _escape_mid_stream(name: str) -> Any:
+    yield f"before {name}"
+    raise _ESCAPES[name](f"{name} mid-stream")
+
+
+escapes = RunnableLambda(_escape)
+escapes_in_child_task = RunnableLambda(_escape_in_child_task)
+escapes_mid_stream = RunnableLambda(_escape_mid_stream)
+
+
+async def _own_redis_down(text: str) -> Any:
+    # The application's own Redis (a cache, a vector store) failing: the runnable's error.
+    import redis.exceptions
+
+    yield f"{text} before"
+    raise redis.exceptions.ConnectionError("the application's Redis is down")
+
+
+own_redis_down = RunnableLambda(_own_redis_down)

@@ -55,6 +55,7 @@ class WorkerProcess:
     ) -> None:
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
         self.heartbeat = log_dir / f"{name}-{time.monotonic_ns()}.hb"
+        self.hostname = f"{name}-{os.getpid()}-{time.monotonic_ns()}@test"
         extra = {"RUNNABLE_K8S_HEARTBEAT_FILE": str(self.heartbeat), **(env or {})}
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
@@ -65,7 +66,7 @@ class WorkerProcess:
                 "worker",
                 f"--concurrency={concurrency}",
                 "--loglevel=INFO",
-                f"--hostname={name}-{os.getpid()}-{time.monotonic_ns()}@test",
+                f"--hostname={self.hostname}",
             ],
             env=worker_env(settings, extra),
             stdout=self._log,

@@ -19,6 +19,7 @@ from langchain_core.messages import (
 )
 from langchain_core.prompt_values import ChatPromptValue, StringPromptValue
 from langchain_core.prompts import PromptTemplate
+from pydantic import BaseModel
 
 from runnable_k8s.errors import DisallowedObject, SerializationRefused
 from runnable_k8s.protocol.codec import Codec, data_codec
@@ -254,3 +255,61 @@ def test_malformed_data_disallowed(codec: Codec, raw: bytes) -> None:
 def test_infinity_round_trips(codec: Codec) -> None:
     raw = codec.encode_data({"x": 1e308 * 10})
     assert codec.decode_data(raw) == {"x": float("inf")}
+
+
+# Advice meant for runnables (widen the class allowlist, run by reference) never helps with data:
+# the data allowlist is fixed, and a run by reference still sends its input.
+_RUNNABLE_ADVICE = ("RUNNABLE_K8S_ALLOWED_CLASSES", "by reference", "ref=", "ALLOWED_REFS")
+
+
+class _Point(BaseModel):
+    x: int
+
+
+@pytest.mark.parametrize(
+    ("value", "instead"),
+    [
+        (datetime.datetime(2026, 1, 1), "ISO 8601 string (value.isoformat()"),
+        (datetime.date(2026, 1, 1), "ISO 8601 string (value.isoformat()"),
+        (datetime.timedelta(seconds=3), "value.total_seconds()"),
+        (uuid.UUID(int=1), "str(value)"),
+        (b"bytes", "base64"),
+        ({1, 2}, "a list"),
+        ({(1, 2): "tuple key"}, "a dict with string keys"),
+        (_Point(x=1), "model_dump(mode='json')"),
+        (PromptTemplate.from_template("{x}"), "its content as plain JSON"),
+    ],
+    ids=["datetime", "date", "timedelta", "uuid", "bytes", "set", "dict", "pydantic", "prompt"],
+)
+def test_refused_input_says_what_to_send_instead(codec: Codec, value: Any, instead: str) -> None:
+    with pytest.raises(SerializationRefused) as caught:
+        codec.encode_data({"when": value}, what="input")
+    text = str(caught.value)
+    assert text.startswith("input contains"), text
+    assert instead in text.split(" Send ", 1)[1]
+    assert "What can travel" in text
+    assert not [advice for advice in _RUNNABLE_ADVICE if advice in text], text
+
+
+@pytest.mark.parametrize(("what", "verb"), [("output", "returned"), ("stream chunk", "streamed")])
+def test_refused_output_tells_the_runnable_what_to_return(
+    codec: Codec, what: str, verb: str
+) -> None:
+    with pytest.raises(SerializationRefused) as caught:
+        codec.encode_data([datetime.datetime(2026, 1, 1)], what=what)
+    text = str(caught.value)
+    assert text.startswith(f"{what} contains datetime.datetime at [0]"), text
+    assert f"The runnable {verb} it on the worker" in text
+    assert "Make the runnable return an ISO 8601 string" in text
+    assert not [advice for advice in _RUNNABLE_ADVICE if advice in text], text
+
+
+def test_value_json_cannot_encode_gets_data_advice(codec: Codec) -> None:
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(SerializationRefused) as caught:
+        codec.encode_data(deep, what="input")
+    text = str(caught.value)
+    assert "What can travel" in text
+    assert not [advice for advice in _RUNNABLE_ADVICE if advice in text], text

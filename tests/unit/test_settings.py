@@ -36,6 +36,8 @@ PARSED: dict[str, tuple[str, Any]] = {
     "lease": ("4.5", 4.5),
     "rescue_after": ("30", 30.0),
     "metrics_port": ("9100", 9100),
+    "task_events": ("on", True),
+    "remote_control": ("false", False),
     "retry_on": ("openai:RateLimitError", ("openai:RateLimitError",)),
     "max_attempts": ("5", 5),
     "retry_backoff": ("0.5", 0.5),
@@ -85,6 +87,12 @@ def test_all_variables_together() -> None:
 def test_empty_environment_gives_defaults() -> None:
     assert Settings.from_env({}) == Settings()
     assert Settings.from_env({}).signing_key is None
+
+
+def test_workers_start_without_task_events_and_with_remote_control() -> None:
+    settings = Settings.from_env({})
+    assert settings.task_events is False
+    assert settings.remote_control is True
 
 
 @pytest.mark.parametrize(

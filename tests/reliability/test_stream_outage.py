@@ -1,0 +1,289 @@
+"""Redis going away while streamed runs publish chunks is the worker's problem, never the
+run's: no run fails for it, no chunk is lost or sent twice (even when Redis applied an XADD
+whose reply was lost), and a reader that was following a stream through the outage sees it
+whole. A runnable's own Redis errors still fail its run."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+
+from runnable_k8s import RemoteError, RemoteRun, RunnableK8s
+from runnable_k8s.protocol import keys, rejection
+from tests.conftest import make_settings
+from tests.reliability.conftest import DurableRedis, outcomes, started_count, wait_until
+from tests.support.models import SlowModel
+from tests.support.workers import WorkerProcess
+
+RUNS = 24
+CHUNKS = 30
+TEXT = "".join(f"part{i} " for i in range(CHUNKS))
+
+
+@pytest.mark.timeout(180)
+def test_redis_restart_mid_stream_fails_no_streamed_run(
+    durable_redis: DurableRedis, logs_dir: Path, workers: list[WorkerProcess]
+) -> None:
+    settings = make_settings(durable_redis.url, time_limit=60.0, wait_timeout=90.0)
+    for name in ("stream-a", "stream-b"):
+        worker = WorkerProcess(settings, logs_dir, concurrency=RUNS, name=name)
+        workers.append(worker)
+        worker.wait_ready()
+    # 30 chunks, 0.1 s apart: every run is mid-stream while Redis is away.
+    remote = RunnableK8s(bound=SlowModel(delay=0.1, chunks=CHUNKS), settings=settings)
+    runs = [remote.submit(f"r{i}", stream=True) for i in range(RUNS)]
+    client = redis.Redis.from_url(durable_redis.url)
+    try:
+        wait_until(
+            lambda: all(client.xlen(keys.events(r.id)) >= 2 for r in runs),
+            30,
+            "every run streaming",
+        )
+    finally:
+        client.close()
+
+    # A reader following one stream across the outage (it reconnects from its cursor).
+    followed: list[Any] = []
+    failure: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            followed.extend(runs[0].stream(timeout=90))
+        except BaseException as exc:
+            failure.append(exc)
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    time.sleep(0.3)
+    durable_redis.kill()
+    time.sleep(2.0)
+    durable_redis.start()
+    reader.join(90)
+    assert not reader.is_alive()
+    assert not failure, f"the reader failed across the outage: {failure[0]!r}"
+    # (A chat model's stream ends with an empty chunk.)
+    assert [c.content for c in followed if c.content] == [f"part{i} " for i in range(CHUNKS)]
+
+    client = redis.Redis.from_url(durable_redis.url)
+    try:
+        for run in runs:
+            # The result, and a fresh reader from the stream's start: every chunk once, in
+            # order (the reader refuses a repeated or missing position).
+            assert run.result(timeout=60).content == TEXT
+            chunks = list(RemoteRun(run.id, settings).stream(timeout=10))
+            assert "".join(c.content for c in chunks) == TEXT
+            assert run.status().state == "succeeded"
+            assert outcomes(client, run.id) == 1
+    finally:
+        client.close()
+    logs = "".join(w.log() for w in workers)
+    # The outage did reach runs mid-stream, and the workers rode it out.
+    assert "Redis unavailable while streaming" in logs
+    assert "state=failed" not in logs
+    assert remote.invoke("after").content == "echo: after"
+
+
+class ReplyDropper:
+    """A TCP proxy in front of Redis that lets chosen commands (by default XADDs) through to the
+    server and then cuts the connection before their replies come back: the command is applied,
+    and the worker never learns it was (a reply lost when Redis or the network goes away)."""
+
+    def __init__(
+        self, target: int, drop: set[int], command: bytes = b"XADD", naming: bytes = b""
+    ) -> None:
+        self._target = target
+        self._drop = drop  # which of those commands (1st, 2nd, ...) to cut off
+        self._command = b"\r\n" + command + b"\r\n"
+        self.naming = naming  # only commands whose packet holds these bytes count
+        self._seen = 0
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self._target))
+            muted = threading.Event()
+            threading.Thread(target=self._up, args=(client, server, muted), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client, muted), daemon=True).start()
+
+    def _cut(self, data: bytes) -> bool:
+        with self._lock:
+            if self.naming not in data:
+                return False
+            for _ in range(data.count(self._command)):
+                self._seen += 1
+                if self._seen in self._drop:
+                    self.dropped += 1
+                    return True
+        return False
+
+    def _up(self, client: socket.socket, server: socket.socket, muted: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                cut = self._cut(data)
+                if cut:
+                    muted.set()  # the reply is not passed on
+                server.sendall(data)
+                if cut:
+                    time.sleep(0.3)  # the server applies it
+                    break
+        for sock in (client, server):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _down(self, server: socket.socket, client: socket.socket, muted: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := server.recv(65536):
+                if not muted.is_set():
+                    client.sendall(data)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.mark.timeout(90)
+def test_stream_entry_whose_reply_was_lost_is_not_sent_twice(
+    own_redis_url: str, logs_dir: Path, workers: list[WorkerProcess]
+) -> None:
+    settings = make_settings(own_redis_url)
+    port = urlsplit(own_redis_url).port
+    assert port is not None
+    proxy = ReplyDropper(port, drop={3, 7})
+    try:
+        behind = settings.replace(redis_url=f"redis://127.0.0.1:{proxy.port}/0")
+        worker = WorkerProcess(behind, logs_dir, name="lost-replies")
+        workers.append(worker)
+        worker.wait_ready()
+        remote = RunnableK8s(bound=SlowModel(delay=0.05, chunks=10), settings=settings)
+        run = remote.submit("x", stream=True)
+        expected = "".join(f"part{i} " for i in range(10))
+        assert run.result(timeout=30).content == expected
+        assert proxy.dropped == 2
+        # Each chunk once: the reader refuses a repeated position, and the count matches.
+        chunks = list(RemoteRun(run.id, settings).stream(timeout=10))
+        assert "".join(c.content for c in chunks) == expected
+        client = redis.Redis.from_url(own_redis_url)
+        try:
+            assert client.xlen(keys.events(run.id)) == len(chunks) + 1
+        finally:
+            client.close()
+        assert "Redis unavailable while streaming" in worker.log()
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_runnable_that_raises_a_redis_error_of_its_own_fails_its_run(
+    own_redis_url: str, logs_dir: Path, workers: list[WorkerProcess], stream: bool
+) -> None:
+    # Only the worker's own Redis commands are retried: the application's are its business.
+    settings = make_settings(own_redis_url)
+    worker = WorkerProcess(settings, logs_dir, name="app-redis")
+    workers.append(worker)
+    worker.wait_ready()
+    run = RunnableK8s(ref="tests.support.refs:own_redis_down", settings=settings).submit(
+        "x", stream=stream
+    )
+    with pytest.raises(RemoteError) as caught:
+        run.result(timeout=30)
+    assert caught.value.remote_type == "redis.exceptions.ConnectionError"
+    assert run.status().state == "failed"
+
+
+@pytest.mark.timeout(90)
+def test_stream_cut_short_by_a_lost_worker_ends_interrupted_after_its_chunks(
+    own_redis_url: str, logs_dir: Path, workers: list[WorkerProcess]
+) -> None:
+    # A stream cannot be replayed without showing its chunks twice: the delivery after a
+    # killed worker ends the run after the chunks readers already have, instead of appending
+    # a second copy of them.
+    settings = make_settings(own_redis_url, time_limit=8.0, lease=2.0)
+    short = {"RUNNABLE_K8S_VISIBILITY_TIMEOUT": "9"}
+    first = WorkerProcess(settings, logs_dir, concurrency=2, env=short, name="doomed")
+    workers.append(first)
+    first.wait_ready()
+    remote = RunnableK8s(bound=SlowModel(delay=0.2, chunks=30), settings=settings)
+    run = remote.submit("cut", stream=True)
+    client = redis.Redis.from_url(own_redis_url)
+    try:
+        wait_until(lambda: client.xlen(keys.events(run.id)) >= 3, 20, "run streaming")
+        first.kill()
+        sent = client.xlen(keys.events(run.id))
+    finally:
+        client.close()
+    second = WorkerProcess(settings, logs_dir, concurrency=2, env=short, name="replacement")
+    workers.append(second)
+    second.wait_ready()
+    reader = RemoteRun(run.id, settings).stream(timeout=60)
+    chunks = [next(reader) for _ in range(sent)]
+    assert [c.content for c in chunks] == [f"part{i} " for i in range(sent)]
+    with pytest.raises(RemoteError, match="interrupted"):
+        next(reader)
+    status = run.status()
+    assert (status.state, status.reason) == ("failed", "interrupted")
+
+
+@pytest.mark.timeout(60)
+def test_unsigned_notices_in_a_stream_do_not_cut_it_short(
+    own_redis_url: str, own_redis: redis.Redis, logs_dir: Path, workers: list[WorkerProcess]
+) -> None:
+    # Rejection notices are the one unsigned kind of entry, written by a worker that could not
+    # verify a message claiming the run's id (anyone can push one): before the run starts and
+    # while it streams, they change nothing of the run's own stream.
+    settings = make_settings(own_redis_url)
+    remote = RunnableK8s(bound=SlowModel(delay=0.1, chunks=10), settings=settings)
+    run = remote.submit("noticed", stream=True)
+    stream = keys.events(run.id)
+    notice = {b"k": rejection.NOTICE, b"d": b"0" * 64, b"r": b"bad_signature"}
+    own_redis.xadd(stream, notice)
+    worker = WorkerProcess(settings, logs_dir, name="noticed")
+    workers.append(worker)
+    worker.wait_ready()
+    wait_until(lambda: own_redis.xlen(stream) >= 3, 20, "run streaming")
+    own_redis.xadd(stream, notice)
+    expected = "".join(f"part{i} " for i in range(10))
+    assert run.result(timeout=30).content == expected
+    assert "".join(c.content for c in RemoteRun(run.id, settings).stream(timeout=10)) == expected
+
+
+@pytest.mark.timeout(90)
+def test_retry_status_write_whose_reply_was_lost_does_not_redeliver_the_run(
+    own_redis_url: str, logs_dir: Path, workers: list[WorkerProcess]
+) -> None:
+    # Between two attempts the worker writes "retrying" then "running": a blip there is ridden
+    # out in place, not turned into a redelivery that starts the run over.
+    settings = make_settings(own_redis_url)
+    port = urlsplit(own_redis_url).port
+    assert port is not None
+    proxy = ReplyDropper(port, drop={1}, command=b"SET", naming=b"never")
+    try:
+        behind = settings.replace(redis_url=f"redis://127.0.0.1:{proxy.port}/0")
+        run = RunnableK8s(ref="tests.support.refs:flaky", settings=settings).submit("x")
+        proxy.naming = keys.status(run.id).encode()
+        worker = WorkerProcess(behind, logs_dir, name="lost-status-reply")
+        workers.append(worker)
+        worker.wait_ready()
+        assert run.result(timeout=30) == "x after retries"
+        assert proxy.dropped == 1
+        status = run.status()
+        assert (status.state, status.attempt) == ("succeeded", 3)
+        assert started_count([worker.log()], run.id) == 1
+        assert "Redis unavailable while retrying" in worker.log()
+    finally:
+        proxy.close()
