@@ -240,7 +240,8 @@ def test_json_log_lines_carry_run_events_and_no_secrets(
     run = RunnableK8s(bound=SlowModel(delay=0.01, chunks=1), settings=settings).submit(marker)
     assert marker in run.result(timeout=30).content
     forged = forge(settings, redis_client, marker)
-    observed.worker.wait_for_log(forged)
+    # Its rejection itself: Celery's "received" line names the id a moment before.
+    observed.worker.wait_for_log(f'"event": "rejected", "run_id": "{forged}"')
     observed.worker.wait_for_log(f'"event": "finished", "run_id": "{run.id}"')
 
     lines = observed.log_lines()  # every line is one JSON object (no banner, no plain text)
