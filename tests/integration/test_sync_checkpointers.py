@@ -120,6 +120,10 @@ def test_sync_saver_graph_carries_state_between_runs_on_a_thread(
     # Another thread has its own state.
     assert remote.invoke({}, config=_thread(uuid.uuid4().hex))["count"] == 1
     assert stored(thread_id) == 2
+    # A batch runs each input on its own thread.
+    configs = [_thread(thread_id), _thread(uuid.uuid4().hex)]
+    assert [out["count"] for out in remote.batch([{}, {}], config=configs)] == [3, 1]
+    assert stored(thread_id) == 3
 
 
 def test_sync_saver_graph_streams_on_a_thread_as_in_process(store: Store) -> None:
