@@ -40,6 +40,7 @@ from langgraph.checkpoint.base import (
     CheckpointTuple,
     DeltaChannelHistory,
 )
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.pregel import Pregel
 
 log = logging.getLogger("runnable_k8s.worker")
@@ -216,6 +217,15 @@ async def with_async_checkpointer(runnable: Runnable[Any, Any], ref: str) -> Run
         return runnable
     saver = runnable.checkpointer
     if not isinstance(saver, BaseCheckpointSaver) or isinstance(saver, ThreadedSaver):
+        return runnable
+    if isinstance(saver, InMemorySaver):
+        # It works, but breaks the one-store rule: say so once, when the graph loads.
+        log.warning(
+            "graph ref=%s keeps its checkpoints in this process's memory (%s): a thread "
+            "continues only on this process; give every worker one shared store",
+            ref,
+            type(saver).__name__,
+        )
         return runnable
     if not await lacks_async(saver):
         return runnable

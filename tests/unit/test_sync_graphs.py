@@ -3,6 +3,7 @@ its checkpoint calls leave the loop. Graphs that need nothing are returned as th
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import stat
 import threading
@@ -127,3 +128,18 @@ def test_postgres_binaries_are_found_only_where_both_are_executable(tmp_path: Pa
     assert find_bindir(search) is None  # pg_ctl cannot run
     place("pg_ctl", executable=True)
     assert find_bindir(search) == tmp_path
+
+
+async def test_a_graph_with_an_in_memory_saver_loads_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    graph = build_counter(InMemorySaver())
+    with caplog.at_level(logging.WARNING, logger="runnable_k8s.worker"):
+        assert await with_async_checkpointer(graph, "myapp.graphs:agent") is graph
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1
+    assert "myapp.graphs:agent" in warned[0] and "InMemorySaver" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="runnable_k8s.worker"):
+        await with_async_checkpointer(build_counter(None), "myapp.graphs:other")  # type: ignore[arg-type]
+    assert not caplog.records
