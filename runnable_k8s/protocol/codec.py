@@ -131,7 +131,7 @@ class Codec:
             # on load. Find it here, where we can still name the object, and refuse classes
             # the other side would refuse.
             tree = json.loads(text)
-            if interrupts.holds_tagged(tree):
+            if '"not_implemented"' in text and interrupts.holds_tagged(tree):
                 # LangGraph's interrupts and commands travel in a shape of our own.
                 tree = interrupts.lift(value)
                 text = json.dumps(tree)

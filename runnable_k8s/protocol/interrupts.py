@@ -141,8 +141,8 @@ def _lift_command(command: Any) -> dict[str, Any]:
     graph = command.graph
     if graph is not None and graph != PARENT:
         raise SerializationRefused(
-            f"Command.graph must be None or Command.PARENT, not {graph!r}: graphs are named "
-            "by reference on the worker"
+            f"Command.graph must be None or Command.PARENT (the only values LangGraph "
+            f"defines), not {graph!r}"
         )
     goto = command.goto
     gotos = list(goto) if isinstance(goto, list | tuple) else [goto]

@@ -27,6 +27,7 @@ def codec() -> Codec:
     [
         {"draft": "d", "__interrupt__": [Interrupt(value={"q": "ok?"}, id="a1")]},
         {"__interrupt__": (Interrupt(value="x", id="a1"), Interrupt(value=[1], id="b2"))},
+        {"__interrupt__": [Interrupt(value=1, id="a1", response_schema={"type": "boolean"})]},
         Command(resume="yes"),
         Command(resume={"a1": {"lc": 1, "type": "constructor"}, "b2": None}),
         Command(update={"draft": "edited"}, goto="publish"),
