@@ -15,6 +15,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from langgraph.types import Command, Interrupt, Send
 from runnable_k8s import ConfigurationError, RunnableK8s, SerializationRefused, Settings
 from tests.conftest import make_settings
 from tests.integration.test_observability import free_port
+from tests.integration.test_task_states import TaskEvents, finals_of, terminal
 from tests.support.hitl import Graph, build_approval, build_two_reviews
 from tests.support.workers import REPO, WorkerProcess, worker_env
 
@@ -321,3 +323,27 @@ def test_a_thread_id_that_is_not_a_string_is_refused(store: Store) -> None:
     for thread_id in (7, uuid.uuid4(), None):
         with pytest.raises(ConfigurationError, match=r"thread_id'\] must be a string"):
             remote.invoke({}, {"configurable": {"thread_id": thread_id}})
+
+
+def test_an_interrupted_run_is_a_succeeded_celery_task(store: Store) -> None:
+    events = TaskEvents(store.settings.require_redis_url())
+    try:
+        replies = events.app.control.enable_events(
+            destination=[store.worker.hostname], reply=True, timeout=5
+        )
+        assert "enabled" in str(replies)
+        remote = store.remote(APPROVAL)
+        # The receiver subscribes on its first poll: submit until it sees a run's final event.
+        for _ in range(10):
+            handle = remote.submit({}, _thread())
+            handle.result(timeout=60)
+            time.sleep(0.5)
+            if finals_of(events, handle.id):
+                break
+        else:
+            raise AssertionError("the event receiver never saw a task event")
+        assert handle.status().state == "interrupted"
+        final = terminal(events, handle.id)
+        assert final["type"] == "task-succeeded", final
+    finally:
+        events.close()
