@@ -13,11 +13,10 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
-from langchain_core.load import dumpd
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableConfig
 
 from runnable_k8s.errors import (
     ConfigurationError,
@@ -30,6 +29,7 @@ from runnable_k8s.producer.client import client_for
 from runnable_k8s.producer.handles import RemoteRun
 from runnable_k8s.producer.results import unwrap
 from runnable_k8s.producer.runnable import RunnableK8s
+from runnable_k8s.protocol import interrupts
 from runnable_k8s.protocol.allowlist import import_object
 from runnable_k8s.settings import Settings
 
@@ -85,8 +85,9 @@ def load_runnable(path: str, settings: Settings, *, ref: bool) -> RunnableK8s[An
 
 
 def to_json(value: Any) -> Any:
-    """A JSON-able form of an output (LangChain objects as their serialized form)."""
-    return dumpd(value)
+    """A JSON-able form of an output (LangChain objects as their serialized form, a graph's
+    interrupts as `{"value": ..., "id": ...}`)."""
+    return interrupts.plain(value)
 
 
 def _parse_input(text: str) -> Any:
@@ -101,16 +102,53 @@ def _chunk_text(chunk: Any) -> str:
     return content if isinstance(content, str) else json.dumps(to_json(chunk))
 
 
+def _resume_command(resume: str) -> Any:
+    """`Command(resume=...)` for a graph's input (LangGraph's class where it is installed
+    here, the protocol's stand-in where not: both travel the same way)."""
+    try:
+        from langgraph.types import Command
+    except ImportError:
+        return interrupts.Command(resume=_parse_input(resume))
+    return Command(resume=_parse_input(resume))
+
+
 @click.command()
 @click.argument("runnable")
-@click.option("--input", "input_", required=True, help="The input, as JSON.")
+@click.option("--input", "input_", default=None, help="The input, as JSON.")
+@click.option(
+    "--resume",
+    default=None,
+    help="Resume an interrupted graph on --thread: the answer as JSON (sent as "
+    "Command(resume=...); an object keyed by interrupt id answers several).",
+)
+@click.option("--thread", default=None, help="LangGraph thread id (configurable.thread_id).")
+@click.option("--config", "config_", default=None, help="The RunnableConfig, as JSON.")
 @click.option("--stream", is_flag=True, help="Publish chunks (for `runnable-k8s stream ID`).")
 @click.option("--ref", is_flag=True, help="Run RUNNABLE by reference (worker imports it).")
 @_errors
-def submit(runnable: str, input_: str, stream: bool, ref: bool) -> None:
-    """Submit RUNNABLE (module:attribute) with --input JSON; print the run id."""
+def submit(
+    *,  # click passes every parameter by keyword
+    runnable: str,
+    input_: str | None,
+    resume: str | None,
+    thread: str | None,
+    config_: str | None,
+    stream: bool,
+    ref: bool,
+) -> None:
+    """Submit RUNNABLE (module:attribute) with --input JSON (or --resume JSON); print the run
+    id."""
+    if (input_ is None) == (resume is None):
+        raise click.UsageError("give exactly one of --input and --resume")
+    config = _parse_input(config_) if config_ is not None else {}
+    if not isinstance(config, dict):
+        raise click.BadParameter("--config must be a JSON object")
+    if thread is not None:
+        config["configurable"] = {**config.get("configurable", {}), "thread_id": thread}
+    payload = _resume_command(resume) if resume is not None else _parse_input(input_ or "")
     settings = _settings()
-    handle = load_runnable(runnable, settings, ref=ref).submit(_parse_input(input_), stream=stream)
+    remote = load_runnable(runnable, settings, ref=ref)
+    handle = remote.submit(payload, cast(RunnableConfig, config) or None, stream=stream)
     click.echo(handle.id)
 
 

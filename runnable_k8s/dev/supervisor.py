@@ -289,7 +289,7 @@ class WorkerPool:
             finished = _FINISHED.search(line)
             if finished:
                 state = finished.group(2).decode()
-                self.counts["done" if state == "succeeded" else "failed"] += 1
+                self.counts["done" if state in ("succeeded", "interrupted") else "failed"] += 1
                 continue
             if _STARTED.search(line):
                 self.counts["started"] += 1

@@ -8,7 +8,7 @@ from typing import Any
 from runnable_k8s.errors import RunnableK8sError
 from runnable_k8s.producer.client import Event, async_client_for, client_for
 from runnable_k8s.producer.results import error_for, unwrap
-from runnable_k8s.protocol.messages import Protocol, RunStatus
+from runnable_k8s.protocol.messages import COMPLETED_STATES, Protocol, RunStatus
 from runnable_k8s.settings import Settings
 
 
@@ -46,8 +46,8 @@ class RemoteRun:
     # -- sync -------------------------------------------------------------------------------
 
     def status(self) -> RunStatus:
-        """State (queued, running, retrying, succeeded, failed, cancelled, expired), attempt
-        and timestamps. Raises `RunNotFound` for an unknown or expired id. A queued run that
+        """State (queued, running, retrying, succeeded, interrupted, failed, cancelled, expired),
+        attempt and timestamps. Raises `RunNotFound` for an unknown or expired id. A queued run that
         no worker could verify, and that nothing can still run, is recorded as failed first
         (its reason says the signing keys probably differ)."""
         return client_for(self.settings).status(self.id)
@@ -119,6 +119,6 @@ def _chunks(protocol: Protocol, event: Event, streamed: bool) -> list[Any]:
         return [protocol.data.decode_data(event.chunk)]
     if event.outcome is None:
         return []
-    if event.outcome.state != "succeeded":
+    if event.outcome.state not in COMPLETED_STATES:
         raise error_for(event.outcome)
     return [] if streamed else [unwrap(protocol, event.outcome)]

@@ -15,7 +15,7 @@ from runnable_k8s.errors import (
     SigningKeyMismatch,
 )
 from runnable_k8s.protocol import rejection
-from runnable_k8s.protocol.messages import Outcome, Protocol
+from runnable_k8s.protocol.messages import COMPLETED_STATES, Outcome, Protocol
 
 
 def error_for(outcome: Outcome) -> RunError:
@@ -54,15 +54,15 @@ def error_for(outcome: Outcome) -> RunError:
 
 
 def unwrap(protocol: Protocol, outcome: Outcome) -> Any:
-    """The output of a single run, or raise its error."""
-    if outcome.state != "succeeded":
+    """The output of a single run (an interrupted graph's included), or raise its error."""
+    if outcome.state not in COMPLETED_STATES:
         raise error_for(outcome)
     return protocol.data.decode_data(outcome.output)
 
 
 def unwrap_items(protocol: Protocol, outcome: Outcome, count: int) -> list[Any]:
     """Per-input outputs (or exceptions, in place) of a batch run."""
-    if outcome.state != "succeeded":
+    if outcome.state not in COMPLETED_STATES:
         error = error_for(outcome)
         return [error] * count
     items = protocol.data.decode_data(outcome.output)

@@ -31,7 +31,7 @@ from runnable_k8s.producer.replay import EventReplayer, wants_events
 from runnable_k8s.producer.results import error_for, unwrap, unwrap_items
 from runnable_k8s.protocol.allowlist import check_call_kwargs
 from runnable_k8s.protocol.codec import runnable_codec
-from runnable_k8s.protocol.messages import Mode, Outcome, RunRequest
+from runnable_k8s.protocol.messages import COMPLETED_STATES, Mode, Outcome, RunRequest
 from runnable_k8s.protocol.remote_config import export_config
 from runnable_k8s.protocol.tracing import trace_headers
 from runnable_k8s.settings import Settings
@@ -375,7 +375,7 @@ class RunnableK8s(Runnable[Input, Output]):
         for event in client.events([request.run_id], timeout=self._wait):
             if event.chunk is not None:
                 yield cast(Output, client.protocol.data.decode_data(event.chunk))
-            elif event.outcome is not None and event.outcome.state != "succeeded":
+            elif event.outcome is not None and event.outcome.state not in COMPLETED_STATES:
                 raise error_for(event.outcome)
 
     async def astream(
@@ -412,7 +412,7 @@ class RunnableK8s(Runnable[Input, Output]):
                     yield cast(Output, client.protocol.data.decode_data(event.chunk))
                 elif event.callback is not None and replayer is not None:
                     await replayer.replay(client.protocol.data.decode_data(event.callback))
-                elif event.outcome is not None and event.outcome.state != "succeeded":
+                elif event.outcome is not None and event.outcome.state not in COMPLETED_STATES:
                     raise error_for(event.outcome)
         finally:
             if replayer is not None:

@@ -19,6 +19,7 @@ from langchain_core.runnables import Runnable
 from pydantic import BaseModel, ValidationError
 
 from runnable_k8s.errors import DisallowedObject, SerializationRefused, SignatureRejected
+from runnable_k8s.protocol import interrupts
 from runnable_k8s.protocol.allowlist import (
     Allowlist,
     data_allowlist,
@@ -130,6 +131,10 @@ class Codec:
             # on load. Find it here, where we can still name the object, and refuse classes
             # the other side would refuse.
             tree = json.loads(text)
+            if '"not_implemented"' in text and interrupts.holds_tagged(tree):
+                # LangGraph's interrupts and commands travel in a shape of our own.
+                tree = interrupts.lift(value)
+                text = json.dumps(tree)
             self._check_tree(tree, what=what)
             self._refuse_unsupported(tree, what)
         return text.encode()
@@ -202,6 +207,8 @@ class Codec:
                 # they stay plain data and are never revived.
                 if _is_escaped_dict(node):
                     return _unescape_value(node)
+                if interrupts.is_tagged(node):  # rebuilt from its fields, never by class name
+                    return interrupts.rebuild(node, lambda value: walk(value, depth + 1))
                 return reviver({k: walk(v, depth + 1) for k, v in node.items()})
             if isinstance(node, list):
                 return [walk(v, depth + 1) for v in node]

@@ -19,8 +19,14 @@ from runnable_k8s.settings import Settings
 Mode = Literal["invoke", "batch", "stream"]
 MODES: Final = ("invoke", "batch", "stream")
 
-State = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled", "expired"]
-TERMINAL_STATES: Final = frozenset({"succeeded", "failed", "cancelled", "expired"})
+State = Literal[
+    "queued", "running", "retrying", "succeeded", "interrupted", "failed", "cancelled", "expired"
+]
+TERMINAL_STATES: Final = frozenset({"succeeded", "interrupted", "failed", "cancelled", "expired"})
+COMPLETED_STATES: Final = frozenset({"succeeded", "interrupted"})
+"""States whose run returned an output. "interrupted": a LangGraph graph stopped at
+`interrupt()` and returned, `__interrupt__` included, as in-process `invoke` does; it waits for
+a `Command(resume=...)` on its thread. Not a failure anywhere."""
 STATES: Final = TERMINAL_STATES | {"queued", "running", "retrying"}
 
 # Bodies above this size travel in their own Redis key beside the Celery message, so kombu's

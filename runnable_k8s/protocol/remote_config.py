@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from langchain_core.runnables import RunnableConfig
 
-from runnable_k8s.errors import DisallowedObject
+from runnable_k8s.errors import ConfigurationError, DisallowedObject
 
 TRAVELLING_KEYS: Final = (
     "tags",
@@ -46,6 +46,16 @@ def export_config(config: RunnableConfig | None) -> dict[str, Any]:
     """The JSON-safe, travelling part of `config` (silently drops what cannot travel)."""
     if not config:
         return {}
+    configurable = config.get("configurable")
+    if isinstance(configurable, Mapping) and "thread_id" in configurable:
+        thread_id = configurable["thread_id"]
+        if not isinstance(thread_id, str):
+            # A checkpointer keys threads by string: an int here would name another thread
+            # than its string form on the worker's store, or be dropped as not JSON-safe.
+            raise ConfigurationError(
+                f"config['configurable']['thread_id'] must be a string, not "
+                f"{type(thread_id).__name__} ({thread_id!r:.60}): use str(...)"
+            )
     out: dict[str, Any] = {}
     for key in TRAVELLING_KEYS:
         value = config.get(key)

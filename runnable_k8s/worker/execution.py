@@ -36,7 +36,8 @@ from runnable_k8s.errors import (
 )
 from runnable_k8s.protocol import envelope, keys, rejection
 from runnable_k8s.protocol.allowlist import check_call_kwargs
-from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
+from runnable_k8s.protocol.interrupts import has_interrupts
+from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus, State
 from runnable_k8s.protocol.remote_config import import_config
 from runnable_k8s.protocol.tracing import remote_parent, sanitize
 from runnable_k8s.settings import Settings
@@ -480,8 +481,11 @@ class Executor:
                     return Outcome(run_id, "failed", error=failure, attempt=attempt)
                 while True:
                     try:
-                        output = await self._dispatch(request, runnable, payload, config, progress)
-                        return Outcome(run_id, "succeeded", output=output, attempt=attempt)
+                        output, paused = await self._dispatch(
+                            request, runnable, payload, config, progress
+                        )
+                        state: State = "interrupted" if paused else "succeeded"
+                        return Outcome(run_id, state, output=output, attempt=attempt)
                     except asyncio.CancelledError:
                         raise
                     except BaseException as exc:
@@ -572,13 +576,14 @@ class Executor:
         payload: Any,
         config: RunnableConfig,
         progress: _Progress,
-    ) -> bytes:
+    ) -> tuple[bytes, bool]:
+        """The encoded output, and whether a graph stopped at `interrupt()`."""
         data = self.protocol.data
         call = request.kwargs or {}  # validated in _run
         with remote_parent(sanitize(request.trace)):
             if request.mode == "invoke":
                 output = await runnable.ainvoke(payload, config, **call)
-                return data.encode_data(output, what="output")
+                return data.encode_data(output, what="output"), has_interrupts(output)
             if request.mode == "batch":
                 if not isinstance(payload, list) or len(payload) != len(request.configs or []):
                     raise DisallowedObject("batch inputs and configs do not match")
@@ -590,7 +595,8 @@ class Executor:
                     else {"ok": True, "v": out}
                     for out in outputs
                 ]
-                return data.encode_data(items, what="output")
+                # Each item tells its own interrupts; the batch as a whole succeeded.
+                return data.encode_data(items, what="output"), False
             publisher = _StreamPublisher(self, request.run_id, progress)
             # A graph's chunks do not add up to what `invoke` returns: see `graphs`.
             graph = graph_stream(runnable, call)
@@ -602,7 +608,7 @@ class Executor:
                 final = await publisher.graph(chunks, graph)
             else:
                 final = await publisher.chunks(runnable.astream(payload, config, **call))
-            return data.encode_data(final, what="output")
+            return data.encode_data(final, what="output"), has_interrupts(final)
 
     def _time_limit(self, request: RunRequest) -> float:
         limit = self.settings.time_limit

@@ -62,7 +62,7 @@ def outcome_label(outcome: Outcome) -> RunOutcome:
         return "timeout"
     if outcome.state == "failed" and outcome.reason.startswith("rejected"):
         return "rejected"
-    if outcome.state in ("succeeded", "cancelled", "expired"):
+    if outcome.state in ("succeeded", "interrupted", "cancelled", "expired"):
         return outcome.state
     return "failed"
 

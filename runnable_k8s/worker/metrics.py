@@ -37,9 +37,12 @@ REJECT_REASONS: Final[tuple[RejectReason, ...]] = (
 )
 """Why a message was refused without running (the `reason` label)."""
 
-RunOutcome = Literal["succeeded", "failed", "timeout", "cancelled", "expired", "rejected"]
+RunOutcome = Literal[
+    "succeeded", "interrupted", "failed", "timeout", "cancelled", "expired", "rejected"
+]
 RUN_OUTCOMES: Final[tuple[RunOutcome, ...]] = (
     "succeeded",
+    "interrupted",
     "failed",
     "timeout",
     "cancelled",

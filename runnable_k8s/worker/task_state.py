@@ -46,7 +46,12 @@ def already_ended(status: RunStatus) -> Handled:
 
 def failure(handled: Handled) -> RunNotSucceeded | None:
     """The exception the Celery task raises for `handled` (None: the run succeeded)."""
-    if handled.outcome == "succeeded":
+    if handled.outcome in ("succeeded", "interrupted"):
+        # An interrupted graph ran as designed and returned its output: it waits for a human,
+        # not for a fix. Celery has no state for that (a custom state would be replaced by
+        # SUCCESS or FAILURE when the task returns), and FAILURE would count it with the
+        # errors in Flower and in alerts on task failures, so its task is a SUCCESS; the
+        # run's own status says "interrupted".
         return None
     if handled.outcome == "refused":
         text = f"claimed_run={handled.run_id or '?'} outcome=refused"

@@ -11,7 +11,7 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import RunnableConfig
 
-from runnable_k8s.errors import DisallowedObject
+from runnable_k8s.errors import ConfigurationError, DisallowedObject
 from runnable_k8s.protocol.remote_config import TRAVELLING_KEYS, export_config, import_config
 
 
@@ -108,3 +108,12 @@ def test_import_drops_private_keys_from_mappings() -> None:
 
 def test_import_of_empty_config() -> None:
     assert import_config({}) == {}
+
+
+def test_a_thread_id_that_is_not_a_string_is_refused_not_dropped() -> None:
+    assert export_config({"configurable": {"thread_id": "t1"}}) == {
+        "configurable": {"thread_id": "t1"}
+    }
+    for thread_id in (1, 1.5, object(), ["t1"]):
+        with pytest.raises(ConfigurationError, match=r"thread_id'\] must be a string"):
+            export_config({"configurable": {"thread_id": thread_id}})
