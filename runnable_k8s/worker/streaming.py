@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from langchain_core.messages import BaseMessageChunk, message_chunk_to_message
+
 from runnable_k8s.errors import RunnableK8sError, SerializationRefused
 from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.remote_config import json_safe_mapping
@@ -53,6 +55,12 @@ def _add(total: Any, chunk: Any) -> Any:
         return total + chunk
     except TypeError:
         return chunk
+
+
+def _as_invoked(total: Any) -> Any:
+    # A chat model's `invoke` returns the message its stream's chunks add up to, as a message,
+    # not a chunk (LangChain's `generate_from_stream` converts it the same way).
+    return message_chunk_to_message(total) if isinstance(total, BaseMessageChunk) else total
 
 
 class StreamInterrupted(RunnableK8sError):
@@ -164,7 +172,7 @@ class StreamPublisher:
         async for chunk in source:
             await self._append("c", chunk)
             total = _add(total, chunk)
-        return total
+        return _as_invoked(total)
 
     async def graph(self, source: AsyncIterator[Any], graph: GraphStream) -> Any:
         """Publish what the caller's stream modes yield; return the graph's final state (see
@@ -191,7 +199,7 @@ class StreamPublisher:
                 total = data["output"]
             if name in MODEL_EVENTS:
                 await self._append("e", self._event(event))
-        return total
+        return total if ended else _as_invoked(total)
 
     def _event(self, event: Any) -> dict[str, Any]:
         data: dict[str, Any] = {}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from langchain_core.messages import AIMessageChunk
+from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
@@ -121,6 +121,22 @@ def test_stream_chunks_add_up_to_invoke(settings: Settings, worker: WorkerProces
         | StrOutputParser()
     )
     assert "".join(chain.stream({"input": PIKACHU})) == chain.invoke({"input": PIKACHU})
+
+
+def test_streamed_run_of_a_chat_model_ends_with_the_message_invoke_returns(
+    settings: Settings, worker: WorkerProcess
+) -> None:
+    # invoke of a chat model (or a chain ending in one) returns an AIMessage, not the
+    # AIMessageChunk its stream's chunks add up to: a streamed run's result is invoke's.
+    chain = ChatPromptTemplate.from_messages([("human", "{input}")]) | DemoChatModel()
+    for bound, given in ((DemoChatModel(), PIKACHU), (chain, {"input": PIKACHU})):
+        remote = RunnableK8s(bound=bound, settings=settings)
+        invoked = remote.invoke(given)
+        streamed = remote.submit(given, stream=True).result(timeout=30)
+        assert type(invoked) is AIMessage
+        assert type(streamed) is AIMessage
+        assert streamed.content == invoked.content
+        assert streamed.tool_calls == invoked.tool_calls
 
 
 async def test_astream_yields_chunks(settings: Settings, worker: WorkerProcess) -> None:
