@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from langchain_core.messages import BaseMessageChunk, message_chunk_to_message
 
-from runnable_k8s.errors import RunnableK8sError, SerializationRefused
+from runnable_k8s.errors import MessageRejected, RunnableK8sError, SerializationRefused
 from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.remote_config import json_safe_mapping
 from runnable_k8s.worker.graphs import GraphStream
@@ -92,6 +92,10 @@ return id
 """
 
 
+# Rounds of "forged entries removed, first entry tried again" before giving up.
+_FIRST_TRIES: Final = 3
+
+
 def _id(raw: Any) -> bytes:
     return raw if isinstance(raw, bytes) else str(raw).encode()
 
@@ -142,23 +146,57 @@ class StreamPublisher:
         ttl = int(self._executor.settings.result_ttl)
         # A script loaded again by redis-py if Redis restarted and forgot it.
         first = redis.register_script(_FIRST)
-        reply = await first(keys=[self._stream], args=[kind, sealed, ttl])
-        if isinstance(reply, int):
-            # An earlier delivery of this run streamed here (its worker was lost mid-stream):
-            # going on, or starting over, would show the reader chunks twice.
-            raise StreamInterrupted(reply)
-        return _id(reply)
+        for _ in range(_FIRST_TRIES):
+            reply = await first(keys=[self._stream], args=[kind, sealed, ttl])
+            if not isinstance(reply, int):
+                return _id(reply)
+            # Redis cannot check signatures: the script counted chunk-like entries, which
+            # anyone who can write to Redis can add. Only signed entries of this run are an
+            # earlier delivery's (its worker was lost mid-stream: going on, or starting over,
+            # would show the reader chunks twice); the rest go, and the first entry is tried
+            # again.
+            earlier = await self._earlier()
+            if earlier:
+                raise StreamInterrupted(earlier)
+        raise StreamInterrupted(0)
+
+    def _ours(self, fields: Any) -> bool:
+        """Whether a stream entry (its fields) is a signed chunk or event of this run."""
+        wire = fields.get(b"m") if isinstance(fields, dict) else None
+        if not isinstance(wire, bytes):
+            return False
+        try:
+            self._executor.protocol.open_chunk(wire, self._run_id)
+        except MessageRejected:
+            return False
+        return True
+
+    async def _earlier(self) -> int:
+        """The signed entries of this run already in its stream; unsigned chunk-like entries
+        (forged: no worker writes them) are deleted by this lease holder."""
+        redis = self._executor.redis
+        genuine, forged = 0, []
+        for entry, fields in await redis.xrange(self._stream, "-", "+") or []:
+            if fields.get(b"k") not in (b"c", b"e"):
+                continue  # a rejection notice, or an outcome: not a chunk
+            if self._ours(fields):
+                genuine += 1
+            else:
+                forged.append(entry)
+        if forged:
+            await redis.xdel(self._stream, *forged)
+        return genuine
 
     async def _find(self, sealed: bytes, seq: int) -> bytes | None:
         """The id of the entry holding `sealed`, if the try before appended it: then it is the
-        one entry ("c" or "e") after the last one this publisher knows it appended (only the
-        run's lease holder appends). None if there is none; any other finding means another
-        delivery streams here too."""
+        one signed entry ("c" or "e") of this run after the last one this publisher knows it
+        appended (only the run's lease holder appends; unsigned entries are anyone's). None
+        if there is none; any other finding means another delivery streams here too."""
         start = b"-" if self._last is None else b"(" + self._last
         found = [
             (entry, fields)
             for entry, fields in await self._executor.redis.xrange(self._stream, start, "+") or []
-            if fields and fields.get(b"k") in (b"c", b"e")
+            if fields and fields.get(b"k") in (b"c", b"e") and self._ours(fields)
         ]
         if not found:
             return None

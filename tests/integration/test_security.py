@@ -328,3 +328,29 @@ def test_payload_chosen_base_url_never_receives_the_key(
     assert remote.invoke("still serving?").content == fake.answer
     assert len(fake.requests) == before + 1
     assert worker_key not in str(fake.requests[-1]["body"])
+
+
+def test_unsigned_stream_entries_do_not_make_a_queued_stream_run_end_interrupted(
+    redis_url: str, redis_client: redis.Redis, logs_dir: Path
+) -> None:
+    # Someone who can write to Redis, without the key, adds chunk-like entries to a queued
+    # run's stream before any worker took it: the worker must not take them for an earlier
+    # delivery's chunks and sign an "interrupted" failure for a run no worker was lost on.
+    settings = make_settings(redis_url)
+    run = RunnableK8s(bound=DemoChatModel(), settings=settings).submit(
+        "What does Pikachu evolve from?", stream=True
+    )
+    redis_client.xadd(keys.events(run.id), {"k": "c", "m": "forged"})
+    redis_client.xadd(keys.events(run.id), {"k": "e", "m": "forged"})
+    process = WorkerProcess(settings, logs_dir, concurrency=4, name="forged-entries")
+    try:
+        process.wait_ready()
+        deadline = time.monotonic() + 30
+        while not (status := run.status()).done and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert status.state == "succeeded", status
+        # The stream a reader joining now reads is the run's own, whole and verified.
+        assert "Pichu" in "".join(str(c.content) for c in RemoteRun(run.id, settings).stream())
+        assert "Pichu" in run.result(timeout=10).content
+    finally:
+        process.stop()
