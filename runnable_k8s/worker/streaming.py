@@ -176,13 +176,14 @@ class StreamPublisher:
         (forged: no worker writes them) are deleted by this lease holder."""
         redis = self._executor.redis
         genuine, forged = 0, []
-        for entry, fields in await redis.xrange(self._stream, "-", "+") or []:
-            if fields.get(b"k") not in (b"c", b"e"):
+        entries: list[Any] = await redis.xrange(self._stream, "-", "+") or []
+        for entry, fields in entries:
+            if not fields or fields.get(b"k") not in (b"c", b"e"):
                 continue  # a rejection notice, or an outcome: not a chunk
             if self._ours(fields):
                 genuine += 1
             else:
-                forged.append(entry)
+                forged.append(_id(entry))
         if forged:
             await redis.xdel(self._stream, *forged)
         return genuine
