@@ -180,6 +180,31 @@ def test_producer_refuses_oversized_input_before_enqueueing(
     assert redis_client.llen(small.queue) == before
 
 
+def test_replayed_large_message_of_a_finished_run_repeats_its_outcome(
+    settings: Settings, worker: WorkerProcess, redis_client: redis.Redis
+) -> None:
+    # A large input travels beside its message, and the run's finish drops it: a later
+    # delivery of the same message (a redelivery after a lost ack, a replay) cannot be
+    # verified any more, yet it is a finished run's, not a forgery: no "rejected" alarm, no
+    # notice, and its Celery task state repeats the run's outcome (SUCCESS), not FAILURE.
+    client = client_for(settings)
+    request = request_for(settings, demo_json(settings), "Pikachu? " + "x" * 40_000)
+    wire, beside = client.protocol.seal_request(request)
+    assert beside is not None  # the body travels beside the message
+    client.submit([request])
+    first = next(e.outcome for e in client.events([request.run_id], timeout=30) if e.outcome)
+    assert first.state == "succeeded"
+    assert redis_client.exists(keys.body(request.run_id)) == 0
+    push(redis_client, settings, wire, request.run_id)
+    worker.wait_for_log(f"ignored delivery of finished run run={request.run_id}")
+    assert_still_serving(settings)
+    log = worker.log()
+    assert f"rejected message claimed_run={request.run_id}" not in log
+    assert f"RunNotSucceeded('claimed_run={request.run_id}" not in log
+    assert log.count(f"Task runnable_k8s.run[{request.run_id}] succeeded") == 2
+    assert redis_client.xlen(keys.events(request.run_id)) == 1
+
+
 @pytest.fixture(scope="module")
 def strict_worker(redis_url: str, logs_dir: Path) -> Iterator[tuple[Settings, WorkerProcess]]:
     """A worker whose size limit is lower than its producers'."""
