@@ -59,8 +59,13 @@ def _add(total: Any, chunk: Any) -> Any:
 
 def _as_invoked(total: Any) -> Any:
     # A chat model's `invoke` returns the message its stream's chunks add up to, as a message,
-    # not a chunk (LangChain's `generate_from_stream` converts it the same way).
-    return message_chunk_to_message(total) if isinstance(total, BaseMessageChunk) else total
+    # not a chunk (LangChain's `generate_from_stream` converts it the same way); so does a
+    # parallel step's, for each model inside the dict its chunks merge into.
+    if isinstance(total, BaseMessageChunk):
+        return message_chunk_to_message(total)
+    if isinstance(total, dict):
+        return {key: _as_invoked(value) for key, value in total.items()}
+    return total
 
 
 class StreamInterrupted(RunnableK8sError):

@@ -15,6 +15,7 @@ import redis
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnableParallel, RunnablePassthrough
 
 from runnable_k8s import (
     ExecutionTimeout,
@@ -137,6 +138,16 @@ def test_streamed_run_of_a_chat_model_ends_with_the_message_invoke_returns(
         assert type(streamed) is AIMessage
         assert streamed.content == invoked.content
         assert streamed.tool_calls == invoked.tool_calls
+    # The same for a model's answer inside the dicts a parallel step's chunks merge into.
+    model = ChatPromptTemplate.from_messages([("human", "{input}")]) | DemoChatModel()
+    for step in (RunnableParallel(answer=model), RunnablePassthrough.assign(answer=model)):
+        remote = RunnableK8s(bound=step, settings=settings)
+        invoked = remote.invoke({"input": PIKACHU})
+        streamed = remote.submit({"input": PIKACHU}, stream=True).result(timeout=30)
+        assert type(invoked["answer"]) is AIMessage
+        assert type(streamed["answer"]) is AIMessage
+        assert streamed["answer"].content == invoked["answer"].content
+        assert streamed.keys() == invoked.keys()
 
 
 async def test_astream_yields_chunks(settings: Settings, worker: WorkerProcess) -> None:
