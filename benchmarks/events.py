@@ -22,11 +22,14 @@ from typing import Any
 
 import redis
 
-from benchmarks import bench
+from benchmarks.commands import commandstats
+from benchmarks.processes import our_settings, start_ours
+from benchmarks.sizes import Sizes
+from benchmarks.workloads import check, question
 
 
 def _counters(client: redis.Redis) -> dict[str, int]:
-    counts = bench._commandstats(client)
+    counts = commandstats(client)
     stats: dict[str, Any] = client.info("stats")
     counts["bytes in"] = int(stats["total_net_input_bytes"])
     return counts
@@ -41,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.models import expected, small_chain
     from runnable_k8s import RunnableK8s
 
-    sizes = bench.Sizes(args.runs, 0, 0, 0.0, 0, 0, rounds=args.rounds, concurrency=100)
+    sizes = Sizes(args.runs, 0, 0, 0.0, 0, 0, rounds=args.rounds, concurrency=100)
     per_round = max(1, args.runs // args.rounds)
     with contextlib.ExitStack() as stack:
-        base, _ = bench.our_settings(stack, None, "events")
+        base, _ = our_settings(stack, None, "events")
         client = redis.Redis.from_url(base.require_redis_url())
         root = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         chains: dict[str, Any] = {}
@@ -52,23 +55,23 @@ def main(argv: list[str] | None = None) -> int:
             settings = base.replace(queue=f"{base.queue}-{mode}")
             (root / mode).mkdir()
             env = {"RUNNABLE_K8S_TASK_EVENTS": "true" if mode == "on" else "false"}
-            worker = bench.start_ours(settings, sizes, root / mode, "INFO", extra_env=env)
+            worker = start_ours(settings, sizes, root / mode, "INFO", extra_env=env)
             stack.callback(worker.stop)
             worker.wait_ready()
             chains[mode] = RunnableK8s(bound=small_chain(), settings=settings)
             for i in range(20):  # warm up: runnable cache, connections
-                chains[mode].invoke(bench._question(i))
+                chains[mode].invoke(question(i))
         totals: dict[str, dict[str, int]] = {"off": {}, "on": {}}
         latencies: dict[str, list[float]] = {"off": [], "on": []}
         for number in range(args.rounds):
             for mode in ("off", "on") if number % 2 == 0 else ("on", "off"):
                 before = _counters(client)
                 for i in range(per_round):
-                    question = bench._question(i)
+                    asked = question(i)
                     started = time.perf_counter()
-                    answer = chains[mode].invoke(question)
+                    answer = chains[mode].invoke(asked)
                     latencies[mode].append(time.perf_counter() - started)
-                    bench._check(mode, "W1", answer, expected(question["input"]))
+                    check(mode, "W1", answer, expected(asked["input"]))
                 after = _counters(client)
                 for name, count in after.items():
                     totals[mode][name] = totals[mode].get(name, 0) + count - before.get(name, 0)

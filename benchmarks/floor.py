@@ -44,7 +44,8 @@ from pathlib import Path
 
 import redis
 
-from benchmarks import bench
+from benchmarks import processes, sides, workloads
+from benchmarks import sizes as sizing
 from benchmarks.models import expected, small_chain
 from runnable_k8s.embedded import EmbeddedRedis
 from runnable_k8s.protocol import task_message
@@ -92,7 +93,9 @@ _APP = textwrap.dedent(
 def bare_worker(url: str) -> Iterator[None]:
     with tempfile.TemporaryDirectory() as folder:
         Path(folder, "floorapp.py").write_text(_APP)
-        env = dict(os.environ, FLOOR_URL=url, PYTHONPATH=os.pathsep.join([folder, str(bench.REPO)]))
+        env = dict(
+            os.environ, FLOOR_URL=url, PYTHONPATH=os.pathsep.join([folder, str(sizing.REPO)])
+        )
         worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "floorapp", "worker", "--pool=threads",
              "--concurrency=100", "-Q", "floor", "--without-mingle", "--without-gossip",
@@ -129,7 +132,7 @@ def bare_round_trip(
     reply = client.xread({f"floor:{run_id}": "0-0"}, block=30_000)
     elapsed = time.perf_counter() - started
     if not reply or reply[0][1][0][1][b"m"] != want:
-        raise bench.BenchmarkError("the floor worker did not answer, or answered wrongly")
+        raise sizing.BenchmarkError("the floor worker did not answer, or answered wrongly")
     client.delete(f"floor:{run_id}", "floor:body:" + run_id)
     return elapsed
 
@@ -140,7 +143,7 @@ def four_macs(body: bytes) -> float:
     started = time.perf_counter()
     for _ in range(4):
         hmac.new(key, body, hashlib.sha256).digest()
-    return (time.perf_counter() - started) / (len(body) / bench.MB)
+    return (time.perf_counter() - started) / (len(body) / sizing.MB)
 
 
 def chain_ainvoke(count: int) -> list[float]:
@@ -154,7 +157,7 @@ def chain_ainvoke(count: int) -> list[float]:
             answer = await chain.ainvoke(question)
             samples.append(time.perf_counter() - started)
             if answer != expected(question["input"]):
-                raise bench.BenchmarkError("the chain answered wrongly")
+                raise sizing.BenchmarkError("the chain answered wrongly")
         return samples
 
     return asyncio.run(measure())
@@ -175,7 +178,7 @@ def in_process_abatch(items: int, delay: float, chunk: int = 64) -> float:
     answers = asyncio.run(run())
     elapsed = time.perf_counter() - started
     if answers != [expected(q["input"]) for q in questions]:
-        raise bench.BenchmarkError("abatch answered wrongly")
+        raise sizing.BenchmarkError("abatch answered wrongly")
     return elapsed
 
 
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--redis-url", help="use this Redis instead of starting an embedded one")
     args = parser.parse_args(argv)
-    sizes = bench.QUICK if args.quick else bench.FULL
+    sizes = sizing.QUICK if args.quick else sizing.FULL
     invokes = 5 if args.quick else 100
 
     def log(message: str) -> None:
@@ -213,11 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rk8s-floor-")))
         queue = f"floor-baseline-{uuid.uuid4().hex[:8]}"
         # INFO: the worker says "ready." at that level.
-        worker = bench.start_baseline(url, queue, sizes, log_dir, "INFO")
+        worker = processes.start_baseline(url, queue, sizes, log_dir, "INFO")
         stack.callback(worker.stop)
         stack.enter_context(bare_worker(url))
         worker.wait_ready()
-        baseline = bench.Baseline(url, queue, sizes, worker)
+        baseline = sides.Baseline(url, queue, sizes, worker)
         stack.callback(baseline.close)
         client = redis.Redis.from_url(url)
         stack.callback(client.close)
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             bare_round_trip(client)
             bare_round_trip(client, question="warm-up")
             baseline.invoke_chain({"input": "warm-up"})
-        payloads = [bench._payload(sizes.w4_bytes, salt) for salt in range(sizes.w4_invokes)]
+        payloads = [workloads.payload(sizes.w4_bytes, salt) for salt in range(sizes.w4_invokes)]
         for number in range(args.rounds):
             jobs: list[Callable[[], None]] = [
                 lambda: samples["base_w1"].extend(_timed_base_w1(baseline, invokes)),
@@ -256,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report(samples: dict[str, list[float]], sizes: bench.Sizes, rounds: int) -> None:
+def report(samples: dict[str, list[float]], sizes: sizing.Sizes, rounds: int) -> None:
     """Print the table of floors."""
     med = statistics.median
     base_w1 = med(samples["base_w1"]) * 1000
@@ -287,7 +290,7 @@ def report(samples: dict[str, list[float]], sizes: bench.Sizes, rounds: int) -> 
     print(f"| W1 p50: the same, with one claim script first | {w1_both:.2f} ms | "
           f"{base_w1:.2f} ms | {w1_both / base_w1:.2f}x | <= 0.6x | "
           f"{'yes' if w1_both <= 0.6 * base_w1 else 'no'} |")  # fmt: skip
-    print(f"| W4: bare Celery {sizes.w4_bytes / bench.MB:g} MB in and out "
+    print(f"| W4: bare Celery {sizes.w4_bytes / sizing.MB:g} MB in and out "
           f"{1 / med(samples['bare_mb']):.1f} MB/s + four HMAC-SHA256 passes "
           f"{med(samples['macs']) * 1000:.2f} ms per MB | {w4_floor:.1f} MB/s | "
           f"{base_w4:.1f} MB/s | {w4_floor / base_w4:.2f}x | >= 4x | "
@@ -300,7 +303,7 @@ def report(samples: dict[str, list[float]], sizes: bench.Sizes, rounds: int) -> 
               f"{'yes' if wall <= 0.5 else 'no'} |")  # fmt: skip
 
 
-def _timed_base_w1(baseline: bench.Baseline, count: int) -> list[float]:
+def _timed_base_w1(baseline: sides.Baseline, count: int) -> list[float]:
     out = []
     for index in range(count):
         question = {"input": f"question {index}"}
@@ -308,16 +311,16 @@ def _timed_base_w1(baseline: bench.Baseline, count: int) -> list[float]:
         answer = baseline.invoke_chain(question)
         out.append(time.perf_counter() - started)
         if answer != expected(question["input"]):
-            raise bench.BenchmarkError("the baseline answered wrongly")
+            raise sizing.BenchmarkError("the baseline answered wrongly")
     return out
 
 
-def _base_w4(baseline: bench.Baseline, payloads: list[str]) -> float:
+def _base_w4(baseline: sides.Baseline, payloads: list[str]) -> float:
     """MB/s of the plain Celery echo task over `payloads` (as W4 measures it)."""
     started = time.perf_counter()
     for payload in payloads:
         if baseline.echo(payload) != payload:
-            raise bench.BenchmarkError("the baseline echo answered wrongly")
+            raise sizing.BenchmarkError("the baseline echo answered wrongly")
     return len(payloads) * len(payloads[0]) / 1e6 / (time.perf_counter() - started)
 
 
@@ -331,6 +334,6 @@ def _bare_w4(client: redis.Redis, payloads: list[str]) -> float:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except bench.BenchmarkError as exc:
+    except sizing.BenchmarkError as exc:
         print(f"floor failed: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.output_parsers import StrOutputParser
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 
@@ -65,6 +66,41 @@ class EchoChatModel(_Serializable, BaseChatModel):
         return self._result(messages)
 
 
+class TokenStreamModel(_Serializable, BaseChatModel):
+    """Streams `tokens` tokens (`"t0 "`, `"t1 "`, ...), `delay` seconds apart; with no delay it
+    yields as fast as it can, never waiting, as a model whose tokens are all buffered would.
+    `invoke` returns the tokens joined (what the stream adds up to)."""
+
+    tokens: int = 2000
+    delay: float = 0.0
+
+    @property
+    def _llm_type(self) -> str:
+        return "benchmark-tokens"
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> ChatResult:
+        text = streamed_text(self.tokens)
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+    def _stream(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> Iterator[ChatGenerationChunk]:
+        for index in range(self.tokens):
+            if self.delay:
+                time.sleep(self.delay)
+            yield ChatGenerationChunk(message=AIMessageChunk(content=f"t{index} "))
+
+    async def _astream(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        for index in range(self.tokens):
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            yield ChatGenerationChunk(message=AIMessageChunk(content=f"t{index} "))
+
+
 class EchoRunnable(_Serializable, RunnableSerializable[Any, Any]):
     """Returns its input unchanged (W4: the output is as big as the input)."""
 
@@ -81,9 +117,24 @@ def small_chain(delay: float = 0.0) -> Runnable[dict[str, str], str]:
     return prompt | EchoChatModel(delay=delay) | StrOutputParser()
 
 
+def token_chain(tokens: int, delay: float = 0.0) -> Runnable[dict[str, str], str]:
+    """prompt | token-streaming model | parser: the chain of the streaming workloads."""
+    prompt = ChatPromptTemplate.from_messages([("system", SYSTEM_PROMPT), ("human", "{input}")])
+    return prompt | TokenStreamModel(tokens=tokens, delay=delay) | StrOutputParser()
+
+
+def streamed_text(tokens: int) -> str:
+    """What `token_chain(tokens)` streams, joined (and what its `invoke` returns)."""
+    return "".join(f"t{index} " for index in range(tokens))
+
+
 def expected(question: str) -> str:
     """What `small_chain` answers to `{"input": question}`."""
     return f"echo: {question}"
 
 
-ALLOWED_CLASSES = (f"{__name__}:EchoChatModel", f"{__name__}:EchoRunnable")
+ALLOWED_CLASSES = (
+    f"{__name__}:EchoChatModel",
+    f"{__name__}:EchoRunnable",
+    f"{__name__}:TokenStreamModel",
+)

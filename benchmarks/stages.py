@@ -25,7 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bench
+from benchmarks import processes, report, sides, workloads
+from benchmarks import sizes as sizing
 
 # (from, to, what happens between): consecutive points of one run. Producer points: invoke,
 # enqueue, reply, done; the others are the worker's (see benchmarks/stamped_worker.py).
@@ -107,7 +108,7 @@ def table(samples: list[dict[str, int]], ours_ms: list[float], base_ms: list[flo
     for start, end, what in STAGES:
         spans = [(s[end] - s[start]) / 1e6 for s in samples if start in s and end in s]
         if not spans:
-            raise bench.BenchmarkError(f"no run had both stamps {start!r} and {end!r}")
+            raise sizing.BenchmarkError(f"no run had both stamps {start!r} and {end!r}")
         median = statistics.median(spans)
         total += median
         lines.append(f"| {what} | {median:.3f} ms | {median / ours_p50:.0%} |")
@@ -122,8 +123,8 @@ def table(samples: list[dict[str, int]], ours_ms: list[float], base_ms: list[flo
 
 
 def measure(
-    ours: bench.Ours, base: bench.Baseline, producer: Stamps, invokes: int, rounds: int
-) -> dict[str, bench.Results]:
+    ours: sides.Ours, base: sides.Baseline, producer: Stamps, invokes: int, rounds: int
+) -> dict[str, workloads.Results]:
     """W1 on both sides, rounds interleaved, our invokes stamped at their start and end."""
     producer.install()
     invoke: Callable[[dict[str, str]], str] = ours.invoke_chain
@@ -135,15 +136,15 @@ def measure(
         return answer
 
     ours.invoke_chain = stamped_invoke  # type: ignore[method-assign]
-    results = {"ours": bench.Results(), "baseline": bench.Results()}
+    results = {"ours": workloads.Results(), "baseline": workloads.Results()}
     for side in (ours, base):
-        bench.w1(side, 5, 90_000, bench.Results())  # warm up
+        workloads.w1(side, 5, 90_000, workloads.Results())  # warm up
     producer.points.clear()
     offset = 0
-    for number, part in enumerate(bench._split(invokes, rounds)):
-        order: list[bench.Side] = [base, ours] if number % 2 == 0 else [ours, base]
+    for number, part in enumerate(sizing.split(invokes, rounds)):
+        order: list[sides.Side] = [base, ours] if number % 2 == 0 else [ours, base]
         for side in order:
-            bench.w1(side, part, offset, results[side.name])
+            workloads.w1(side, part, offset, results[side.name])
         offset += part
     return results
 
@@ -163,13 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[stages {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
-    sizes = bench.Sizes(invokes, 1, 1, 0.0, 1, 1000, rounds=rounds, concurrency=100)
+    sizes = sizing.Sizes(invokes, 1, 1, 0.0, 1, 1000, rounds=rounds, concurrency=100)
     with contextlib.ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rk8s-stages-")))
-        settings, base_queue = bench.our_settings(stack, args.redis_url, "stages")
+        settings, base_queue = processes.our_settings(stack, args.redis_url, "stages")
         redis_url = settings.require_redis_url()
         stamps_file = folder / "worker-stamps.json"
-        ours_worker = bench.start_ours(
+        ours_worker = processes.start_ours(
             settings,
             sizes,
             folder,
@@ -178,13 +179,13 @@ def main(argv: list[str] | None = None) -> int:
             extra_env={"STAGES_FILE": str(stamps_file)},
         )
         stack.callback(ours_worker.stop)
-        base_worker = bench.start_baseline(redis_url, base_queue, sizes, folder, "INFO")
+        base_worker = processes.start_baseline(redis_url, base_queue, sizes, folder, "INFO")
         stack.callback(base_worker.stop)
         ours_worker.wait_ready()
         base_worker.wait_ready()
-        ours = bench.Ours(settings, sizes, ours_worker)
+        ours = sides.Ours(settings, sizes, ours_worker)
         stack.callback(ours.close)
-        base = bench.Baseline(redis_url, base_queue, sizes, base_worker)
+        base = sides.Baseline(redis_url, base_queue, sizes, base_worker)
         stack.callback(base.close)
 
         producer = Stamps()
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             ((str(n), int(t)) for n, t in json.loads(stamps_file.read_text())), key=lambda p: p[1]
         )
         samples = runs(producer.points, worker_points)
-        info = bench.machine()
+        info = report.machine()
         print(f"\nW1 stages, {info['date']}, {info['cpus']} CPUs, {info['cpu']}, ", end="")
         print(f"load average {info['load_average'][0]:.2f}\n")
         print(table(samples, results["ours"].w1_latencies_ms, results["baseline"].w1_latencies_ms))
@@ -207,6 +208,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except bench.BenchmarkError as exc:
+    except sizing.BenchmarkError as exc:
         print(f"stages failed: {exc}", file=sys.stderr)
         sys.exit(1)

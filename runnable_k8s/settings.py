@@ -320,8 +320,9 @@ def _validated(settings: Settings) -> Settings:
             "RUNNABLE_K8S_RESULT_TTL must be at least RUNNABLE_K8S_RUN_EXPIRY: a run's record "
             "must outlive its message, or a replayed message could run again"
         )
-    if settings.concurrency < 1 or settings.batch_chunk_size < 1 or settings.max_attempts < 1:
-        raise ConfigurationError("concurrency, batch chunk size and max attempts must be >= 1")
+    for name in ("concurrency", "batch_chunk_size", "max_attempts"):
+        if getattr(settings, name) < 1:  # named, so the operator knows which one to fix
+            raise ConfigurationError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
     if settings.gc_threshold < 0 or settings.malloc_keep < 0:
         raise ConfigurationError(
             "RUNNABLE_K8S_GC_THRESHOLD and RUNNABLE_K8S_MALLOC_KEEP must be 0 (the runtime's "

@@ -13,6 +13,7 @@ import redis
 from runnable_k8s.embedded import EmbeddedRedis
 from runnable_k8s.settings import Settings, SigningKey
 from tests.support.models import TEST_CLASSES
+from tests.support.postgres import INSTALL_HINT, PostgresServer, find_bindir, unavailable
 from tests.support.workers import WorkerProcess
 
 
@@ -92,3 +93,18 @@ def worker(settings: Settings, logs_dir: Path) -> Iterator[WorkerProcess]:
     process.wait_ready()
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server this session starts and stops (initdb and pg_ctl into a temporary
+    folder, on a free loopback port). Skipped, with the reason, where the server binaries are
+    missing; under CI=true that fails instead (.ci/run installs them)."""
+    bindir = find_bindir()
+    if bindir is None:
+        unavailable(f"initdb and pg_ctl not found; {INSTALL_HINT}")
+    server = PostgresServer(bindir)
+    try:
+        yield server.start()
+    finally:
+        server.stop()

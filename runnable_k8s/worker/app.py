@@ -136,6 +136,9 @@ def run_worker(
     """Run a worker in this process until it is told to stop (SIGTERM: warm shutdown)."""
     if queue:
         settings = settings.replace(queue=queue)
+    if concurrency:
+        # The executor sizes its Redis pools from it: one connection per run held at once.
+        settings = settings.replace(concurrency=concurrency)
     metrics = WorkerMetrics()
     # Before anything large is allocated, so every later allocation follows the settings.
     memory.tune_malloc(settings.malloc_keep)

@@ -24,6 +24,7 @@ from typing import Any, Final, TypeVar
 
 import redis.asyncio as aredis
 from langchain_core.runnables import Runnable, RunnableConfig
+from redis import BlockingConnectionPool
 from redis import Redis as SyncRedis
 from redis.exceptions import ResponseError
 
@@ -64,6 +65,11 @@ from runnable_k8s.worker.task_state import Handled, already_ended
 log = logging.getLogger("runnable_k8s.worker")
 
 _LATE_CANCEL_CHECK = 0.5
+
+# Connections beyond one per run: the cancel listener's subscription, heartbeat, rescue sweep.
+_SPARE_CONNECTIONS: Final = 16
+# How long a command waits for a free connection before it counts as Redis being away.
+_CONNECTION_WAIT: Final = 30.0
 # What a run id can look like (producers make 32 hex digits): a claimed id of any other shape
 # gets no rejection notice, so hostile ids cannot name other keys.
 _RUN_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -103,19 +109,32 @@ class Executor:
     @property
     def redis(self) -> aredis.Redis:
         if self._redis is None:
-            self._redis = aredis.Redis.from_url(
+            # redis-py's pools hold 100 connections and raise at once when all are taken:
+            # with more than 100 runs streaming, their XADDs failed (MaxConnectionsError). A
+            # run holds one connection at a time, so a pool a little larger than the
+            # concurrency, that waits for a free connection instead of raising, never lacks
+            # one for long.
+            pool = aredis.BlockingConnectionPool.from_url(
                 self.settings.require_redis_url(),
+                max_connections=self.settings.concurrency + _SPARE_CONNECTIONS,
+                timeout=_CONNECTION_WAIT,
                 health_check_interval=30,
                 socket_read_size=1024 * 1024,
             )
+            self._redis = aredis.Redis.from_pool(pool)
         return self._redis
 
     @property
     def sync_redis(self) -> SyncRedis:
         """A blocking client, for pool threads (see `fetch_beside`)."""
         if self._sync_redis is None:
-            self._sync_redis = SyncRedis.from_url(
-                self.settings.require_redis_url(), health_check_interval=30
+            self._sync_redis = SyncRedis.from_pool(
+                BlockingConnectionPool.from_url(
+                    self.settings.require_redis_url(),
+                    max_connections=self.settings.concurrency + _SPARE_CONNECTIONS,
+                    timeout=_CONNECTION_WAIT,
+                    health_check_interval=30,
+                )
             )
         return self._sync_redis
 

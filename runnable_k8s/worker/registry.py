@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import inspect
 import re
+import sys
 from collections import OrderedDict
 from typing import Any, Final
 
@@ -41,7 +42,9 @@ def ref_allowed(ref: str, allowed: tuple[str, ...]) -> bool:
 class Registry:
     """Loads allowed references once per process. An attribute may be a runnable, or a
     factory (sync or async callable) returning one, called once: e.g. a LangGraph graph
-    compiled with a checkpointer that needs the event loop to connect."""
+    compiled with a checkpointer that needs the event loop to connect. A graph compiled with
+    a sync-only checkpointer (`SqliteSaver`, `PostgresSaver`) is adapted once, here, to run on
+    the event loop (see sync_graphs.py)."""
 
     def __init__(self, allowed: tuple[str, ...]) -> None:
         self._allowed = allowed
@@ -82,6 +85,11 @@ class Registry:
                 ) from exc
         if not isinstance(obj, Runnable):
             raise DisallowedObject(f"reference {ref!r} is a {type(obj).__name__}, not a Runnable")
+        # A compiled graph exists only once LangGraph is imported; workers without it skip this.
+        if "langgraph.pregel" in sys.modules:
+            from runnable_k8s.worker.sync_graphs import with_async_checkpointer
+
+            obj = await with_async_checkpointer(obj, ref)
         return obj
 
 

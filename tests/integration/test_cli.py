@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from runnable_k8s import Settings
+from tests.support.chains import chain
 from tests.support.workers import REPO, WorkerProcess, worker_env
 
 PIKACHU = {"input": "What does Pikachu evolve from?"}
@@ -72,7 +73,8 @@ def test_stream_prints_text_as_it_arrives(settings: Settings, worker: WorkerProc
         settings, "submit", "tests.support.chains:chain", "--input", json.dumps(PIKACHU), "--stream"
     ).stdout.strip()
     streamed = cli(settings, "stream", run_id, "--timeout", "60").stdout
-    assert streamed.strip() == json.loads(cli(settings, "result", run_id).stdout)
+    expected = chain.invoke(PIKACHU)  # run here: not only one CLI verb against another
+    assert streamed.strip() == json.loads(cli(settings, "result", run_id).stdout) == expected
 
 
 def test_cancel_and_errors_exit_non_zero(settings: Settings, worker: WorkerProcess) -> None:

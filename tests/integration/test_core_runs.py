@@ -165,6 +165,10 @@ def test_bind_and_with_config_keep_options(settings: Settings, worker: WorkerPro
     model = RunnableK8s(bound=DemoChatModel(), settings=settings)
     bound = model.bind(stop=["never"])
     assert isinstance(bound.invoke("Pikachu?"), AIMessage)
+    # The bound arguments reach the runnable on the worker (DemoChatModel ignores `stop`).
+    probe = RunnableK8s(bound=ConfigProbe(), settings=settings).bind(stop=["never"])
+    assert probe.invoke("x")["kwargs"] == {"stop": ["never"]}
+    assert remote.invoke("x")["kwargs"] == {}
 
 
 def test_schemas_and_graph_pass_through(settings: Settings) -> None:

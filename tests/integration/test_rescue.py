@@ -3,14 +3,19 @@ the copy the producer kept, and the run completes exactly once."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio as aredis
 
 from runnable_k8s import RemoteRun, RunnableK8s, Settings
 from runnable_k8s.models import DemoChatModel
-from runnable_k8s.protocol import keys
+from runnable_k8s.producer.client import new_run_id
+from runnable_k8s.protocol import keys, task_message
+from runnable_k8s.worker.rescue import Rescuer
 from tests.conftest import make_settings
 from tests.support.workers import WorkerProcess
 
@@ -52,3 +57,29 @@ def test_queued_cancel_is_no_longer_pending(rescuing: Settings, redis_client: re
     run.cancel()
     assert redis_client.zscore(keys.pending(rescuing.queue), run.id) is None
     assert not redis_client.exists(keys.message(run.id))
+
+
+def test_a_hostile_message_copy_does_not_stop_the_rescue_of_others(redis_url: str) -> None:
+    queue = f"rescue-{uuid.uuid4().hex[:8]}"
+    good, poison = new_run_id(), new_run_id()
+    lost = task_message.build("x", run_id=good, queue=queue, description="t")
+
+    async def scenario() -> list[str]:
+        client = aredis.Redis.from_url(redis_url)
+        try:
+            # A genuine run whose message the broker lost: copy kept, neither queued nor held.
+            await client.set(keys.message(good), lost)
+            # The attacker's entry (a copy that is not a message object), sorted first.
+            await client.set(keys.message(poison), b"5")
+            await client.zadd(keys.pending(queue), {poison: 0, good: 1})
+            return await Rescuer(client, queue, after=0.0, every=1.0).sweep()
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == [good]
+    # The kept copy is back on the queue, byte for byte, and nothing of the attacker's is.
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.lrange(queue, 0, -1) == [lost.encode()]
+    finally:
+        client.close()

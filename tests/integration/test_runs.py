@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import redis
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.runnables import RunnableParallel, RunnablePassthrough
+from langchain_core.runnables import Runnable, RunnableParallel, RunnablePassthrough
 
 from runnable_k8s import (
     ExecutionTimeout,
@@ -27,8 +28,12 @@ from runnable_k8s import (
     WaitTimeout,
 )
 from runnable_k8s.models import DemoChatModel
+from runnable_k8s.producer.client import AsyncClient, new_run_id
 from runnable_k8s.producer.handles import RemoteRun
 from runnable_k8s.protocol import keys
+from runnable_k8s.protocol.codec import data_codec
+from runnable_k8s.protocol.messages import RunRequest
+from runnable_k8s.worker.execution import Executor
 from tests.conftest import make_settings
 from tests.support.models import FlakyModel, SlowModel
 from tests.support.workers import REPO, WorkerProcess, worker_env
@@ -45,9 +50,20 @@ def wait_for_state(run: RemoteRun, state: str, timeout: float = 30.0) -> None:
     raise AssertionError(f"run {run.id} never reached {state}: {run.status()}")
 
 
+def local_chain() -> Runnable[dict[str, str], str]:
+    """The chain the remote tests run, run here: what every remote answer must equal."""
+    prompt = ChatPromptTemplate.from_messages([("human", "{input}")])
+    return prompt | DemoChatModel() | StrOutputParser()
+
+
 def test_submit_returns_at_once_and_any_process_can_attach(
     settings: Settings, worker: WorkerProcess
 ) -> None:
+    # At once: while a five-second run is still queued or running ("succeeded" here would
+    # mean submit waited for it).
+    slow = RunnableK8s(bound=SlowModel(delay=5.0, chunks=1), settings=settings).submit("wait")
+    assert slow.status().state in {"queued", "running"}
+    slow.cancel()
     remote = RunnableK8s(bound=DemoChatModel(), settings=settings)
     run = remote.submit(PIKACHU)
     assert run.status().state in {"queued", "running", "succeeded"}
@@ -115,13 +131,17 @@ def test_stream_chunks_add_up_to_invoke(settings: Settings, worker: WorkerProces
     total = chunks[0]
     for chunk in chunks[1:]:
         total += chunk
-    assert total.content == remote.invoke(PIKACHU).content
+    # Against the model run here, not only against another remote run (both could be wrong).
+    local = DemoChatModel().invoke(PIKACHU).content
+    assert "Pichu" in local
+    assert total.content == remote.invoke(PIKACHU).content == local
     chain = (
         ChatPromptTemplate.from_messages([("human", "{input}")])
         | RunnableK8s(bound=DemoChatModel(), settings=settings)
         | StrOutputParser()
     )
-    assert "".join(chain.stream({"input": PIKACHU})) == chain.invoke({"input": PIKACHU})
+    expected = local_chain().invoke({"input": PIKACHU})
+    assert "".join(chain.stream({"input": PIKACHU})) == chain.invoke({"input": PIKACHU}) == expected
 
 
 def test_streamed_run_of_a_chat_model_ends_with_the_message_invoke_returns(
@@ -153,7 +173,9 @@ def test_streamed_run_of_a_chat_model_ends_with_the_message_invoke_returns(
 async def test_astream_yields_chunks(settings: Settings, worker: WorkerProcess) -> None:
     remote = RunnableK8s(bound=DemoChatModel(), settings=settings)
     text = "".join([str(c.content) async for c in remote.astream(PIKACHU)])
-    assert text == (await remote.ainvoke(PIKACHU)).content
+    assert (
+        text == (await remote.ainvoke(PIKACHU)).content == DemoChatModel().invoke(PIKACHU).content
+    )
 
 
 def test_second_process_joins_a_running_stream_from_its_start(
@@ -204,7 +226,11 @@ async def test_astream_events_show_the_remote_models_tokens(
     kinds = [e["event"] for e in events]
     assert "on_chat_model_start" in kinds and "on_chat_model_end" in kinds
     tokens = [e["data"]["chunk"].content for e in events if e["event"] == "on_chat_model_stream"]
-    assert "".join(tokens) == chain.invoke({"input": PIKACHU})
+    assert (
+        "".join(tokens)
+        == chain.invoke({"input": PIKACHU})
+        == local_chain().invoke({"input": PIKACHU})
+    )
     model_start = next(e for e in events if e["event"] == "on_chat_model_start")
     remote_start = next(
         e for e in events if e["event"] == "on_chain_start" and e["name"] == "remote"
@@ -265,3 +291,59 @@ def test_cancel_running_and_queued_runs(single_slot: tuple[Settings, WorkerProce
     # The slot is free again.
     quick = RunnableK8s(bound=DemoChatModel(), settings=settings)
     assert "Pichu" in quick.invoke(PIKACHU).content
+
+
+def test_a_cancel_between_claim_and_start_still_cancels_the_run(redis_url: str) -> None:
+    settings = make_settings(redis_url)  # a queue of its own: this test plays the worker
+
+    async def scenario() -> tuple[str, str]:
+        executor = Executor(settings)
+        subscribed = await executor.redis.pubsub_numsub(keys.CANCEL_CHANNEL)
+        listener = asyncio.ensure_future(executor.listen_for_cancellations())
+        producer = AsyncClient(settings, executor.protocol)
+        try:
+            # The listener is subscribed (other workers of the session may be too).
+            deadline = time.monotonic() + 10
+            while await executor.redis.pubsub_numsub(keys.CANCEL_CHANNEL) == subscribed:
+                assert time.monotonic() < deadline, "the cancel listener never subscribed"
+                await asyncio.sleep(0.01)
+            request = RunRequest(
+                run_id=new_run_id(),
+                mode="invoke",
+                name="slow",
+                runnable=b"",
+                input=data_codec().encode_data(1.0),
+                expires_at=time.time() + 600,
+                ref="tests.support.refs:slow",
+            )
+            await producer.submit([request])
+            raw = await executor.redis.rpop(settings.queue)
+            wire = json.loads(json.loads(raw)["body"])[0][0]
+
+            records = executor.records
+            claim = records.claim
+            seen: list[str] = []
+
+            async def claim_then_user_cancels(*args: object, **kwargs: object) -> object:
+                verdict = await claim(*args, **kwargs)  # type: ignore[arg-type]
+                if verdict[0] == "ok":
+                    # The user cancels now; the worker's loop delivers the publish before the
+                    # continuation that tracks the task (widened here to make it certain).
+                    seen.append((await producer.cancel(request.run_id)).state)
+                    await asyncio.sleep(0.3)
+                return verdict
+
+            records.claim = claim_then_user_cancels  # type: ignore[method-assign]
+            await executor.handle(wire)
+            _, fields = (await executor.redis.xrange(keys.events(request.run_id)))[-1]
+            outcome = executor.protocol.open_outcome(fields[b"m"], request.run_id)
+            return seen[0], outcome.state
+        finally:
+            listener.cancel()
+            executor.leases.stop()
+            await producer.aclose()
+            await executor.redis.aclose()
+
+    status_at_cancel, final = asyncio.run(scenario())
+    assert status_at_cancel == "running"  # cancel() told the user it was running
+    assert final == "cancelled", f"cancelled run ran to completion: outcome {final!r}"

@@ -67,7 +67,8 @@ def test_scale_to_zero_waits_for_the_run_in_flight(own_redis_url: str, tmp_path:
     with session:
         run = RunnableK8s(bound=SlowModel(delay=6.0), settings=settings).submit("long")
         assert result_of(run, 60).content == "echo: long"
-        finished_at = run.status().finished_at or 0.0
+        finished_at = run.status().finished_at
+        assert finished_at is not None  # (a default of 0 would make the check below vacuous)
         wait_until(
             lambda: session.pool.replicas == 0 and not session.pool.workers,
             30,

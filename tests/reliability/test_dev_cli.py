@@ -4,6 +4,7 @@ and Ctrl-C stops everything without losing a queued run."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,7 +55,9 @@ def test_dev_serves_a_burst_and_ctrl_c_keeps_queued_runs(
             dev.kill()
             dev.wait()
     assert dev.returncode == 0, output
-    assert "replicas" in output  # the live view reported its state
+    # The live view reported its state and its decisions (the banner alone says "replicas").
+    assert re.search(r"^\d\d:\d\d:\d\d  replicas \d \(\d ready", output, re.M), output
+    assert re.search(r"^scale \d -> 2: metric ", output, re.M), output  # up to max-replicas
     # A 30 s cooldown is shorter than the default rescue window (60 s + a 15 s sweep + the
     # polling interval), but the manifests' pending-set trigger keeps a worker up for a lost
     # run: nothing to warn about.

@@ -107,6 +107,7 @@ class ConfigProbe(_Serializable, RunnableSerializable[Any, dict[str, Any]]):
             "configurable": dict(config.get("configurable", {})),
             "recursion_limit": config.get("recursion_limit"),
             "max_concurrency": config.get("max_concurrency"),
+            "kwargs": dict(kw),  # what `.bind(...)` or the call added
         }
 
 

@@ -81,9 +81,9 @@ def test_nested_langchain_nodes_are_left_to_their_own_validation() -> None:
     init_validator(("langchain", "schema", "runnable", "RunnableSequence"), {"first": nested})
 
 
-# Regression test for a bug found here: _forbidden_key skips any mapping with lc == 1
-# and a 'type' key, including the constructor's own kwargs (depth 0), so {'lc': 1, 'type': 'x',
-# 'openai_api_base': ...} passes the validator
+# Only a nested constructor node is left to its own validation: a mapping that merely looks
+# like one (lc == 1 and a 'type' key), the constructor's own kwargs included, is checked, so
+# {'lc': 1, 'type': 'x', 'openai_api_base': ...} is refused.
 @pytest.mark.parametrize(
     "kwargs",
     [

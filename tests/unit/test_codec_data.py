@@ -192,21 +192,20 @@ def test_custom_object_refused_with_path(codec: Codec) -> None:
     assert "items[1]" in text
 
 
-# Regression test for a bug found here: encode_data never checks the data allowlist,
-# so a Serializable outside it (AgentFinish, PromptTemplate, ...) is encoded and only fails on the
-# other side
+# A Serializable outside the data allowlist (AgentFinish, PromptTemplate, ...) is refused where
+# it is encoded, naming it, instead of travelling and failing only on the other side.
 @pytest.mark.parametrize(
     "value",
     [AgentFinish(return_values={"output": "x"}, log="done"), PromptTemplate.from_template("{x}")],
     ids=lambda v: type(v).__name__,
 )
 def test_serializable_outside_data_allowlist_refused_at_encode(codec: Codec, value: Any) -> None:
-    with pytest.raises(SerializationRefused):
+    with pytest.raises(SerializationRefused, match=type(value).__name__):
         codec.encode_data(value)
 
 
-# Regression test for a bug found here: _refuse_unsupported walks into escaped user
-# dicts, so plain user data shaped like a not_implemented marker is refused
+# Plain user data shaped like a not_implemented marker is escaped by dumps: it is data, not
+# an unsupported object (the refusal must not walk into escaped user dicts).
 def test_user_dict_shaped_like_a_marker_is_data(codec: Codec) -> None:
     value = {"lc": 1, "type": "not_implemented", "id": ["x"]}
     assert codec.decode_data(codec.encode_data(value)) == value
@@ -230,15 +229,15 @@ def test_nesting_within_the_limit_is_fine(codec: Codec) -> None:
     assert restored == HumanMessage("deep")
 
 
-# Regression test for a bug found here: decode_data catches only ValueError from
-# json.loads; pathological nesting raises RecursionError instead of DisallowedObject
+# json.loads raises RecursionError (not ValueError) on pathological nesting: still a
+# DisallowedObject, never an error outside the tree.
 def test_pathologically_nested_data_is_disallowed(codec: Codec) -> None:
     with pytest.raises(DisallowedObject):
         codec.decode_data(b"[" * 100_000 + b"]" * 100_000)
 
 
-# Regression test for a bug found here: encode_data catches only TypeError/ValueError
-# from dumps; deep nesting raises RecursionError instead of SerializationRefused
+# dumps raises RecursionError (not TypeError/ValueError) on deep nesting: still a
+# SerializationRefused.
 def test_pathologically_nested_data_refused_at_encode(codec: Codec) -> None:
     value: Any = 1
     for _ in range(5000):

@@ -167,9 +167,8 @@ def test_retry_and_fallbacks_refused(codec: Codec, make: Any) -> None:
         codec.encode_runnable(make())
 
 
-# Regression test for a bug found here: the refusal names builtins.Exception (a kwarg
-# of the wrapper) instead of RunnableRetry / RunnableWithFallbacks, the object the user actually
-# wrote
+# The refusal names RunnableRetry / RunnableWithFallbacks, the object the user wrote, not
+# builtins.Exception (a constructor argument of the wrapper).
 @pytest.mark.parametrize(
     ("make", "named"),
     [
@@ -214,9 +213,8 @@ def test_chat_openai_redirecting_kwargs_refused_at_encode(
     assert PLACEHOLDER not in str(caught.value)
 
 
-# Regression test for a bug found here: dumpd leaves http_client out, so
-# encode_runnable silently drops the caller's HTTP client (its proxy/TLS/base settings) instead of
-# refusing it
+# dumpd leaves http_client out: a caller's HTTP client (its proxy/TLS/base settings) is
+# refused, never silently dropped.
 @pytest.mark.parametrize("field", ["http_client", "http_async_client"])
 def test_chat_openai_http_client_refused_at_encode(codec: Codec, field: str) -> None:
     import httpx
@@ -279,9 +277,9 @@ def test_other_hand_edited_kwargs_refused_at_decode(
         codec.decode_runnable(chat_openai_json(**kwargs))
 
 
-# Regression test for a bug found here: kwargs that carry lc=1 and a 'type' key skip
-# the forbidden-kwarg check (allowlist._forbidden_key), so a payload builds ChatOpenAI with a
-# foreign base URL and the worker's real key
+# Constructor kwargs that themselves carry lc=1 and a 'type' key still go through the
+# forbidden-kwarg check: otherwise a payload builds ChatOpenAI with a foreign base URL and the
+# worker's real key.
 def test_lookalike_kwargs_cannot_smuggle_a_base_url(codec: Codec, worker_key: str) -> None:
     raw = chat_openai_json(lc=1, type="x", openai_api_base="http://attacker.example/v1")
     with warnings.catch_warnings():
@@ -389,8 +387,8 @@ def test_deeply_nested_runnable_payload_refused(codec: Codec) -> None:
         codec.decode_runnable(json.dumps(tree).encode())
 
 
-# Regression test for a bug found here: decode_runnable only catches ValueError from
-# json.loads; a very deeply nested document raises RecursionError instead of DisallowedObject
+# json.loads raises RecursionError (not ValueError) on a very deeply nested document: still
+# a DisallowedObject.
 def test_pathologically_nested_json_is_disallowed(codec: Codec) -> None:
     with pytest.raises(DisallowedObject):
         codec.decode_runnable(b"[" * 100_000 + b"]" * 100_000)

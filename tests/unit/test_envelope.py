@@ -274,9 +274,8 @@ def test_peek_header_of_garbage_is_none(wire: bytes) -> None:
     assert needs_body_beside(wire) is False
 
 
-# Regression test for a bug found here: peek_header does not catch OverflowError
-# (int(inf) / float(huge int)); the worker calls it on unverified input whose handler 'never
-# raises for bad input'
+# Numbers that overflow int()/float() (int(inf), float(huge int)) raise OverflowError, not
+# ValueError: the worker calls peek_header on unverified input and must never raise on it.
 @pytest.mark.parametrize(
     "wire", [b'[1,"run","r",1,1e999]\n', b'[1,"run","r",1' + b"0" * 400 + b",0]\n"]
 )

@@ -219,9 +219,8 @@ def test_malformed_status_body_rejected(protocol: Protocol) -> None:
             protocol.open_status(wire, "r")
 
 
-# Regression test for a bug found here: open_status does not check the state against
-# the known states (open_outcome does), so a status with an unknown or unhashable state is
-# returned
+# A signed status whose state is not one of the known states (or not even hashable) is
+# rejected, as open_outcome rejects one: callers compare states against the known set.
 @pytest.mark.parametrize("state", ["exploded", ["succeeded"]])
 def test_status_with_unknown_state_rejected(protocol: Protocol, state: object) -> None:
     body = json.dumps({"state": state}).encode()

@@ -212,9 +212,8 @@ def test_durations_must_be_positive(name: str, raw: str) -> None:
         Settings.from_env({env_name(name): raw})
 
 
-# Regression test for a bug found here: float('nan') passes every comparison in
-# _validated, so a NaN time limit, expiry or TTL is accepted (a run with expires_at=nan never
-# expires)
+# float('nan') passes every comparison a range check makes, and inf is no duration: both
+# are refused by name (a run with expires_at=nan would never expire).
 @pytest.mark.parametrize("name", [*POSITIVE_FLOATS, "visibility_timeout"])
 @pytest.mark.parametrize("raw", ["nan", "-nan", "inf"])
 def test_non_finite_durations_refused(name: str, raw: str) -> None:
@@ -229,7 +228,7 @@ def test_non_finite_durations_refused(name: str, raw: str) -> None:
      ("queue", "two words"), ("queue", "")],
 )  # fmt: skip
 def test_other_bounds(name: str, raw: str) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match=env_name(name)):
         Settings.from_env({env_name(name): raw})
 
 
@@ -338,11 +337,11 @@ def test_replace_validates() -> None:
     changed = base.replace(queue="other", time_limit=10.0)
     assert (changed.queue, changed.time_limit, base.queue) == ("other", 10.0, "runnable-k8s")
     assert changed.signing_key == base.signing_key
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="RUNNABLE_K8S_SIGNING_KEY"):
         base.replace(signing_key=SigningKey(b"short"))
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="RUNNABLE_K8S_VISIBILITY_TIMEOUT"):
         base.replace(time_limit=5000.0, visibility_timeout=100.0)
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="RUNNABLE_K8S_REDIS_URL"):
         base.replace(redis_url="memcached://x")
 
 

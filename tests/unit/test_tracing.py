@@ -421,12 +421,20 @@ def test_remote_parent_is_a_no_op_when_the_worker_does_not_trace(
         chain.invoke({"q": "hi"})
     wait_for_all_tracers()
     assert recorder.runs == []
+    assert not recorder.errors
+    # Control: with tracing on, the same call does reach this recorder, so the silence above
+    # is the no-op and not a recorder that hears nothing.
+    ls_env.apply(recorder.env())
+    with remote_parent({TRACE_HEADER: SEGMENT}):
+        chain.invoke({"q": "hi"})
+    wait_for_all_tracers()
+    recorder.wait_for(lambda r: bool(r.named("DemoChatModel")), timeout=30)
 
 
 def test_remote_parent_propagates_exceptions_and_ignores_bad_headers(
     traced: LangSmithRecorder,
 ) -> None:
-    with pytest.raises(KeyError), remote_parent({TRACE_HEADER: SEGMENT}):
+    with pytest.raises(KeyError, match="from the body"), remote_parent({TRACE_HEADER: SEGMENT}):
         raise KeyError("from the body")
     assert get_current_run_tree() is None
     with remote_parent({TRACE_HEADER: "junk"}):
