@@ -188,7 +188,8 @@ class Executor:
         try:
             request = await self._verify(raw, beside)
         except MessageRejected as exc:
-            return await self._reject(raw, beside, exc)
+            ended = await self._ended_without_body(raw, beside)
+            return ended if ended is not None else await self._reject(raw, beside, exc)
         _event(
             logging.INFO,
             RunEvent("received", request.run_id, request.name),
@@ -211,6 +212,39 @@ class Executor:
                     beside = stored if isinstance(stored, bytes) else None
         # Expiry is checked after verification, so an authentic expired run is recorded.
         return self.protocol.open_request(raw, beside=beside, check_expiry=False)
+
+    async def _ended_without_body(
+        self, raw: bytes, beside: bytes | _NotRead | None
+    ) -> Handled | None:
+        """A delivery of a run that has ended, whose large body (beside the message) its
+        finish dropped: it cannot be verified any more, but it is a replay or a redelivery
+        (after a lost acknowledgement), not a forgery, and repeats the recorded outcome as a
+        verified one would. None when that is not the case. Trusting the claimed id is safe:
+        the outcome repeated is the run's own, signed, and nothing runs."""
+        if not envelope.needs_body_beside(raw) or isinstance(beside, bytes):
+            return None
+        header = envelope.peek_header(raw)
+        if header is None or not _RUN_ID.fullmatch(header.run_id):
+            return None
+        run_id = header.run_id
+        try:
+            if isinstance(beside, _NotRead) and await self.redis.exists(keys.body(run_id)):
+                return None  # the body is there: the message itself failed verification
+            status = (await self.records.read(run_id)).status
+        except ResponseError:
+            return None
+        if status is None or not status.done:
+            return None
+        self.metrics.reject("replay")
+        _event(
+            logging.WARNING,
+            RunEvent("rejected", run_id, status.name, reason="replay"),
+            "ignored delivery of finished run run=%s state=%s (replay or duplicate; its body "
+            "was dropped when it finished)",
+            run_id,
+            status.state,
+        )
+        return already_ended(status)
 
     async def _reject(
         self, raw: bytes, beside: bytes | _NotRead | None, exc: MessageRejected

@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from runnable_k8s.errors import RunnableK8sError, SerializationRefused
+from langchain_core.messages import BaseMessageChunk, message_chunk_to_message
+
+from runnable_k8s.errors import MessageRejected, RunnableK8sError, SerializationRefused
 from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.remote_config import json_safe_mapping
 from runnable_k8s.worker.graphs import GraphStream
@@ -55,6 +57,17 @@ def _add(total: Any, chunk: Any) -> Any:
         return chunk
 
 
+def _as_invoked(total: Any) -> Any:
+    # A chat model's `invoke` returns the message its stream's chunks add up to, as a message,
+    # not a chunk (LangChain's `generate_from_stream` converts it the same way); so does a
+    # parallel step's, for each model inside the dict its chunks merge into.
+    if isinstance(total, BaseMessageChunk):
+        return message_chunk_to_message(total)
+    if isinstance(total, dict):
+        return {key: _as_invoked(value) for key, value in total.items()}
+    return total
+
+
 class StreamInterrupted(RunnableK8sError):
     """This run's stream already holds another delivery's entries: the run ends "interrupted"
     after the `entries` the reader has (never the runnable's failure)."""
@@ -82,6 +95,10 @@ local id = redis.call('xadd', KEYS[1], '*', 'k', ARGV[1], 'm', ARGV[2])
 redis.call('expire', KEYS[1], ARGV[3])
 return id
 """
+
+
+# Rounds of "forged entries removed, first entry tried again" before giving up.
+_FIRST_TRIES: Final = 3
 
 
 def _id(raw: Any) -> bytes:
@@ -134,23 +151,58 @@ class StreamPublisher:
         ttl = int(self._executor.settings.result_ttl)
         # A script loaded again by redis-py if Redis restarted and forgot it.
         first = redis.register_script(_FIRST)
-        reply = await first(keys=[self._stream], args=[kind, sealed, ttl])
-        if isinstance(reply, int):
-            # An earlier delivery of this run streamed here (its worker was lost mid-stream):
-            # going on, or starting over, would show the reader chunks twice.
-            raise StreamInterrupted(reply)
-        return _id(reply)
+        for _ in range(_FIRST_TRIES):
+            reply = await first(keys=[self._stream], args=[kind, sealed, ttl])
+            if not isinstance(reply, int):
+                return _id(reply)
+            # Redis cannot check signatures: the script counted chunk-like entries, which
+            # anyone who can write to Redis can add. Only signed entries of this run are an
+            # earlier delivery's (its worker was lost mid-stream: going on, or starting over,
+            # would show the reader chunks twice); the rest go, and the first entry is tried
+            # again.
+            earlier = await self._earlier()
+            if earlier:
+                raise StreamInterrupted(earlier)
+        raise StreamInterrupted(0)
+
+    def _ours(self, fields: Any) -> bool:
+        """Whether a stream entry (its fields) is a signed chunk or event of this run."""
+        wire = fields.get(b"m") if isinstance(fields, dict) else None
+        if not isinstance(wire, bytes):
+            return False
+        try:
+            self._executor.protocol.open_chunk(wire, self._run_id)
+        except MessageRejected:
+            return False
+        return True
+
+    async def _earlier(self) -> int:
+        """The signed entries of this run already in its stream; unsigned chunk-like entries
+        (forged: no worker writes them) are deleted by this lease holder."""
+        redis = self._executor.redis
+        genuine, forged = 0, []
+        entries: list[Any] = await redis.xrange(self._stream, "-", "+") or []
+        for entry, fields in entries:
+            if not fields or fields.get(b"k") not in (b"c", b"e"):
+                continue  # a rejection notice, or an outcome: not a chunk
+            if self._ours(fields):
+                genuine += 1
+            else:
+                forged.append(_id(entry))
+        if forged:
+            await redis.xdel(self._stream, *forged)
+        return genuine
 
     async def _find(self, sealed: bytes, seq: int) -> bytes | None:
         """The id of the entry holding `sealed`, if the try before appended it: then it is the
-        one entry ("c" or "e") after the last one this publisher knows it appended (only the
-        run's lease holder appends). None if there is none; any other finding means another
-        delivery streams here too."""
+        one signed entry ("c" or "e") of this run after the last one this publisher knows it
+        appended (only the run's lease holder appends; unsigned entries are anyone's). None
+        if there is none; any other finding means another delivery streams here too."""
         start = b"-" if self._last is None else b"(" + self._last
         found = [
             (entry, fields)
             for entry, fields in await self._executor.redis.xrange(self._stream, start, "+") or []
-            if fields and fields.get(b"k") in (b"c", b"e")
+            if fields and fields.get(b"k") in (b"c", b"e") and self._ours(fields)
         ]
         if not found:
             return None
@@ -164,7 +216,7 @@ class StreamPublisher:
         async for chunk in source:
             await self._append("c", chunk)
             total = _add(total, chunk)
-        return total
+        return _as_invoked(total)
 
     async def graph(self, source: AsyncIterator[Any], graph: GraphStream) -> Any:
         """Publish what the caller's stream modes yield; return the graph's final state (see
@@ -191,7 +243,7 @@ class StreamPublisher:
                 total = data["output"]
             if name in MODEL_EVENTS:
                 await self._append("e", self._event(event))
-        return total
+        return total if ended else _as_invoked(total)
 
     def _event(self, event: Any) -> dict[str, Any]:
         data: dict[str, Any] = {}

@@ -22,7 +22,25 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 log = logging.getLogger("runnable_k8s.worker")
 
 
+class QoS(kombu_redis.QoS):
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        # kombu hands a requeued message back with LPUSH, to the end of the line (BRPOP takes
+        # from the other end). The worker requeues only runs it could not start, never because
+        # of the run: one handed back by a stopping worker, or while Redis was away. Each was
+        # the next to run and keeps that place (RPUSH, as kombu's own restore after the
+        # visibility timeout does), instead of waiting behind the whole backlog, possibly past
+        # its expiry.
+        if not requeue:
+            super().reject(delivery_tag, requeue=False)  # type: ignore[no-untyped-call]
+            return
+        self.restore_by_tag(delivery_tag, leftmost=False)  # type: ignore[no-untyped-call]
+        # What kombu's own reject does next: forget the delivery (the restore's transaction
+        # already took it out of the unacked hash and index).
+        super(kombu_redis.QoS, self).ack(delivery_tag)  # type: ignore[no-untyped-call]
+
+
 class Channel(kombu_redis.Channel):
+    QoS = QoS
     _blocking_client: tuple[Any, Any] | None = None
 
     def _create_client(self, asynchronous: bool = False) -> Any:

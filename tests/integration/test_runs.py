@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from langchain_core.messages import AIMessageChunk
+from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableParallel, RunnablePassthrough
 
 from runnable_k8s import (
     ExecutionTimeout,
@@ -142,6 +142,32 @@ def test_stream_chunks_add_up_to_invoke(settings: Settings, worker: WorkerProces
     )
     expected = local_chain().invoke({"input": PIKACHU})
     assert "".join(chain.stream({"input": PIKACHU})) == chain.invoke({"input": PIKACHU}) == expected
+
+
+def test_streamed_run_of_a_chat_model_ends_with_the_message_invoke_returns(
+    settings: Settings, worker: WorkerProcess
+) -> None:
+    # invoke of a chat model (or a chain ending in one) returns an AIMessage, not the
+    # AIMessageChunk its stream's chunks add up to: a streamed run's result is invoke's.
+    chain = ChatPromptTemplate.from_messages([("human", "{input}")]) | DemoChatModel()
+    for bound, given in ((DemoChatModel(), PIKACHU), (chain, {"input": PIKACHU})):
+        remote = RunnableK8s(bound=bound, settings=settings)
+        invoked = remote.invoke(given)
+        streamed = remote.submit(given, stream=True).result(timeout=30)
+        assert type(invoked) is AIMessage
+        assert type(streamed) is AIMessage
+        assert streamed.content == invoked.content
+        assert streamed.tool_calls == invoked.tool_calls
+    # The same for a model's answer inside the dicts a parallel step's chunks merge into.
+    model = ChatPromptTemplate.from_messages([("human", "{input}")]) | DemoChatModel()
+    for step in (RunnableParallel(answer=model), RunnablePassthrough.assign(answer=model)):
+        remote = RunnableK8s(bound=step, settings=settings)
+        invoked = remote.invoke({"input": PIKACHU})
+        streamed = remote.submit({"input": PIKACHU}, stream=True).result(timeout=30)
+        assert type(invoked["answer"]) is AIMessage
+        assert type(streamed["answer"]) is AIMessage
+        assert streamed["answer"].content == invoked["answer"].content
+        assert streamed.keys() == invoked.keys()
 
 
 async def test_astream_yields_chunks(settings: Settings, worker: WorkerProcess) -> None:

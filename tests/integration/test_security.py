@@ -180,6 +180,31 @@ def test_producer_refuses_oversized_input_before_enqueueing(
     assert redis_client.llen(small.queue) == before
 
 
+def test_replayed_large_message_of_a_finished_run_repeats_its_outcome(
+    settings: Settings, worker: WorkerProcess, redis_client: redis.Redis
+) -> None:
+    # A large input travels beside its message, and the run's finish drops it: a later
+    # delivery of the same message (a redelivery after a lost ack, a replay) cannot be
+    # verified any more, yet it is a finished run's, not a forgery: no "rejected" alarm, no
+    # notice, and its Celery task state repeats the run's outcome (SUCCESS), not FAILURE.
+    client = client_for(settings)
+    request = request_for(settings, demo_json(settings), "Pikachu? " + "x" * 40_000)
+    wire, beside = client.protocol.seal_request(request)
+    assert beside is not None  # the body travels beside the message
+    client.submit([request])
+    first = next(e.outcome for e in client.events([request.run_id], timeout=30) if e.outcome)
+    assert first.state == "succeeded"
+    assert redis_client.exists(keys.body(request.run_id)) == 0
+    push(redis_client, settings, wire, request.run_id)
+    worker.wait_for_log(f"ignored delivery of finished run run={request.run_id}")
+    assert_still_serving(settings)
+    log = worker.log()
+    assert f"rejected message claimed_run={request.run_id}" not in log
+    assert f"RunNotSucceeded('claimed_run={request.run_id}" not in log
+    assert log.count(f"Task runnable_k8s.run[{request.run_id}] succeeded") == 2
+    assert redis_client.xlen(keys.events(request.run_id)) == 1
+
+
 @pytest.fixture(scope="module")
 def strict_worker(redis_url: str, logs_dir: Path) -> Iterator[tuple[Settings, WorkerProcess]]:
     """A worker whose size limit is lower than its producers'."""
@@ -329,3 +354,29 @@ def test_payload_chosen_base_url_never_receives_the_key(
     assert remote.invoke("still serving?").content == fake.answer
     assert len(fake.requests) == before + 1
     assert worker_key not in str(fake.requests[-1]["body"])
+
+
+def test_unsigned_stream_entries_do_not_make_a_queued_stream_run_end_interrupted(
+    redis_url: str, redis_client: redis.Redis, logs_dir: Path
+) -> None:
+    # Someone who can write to Redis, without the key, adds chunk-like entries to a queued
+    # run's stream before any worker took it: the worker must not take them for an earlier
+    # delivery's chunks and sign an "interrupted" failure for a run no worker was lost on.
+    settings = make_settings(redis_url)
+    run = RunnableK8s(bound=DemoChatModel(), settings=settings).submit(
+        "What does Pikachu evolve from?", stream=True
+    )
+    redis_client.xadd(keys.events(run.id), {"k": "c", "m": "forged"})
+    redis_client.xadd(keys.events(run.id), {"k": "e", "m": "forged"})
+    process = WorkerProcess(settings, logs_dir, concurrency=4, name="forged-entries")
+    try:
+        process.wait_ready()
+        deadline = time.monotonic() + 30
+        while not (status := run.status()).done and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert status.state == "succeeded", status
+        # The stream a reader joining now reads is the run's own, whole and verified.
+        assert "Pichu" in "".join(str(c.content) for c in RemoteRun(run.id, settings).stream())
+        assert "Pichu" in run.result(timeout=10).content
+    finally:
+        process.stop()

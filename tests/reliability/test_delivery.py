@@ -172,3 +172,29 @@ def test_duplicate_delivery_never_runs_a_run_twice_and_respects_its_outcome(
     assert started_count([holder.log(), hasty.log()], run.id) == 1
     assert outcomes(own_redis, run.id) == 1
     assert run.status().attempt == 1
+
+
+@pytest.mark.timeout(90)
+def test_run_handed_back_by_a_stopping_worker_keeps_its_place_in_the_queue(
+    own_redis_url: str, logs_dir: Path, workers: list[WorkerProcess]
+) -> None:
+    # A stopping worker's fetch pops the oldest queued run: handed back, it is still the
+    # oldest and goes first, not behind every run submitted after it (with a long backlog it
+    # could otherwise wait past its expiry).
+    settings = make_settings(own_redis_url, time_limit=30.0)
+    stopping = WorkerProcess(settings, logs_dir, concurrency=2, name="stopping")
+    workers.append(stopping)
+    stopping.wait_ready()
+    remote = RunnableK8s(bound=SlowModel(delay=0.2, chunks=1), settings=settings)
+    stopping.process.send_signal(signal.SIGTERM)
+    runs = [remote.submit(f"in order {i}") for i in range(4)]
+    assert stopping.process.wait(30) == 0
+    handed = [run for run in runs if f"handed back run={run.id}" in stopping.log()]
+    assert handed, "the stopping worker's fetch popped none of the runs"
+    successor = WorkerProcess(settings, logs_dir, concurrency=1, name="in-order")
+    workers.append(successor)
+    for run in runs:
+        result_of(run, 30)
+    log = successor.log()
+    starts = sorted(runs, key=lambda run: log.index(f"started run={run.id}"))
+    assert starts[0] is handed[0], [runs.index(run) for run in starts]
