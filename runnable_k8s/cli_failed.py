@@ -49,7 +49,7 @@ def failed() -> None:
 def list_(limit: int, as_json: bool) -> None:
     """List dead letters, newest first (id, ended at, state, attempts, name, reason)."""
     with _letters() as letters:
-        listing = letters.list(limit=limit)
+        listing = letters.listing(limit=limit)
     for letter in listing.letters:
         if as_json:
             click.echo(json.dumps(_fields(letter)))

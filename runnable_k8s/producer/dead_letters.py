@@ -102,14 +102,14 @@ class DeadLetters:
         raw = self._call(lambda: self._redis.get(keys.retry_of(run_id)))
         return open_link(self.protocol, raw, run_id) if isinstance(raw, bytes) else None
 
-    def list(self, *, limit: int = 100) -> Listing:
+    def listing(self, *, limit: int = 100) -> Listing:
         """The newest `limit` dead letters, newest first; entries past the period or whose
         records expired are removed from the index."""
         horizon = time.time() - self.settings.dead_letter_ttl
 
         def read() -> tuple[list[Any], list[Any]]:
             self._redis.zremrangebyscore(self._index, "-inf", f"({horizon!r}")
-            ids = self._redis.zrevrange(self._index, 0, max(0, limit - 1))
+            ids: list[Any] = list(self._redis.zrevrange(self._index, 0, max(0, limit - 1)))
             with self._redis.pipeline(transaction=False) as pipe:
                 for raw_id in ids:
                     pipe.get(keys.status(raw_id.decode()))
@@ -225,7 +225,7 @@ class DeadLetters:
         top = "+inf" if older_than is None else repr(time.time() - older_than)
 
         def remove() -> int:
-            ids = self._redis.zrangebyscore(self._index, "-inf", top)
+            ids: list[Any] = list(self._redis.zrangebyscore(self._index, "-inf", top))
             if not ids:
                 return 0
             with self._redis.pipeline(transaction=True) as pipe:
@@ -236,7 +236,7 @@ class DeadLetters:
                 removed = pipe.execute()[0]
             return int(removed)
 
-        return self._call(remove)
+        return int(self._call(remove))
 
     def _call(self, operation: Any) -> Any:
         try:
