@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from runnable_k8s import ExecutionTimeout, RemoteError, RunnableK8s, RunRejected, Settings
+from runnable_k8s.producer.dead_letters import DeadLetters
 from runnable_k8s.protocol import keys, task_message
 from tests.conftest import make_settings
 from tests.support.workers import REPO, WorkerProcess, worker_env
@@ -200,28 +201,32 @@ def test_purge_removes_entries_and_their_requests_and_prints_the_count(
     assert not any(redis_client.exists(keys.kept_request(r)) for r in runs)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(150)
 def test_expired_runs_are_dead_letters_and_entries_vanish_after_their_ttl(
     redis_url: str, logs_dir: Path, redis_client: redis.Redis
 ) -> None:
-    settings = make_settings(redis_url, run_expiry=1.0, dead_letter_ttl=4.0)
+    # Long enough for a loaded machine to see the entry first, short enough to wait out.
+    settings = make_settings(redis_url, run_expiry=1.0, dead_letter_ttl=15.0)
     run = RunnableK8s(ref="tests.support.refs:slow", settings=settings).submit(0.01)
     time.sleep(1.5)  # expires in the queue: no worker yet
     process = WorkerProcess(settings, logs_dir, concurrency=4, name="expiry")
     process.wait_ready()
+    letters = DeadLetters(settings)
     try:
         deadline = time.monotonic() + 30
         while not run.status().done and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert run.status().state == "expired"
+        listed = letters.listing().letters
+        assert [letter.status.run_id for letter in listed] == [run.id]
+        assert listed[0].status.state == "expired"
+        assert redis_client.exists(keys.kept_request(run.id))
+        deadline = time.monotonic() + 60
+        while letters.listing().letters and time.monotonic() < deadline:
+            time.sleep(0.5)
     finally:
+        letters.close()
         process.stop()
-    assert run.status().state == "expired"
-    listed = _listed(settings)
-    assert listed[run.id]["state"] == "expired"
-    assert redis_client.exists(keys.kept_request(run.id))
-    deadline = time.monotonic() + 30
-    while run.id in _listed(settings) and time.monotonic() < deadline:
-        time.sleep(0.5)
     assert run.id not in _listed(settings)
     assert redis_client.zscore(keys.dead_letters(settings.queue), run.id) is None
     assert not redis_client.exists(keys.kept_request(run.id))
