@@ -119,6 +119,23 @@ def test_retry_runs_the_same_request_again_linked_to_the_dead_letter(
 
 
 @pytest.mark.timeout(120)
+def test_retry_of_a_large_request_uses_its_kept_body(
+    dl_settings: Settings, dl_worker: WorkerProcess, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    # Over the inline limit: the body travels beside the message and is kept beside it.
+    remote = RunnableK8s(ref="tests.support.refs:fails_first", settings=dl_settings)
+    job = {"counter": str(tmp_path / "calls"), "fail": 2, "pad": "x" * 40_000}
+    run = remote.submit(job)
+    with pytest.raises(RemoteError, match="provider unavailable"):
+        run.result(timeout=30)
+    assert len(redis_client.get(keys.kept_body(run.id)) or b"") > 40_000
+    assert not redis_client.exists(keys.body(run.id))
+    new = cli(dl_settings, "failed", "retry", run.id).stdout.strip()
+    result = cli(dl_settings, "result", new, "--timeout", "30").stdout
+    assert json.loads(result) == "succeeded on call 3"
+
+
+@pytest.mark.timeout(120)
 def test_forged_index_entries_are_refused_or_dropped(
     dl_settings: Settings, dl_worker: WorkerProcess, redis_client: redis.Redis
 ) -> None:
