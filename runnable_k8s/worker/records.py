@@ -101,8 +101,12 @@ if redis.call('exists', KEYS[3]) == 1 then
   redis.call('expire', KEYS[6], ARGV[6])
 end
 if redis.call('exists', KEYS[5]) == 1 then redis.call('expire', KEYS[5], ARGV[6]) end
-redis.call('zadd', KEYS[7], ARGV[7], ARGV[8])
-redis.call('zremrangebyscore', KEYS[7], '-inf', tonumber(ARGV[7]) - tonumber(ARGV[6]))
+-- A key of another type in the index's place must not fail the script half-way.
+local kind = redis.call('type', KEYS[7]).ok
+if kind == 'none' or kind == 'zset' then
+  redis.call('zadd', KEYS[7], ARGV[7], ARGV[8])
+  redis.call('zremrangebyscore', KEYS[7], '-inf', tonumber(ARGV[7]) - tonumber(ARGV[6]))
+end
 return 1
 """
 

@@ -247,3 +247,23 @@ def test_expired_runs_are_dead_letters_and_entries_vanish_after_their_ttl(
     assert run.id not in _listed(settings)
     assert redis_client.zscore(keys.dead_letters(settings.queue), run.id) is None
     assert not redis_client.exists(keys.kept_request(run.id))
+
+
+@pytest.mark.timeout(120)
+def test_a_key_of_another_type_in_the_index_place_does_not_lose_the_outcome(
+    redis_url: str, logs_dir: Path, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    settings = make_settings(redis_url, max_attempts=1)
+    redis_client.set(keys.dead_letters(settings.queue), b"not a sorted set")
+    process = WorkerProcess(settings, logs_dir, concurrency=4, name="index-type")
+    process.wait_ready()
+    try:
+        run_id = _failing_run(settings, tmp_path / "calls", fail=1)
+        status = RunnableK8s(ref="tests.support.refs:slow", settings=settings).invoke(0.01)
+    finally:
+        process.stop()
+    assert status == "slept 0.01"
+    shown = cli(settings, "status", run_id, "--json").stdout
+    assert json.loads(shown)["state"] == "failed"
+    # The finish script ran to its end: no Redis error escaped into the task.
+    assert "ResponseError" not in process.log_path.read_text()
