@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import click
 
+from runnable_k8s.cli_failed import failed
 from runnable_k8s.cli_runs import COMMANDS
 from runnable_k8s.cluster.cli import cluster
 from runnable_k8s.dev.cli import dev
@@ -165,5 +166,6 @@ def demo(question: str) -> None:
 
 main.add_command(cluster)
 main.add_command(dev)
+main.add_command(failed)
 for _command in COMMANDS:
     main.add_command(_command)

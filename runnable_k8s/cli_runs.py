@@ -26,6 +26,7 @@ from runnable_k8s.errors import (
     WaitTimeout,
 )
 from runnable_k8s.producer.client import client_for
+from runnable_k8s.producer.dead_letters import DeadLetters
 from runnable_k8s.producer.handles import RemoteRun
 from runnable_k8s.producer.results import unwrap
 from runnable_k8s.producer.runnable import RunnableK8s
@@ -163,7 +164,8 @@ def submit(
 @_errors
 def status(run_id: str, as_json: bool) -> None:
     """Print a run's state, attempt and times (ISO 8601, UTC)."""
-    st = RemoteRun(run_id, _settings()).status()
+    settings = _settings()
+    st = RemoteRun(run_id, settings).status()
     fields: dict[str, Any] = {
         "id": st.run_id,
         "state": st.state,
@@ -173,6 +175,7 @@ def status(run_id: str, as_json: bool) -> None:
         "started_at": st.started_at,
         "finished_at": st.finished_at,
         "reason": st.reason,
+        "retry_of": _retry_of(settings, run_id),
     }
     if as_json:
         click.echo(json.dumps(fields))
@@ -180,6 +183,14 @@ def status(run_id: str, as_json: bool) -> None:
     for key, value in fields.items():
         shown = iso_time(value) if key.endswith("_at") else value
         click.echo(f"{key + ':':<13}{'-' if shown in (None, '') else shown}")
+
+
+def _retry_of(settings: Settings, run_id: str) -> str | None:
+    letters = DeadLetters(settings)
+    try:
+        return letters.retry_of(run_id)
+    finally:
+        letters.close()
 
 
 def iso_time(epoch: float | None) -> str | None:

@@ -77,6 +77,12 @@ class Settings:
     result_ttl: float = 86400.0
     """Seconds results, statuses and streams are kept in Redis after a run ends."""
 
+    dead_letter_ttl: float = 604800.0
+    """Seconds a run that failed after its last attempt, was refused after verification, or
+    expired stays in the dead-letter index (`runnable-k8s failed`), with its records and its
+    signed request (for `failed retry`); the longer of this and `result_ttl` applies to its
+    records. 0 keeps no dead letters."""
+
     wait_timeout: float = 900.0
     """Default seconds a caller waits for a result (`invoke`, `result()`)."""
 
@@ -314,6 +320,10 @@ def _validated(settings: Settings) -> Settings:
         raise ConfigurationError(
             "RUNNABLE_K8S_VISIBILITY_TIMEOUT must be above RUNNABLE_K8S_TIME_LIMIT, or a long "
             "run is redelivered to a second worker while the first still runs it"
+        )
+    if not math.isfinite(settings.dead_letter_ttl) or settings.dead_letter_ttl < 0:
+        raise ConfigurationError(
+            "RUNNABLE_K8S_DEAD_LETTER_TTL must be 0 (no dead letters) or a positive number"
         )
     if settings.result_ttl < settings.run_expiry:
         raise ConfigurationError(

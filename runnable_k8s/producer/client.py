@@ -220,8 +220,11 @@ class Client:
     def close(self) -> None:
         self._redis.close()
 
-    def submit(self, requests: Sequence[RunRequest]) -> None:
-        """Enqueue runs: statuses, large bodies and messages in one transaction.
+    def submit(
+        self, requests: Sequence[RunRequest], *, records: Sequence[tuple[str, bytes, int]] = ()
+    ) -> None:
+        """Enqueue runs: statuses, large bodies and messages in one transaction, with
+        `records` (key, signed value, ttl s) beside them (e.g. a retry's link).
 
         Raises:
             BrokerUnavailable: Redis is unreachable; nothing was enqueued.
@@ -229,7 +232,7 @@ class Client:
         plan = _Plan(self.protocol, requests)
         try:
             with self._redis.pipeline(transaction=True) as pipe:
-                for key, value, ttl in plan.sets:
+                for key, value, ttl in [*plan.sets, *records]:
                     pipe.set(key, value, ex=ttl)
                 pipe.zadd(plan.pending_key, plan.pending)
                 pipe.lpush(plan.queue, *plan.messages)

@@ -35,6 +35,7 @@ RESULT: Final = "result"
 CHUNK: Final = "chunk"
 STATUS: Final = "status"
 CANCEL: Final = "cancel"
+RETRY_LINK: Final = "retry-of"
 
 # Flag: the body travels beside the message in its own Redis key (large payloads).
 FLAG_BODY_BESIDE: Final = 1

@@ -41,6 +41,29 @@ def message(run_id: str) -> str:
     return f"{PREFIX}:{{{run_id}}}:message"
 
 
+def kept_request(run_id: str) -> str:
+    """The message copy, moved here when a worker claims the run: kept while it runs and, if
+    it ends a dead letter, for the dead-letter period (the signed request `failed retry`
+    re-submits; already in Redis, so no secret)."""
+    return f"{PREFIX}:{{{run_id}}}:request"
+
+
+def kept_body(run_id: str) -> str:
+    """The large body of a dead-lettered run (see `body`), kept beside its request."""
+    return f"{PREFIX}:{{{run_id}}}:request-body"
+
+
+def retry_of(run_id: str) -> str:
+    """Signed link from a run made by `failed retry` to the run it retries."""
+    return f"{PREFIX}:{{{run_id}}}:retry-of"
+
+
+def dead_letters(queue: str) -> str:
+    """Sorted set of dead-lettered runs of `queue` (score: when they ended). Only an index:
+    every entry is checked against the run's signed records before it is shown or retried."""
+    return f"{PREFIX}:failed:{queue}"
+
+
 def pending(queue: str) -> str:
     """Sorted set of runs submitted to `queue` and not yet started (score: submission time)."""
     return f"{PREFIX}:pending:{queue}"

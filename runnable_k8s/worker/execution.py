@@ -160,6 +160,7 @@ class Executor:
                 ttl=int(self.settings.result_ttl),
                 queue=self.settings.queue,
                 on_forged=_forged,
+                dead_letter_ttl=int(self.settings.dead_letter_ttl),
             )
         return self._records
 

@@ -8,12 +8,14 @@ exact bytes it expects to replace. Two round trips per run, usually:
    a cancellation arrived, or another worker holds the lease (one script); after 'changed',
    `read` (one pipeline) tells what happened, and the claim is tried again;
 3. `finish`: release the lease, and append the outcome, write the final status and drop the
-   large body, unless the status changed since the run started (one script).
+   large body, unless the status changed since the run started (one script); a run that
+   failed or expired is indexed as a dead letter instead, its request and body kept.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -25,12 +27,13 @@ from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
 
 Claim = Literal["ok", "locked", "changed", "cancelled"]
 
-# KEYS: status, lock, cancel, pending set, message copy. ARGV: SHA-1 of the expected status
-# ("" = none), new status ("" = leave it), owner, lease ms, ttl s, "1" to ignore a
-# cancellation record (one the caller found forged), run id. A claimed run is no longer
-# pending: its message has reached a worker. The lease is taken before 'cancelled' is
-# answered, so the caller may record the cancellation as the lease holder (after verifying
-# it: Redis cannot check a signature).
+# KEYS: status, lock, cancel, pending set, message copy, kept request. ARGV: SHA-1 of the
+# expected status ("" = none), new status ("" = leave it), owner, lease ms, ttl s, "1" to
+# ignore a cancellation record (one the caller found forged), run id, "1" to keep the
+# request (dead letters are on). A claimed run is no longer pending: its message has reached
+# a worker, and its copy moves aside, where `finish` keeps it only for a dead letter. The
+# lease is taken before 'cancelled' is answered, so the caller may record the cancellation
+# as the lease holder (after verifying it: Redis cannot check a signature).
 _CLAIM: Final = """
 local holder = redis.call('get', KEYS[2])
 if holder and holder ~= ARGV[3] then
@@ -45,14 +48,20 @@ if current then digest = redis.sha1hex(current) end
 if digest ~= ARGV[1] then return 'changed' end
 redis.call('set', KEYS[2], ARGV[3], 'PX', ARGV[4])
 redis.call('zrem', KEYS[4], ARGV[7])
-redis.call('del', KEYS[5])
+if ARGV[8] == '1' and redis.call('exists', KEYS[5]) == 1 then
+  redis.call('rename', KEYS[5], KEYS[6])
+  redis.call('expire', KEYS[6], ARGV[5])
+else
+  redis.call('del', KEYS[5])
+end
 if ARGV[6] == '' and redis.call('exists', KEYS[3]) == 1 then return 'cancelled' end
 if ARGV[2] ~= '' then redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[5]) end
 return 'ok'
 """
 
-# KEYS: status, events, body, lock. ARGV: SHA-1 of the expected status ("" = none), new
-# status, ttl s, owner, outcome.
+# KEYS: status, events, body, lock, kept request, kept body, dead-letter index. ARGV: SHA-1
+# of the expected status ("" = none), new status, ttl s, owner, outcome, dead-letter ttl s
+# ("" = not a dead letter), now, run id.
 # A small outcome is appended by the script. A large one ("" in ARGV[5]) was appended by the
 # XADD just before it in the same transaction, so megabytes never pass through Lua (handing
 # 1 MB to a script and on to XADD took about 3 ms more than a plain XADD); when the status
@@ -76,9 +85,28 @@ if digest ~= ARGV[1] then
   return 0
 end
 if not appended then redis.call('xadd', KEYS[2], '*', 'k', 'r', 'm', ARGV[5]) end
-redis.call('expire', KEYS[2], ARGV[3])
-redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3])
-redis.call('del', KEYS[3])
+if ARGV[6] == '' then
+  redis.call('expire', KEYS[2], ARGV[3])
+  redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  redis.call('del', KEYS[3], KEYS[5])
+  return 1
+end
+-- A dead letter: its records live as long as its index entry (or longer), and its request
+-- and body stay for `failed retry`. Entries past the period go as the index is written.
+local keep = math.max(tonumber(ARGV[3]), tonumber(ARGV[6]))
+redis.call('expire', KEYS[2], keep)
+redis.call('set', KEYS[1], ARGV[2], 'EX', keep)
+if redis.call('exists', KEYS[3]) == 1 then
+  redis.call('rename', KEYS[3], KEYS[6])
+  redis.call('expire', KEYS[6], ARGV[6])
+end
+if redis.call('exists', KEYS[5]) == 1 then redis.call('expire', KEYS[5], ARGV[6]) end
+-- A key of another type in the index's place must not fail the script half-way.
+local kind = redis.call('type', KEYS[7]).ok
+if kind == 'none' or kind == 'zset' then
+  redis.call('zadd', KEYS[7], ARGV[7], ARGV[8])
+  redis.call('zremrangebyscore', KEYS[7], '-inf', tonumber(ARGV[7]) - tonumber(ARGV[6]))
+end
 return 1
 """
 
@@ -101,6 +129,9 @@ if redis.sha1hex(redis.call('get', KEYS[4])) ~= ARGV[4] then return 0 end
 redis.call('zrem', KEYS[3], ARGV[5])
 return 1
 """
+
+# Cancelled runs are not dead letters: someone chose to end them.
+DEAD_LETTER_STATES: Final = frozenset({"failed", "expired"})
 
 # Outcomes from this size on are appended by a plain XADD beside the script (see above).
 LARGE_OUTCOME: Final = 64 * 1024
@@ -134,10 +165,12 @@ class RunRecords:
         ttl: int,
         queue: str,
         on_forged: Any = None,
+        dead_letter_ttl: int = 0,
     ) -> None:
         self._client = client
         self._protocol = protocol
         self._ttl = ttl
+        self._dead_ttl = dead_letter_ttl
         self._queue = queue
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
@@ -196,6 +229,7 @@ class RunRecords:
                 keys.cancel(run_id),
                 keys.pending(self._queue),
                 keys.message(run_id),
+                keys.kept_request(run_id),
             ],
             args=[
                 expected_digest,
@@ -205,6 +239,7 @@ class RunRecords:
                 self._ttl,
                 "1" if ignore_cancel else "",
                 run_id,
+                "1" if self._dead_ttl > 0 else "",
             ],
         )
         text = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
@@ -222,24 +257,38 @@ class RunRecords:
         self, expected_digest: str, status: RunStatus, outcome: Outcome, *, owner: str
     ) -> bool:
         """Record the outcome unless the status record's SHA-1 is no longer
-        `expected_digest`."""
+        `expected_digest`; a failed or expired run also goes into the dead-letter index."""
         run_id = status.run_id
         sealed = self._protocol.seal_outcome(outcome)
-        keys_ = [keys.status(run_id), keys.events(run_id), keys.body(run_id), keys.lock(run_id)]
+        keys_ = [
+            keys.status(run_id),
+            keys.events(run_id),
+            keys.body(run_id),
+            keys.lock(run_id),
+            keys.kept_request(run_id),
+            keys.kept_body(run_id),
+            keys.dead_letters(self._queue),
+        ]
         args: list[str | bytes | int] = [
             expected_digest,
             self._protocol.seal_status(status),
             self._ttl,
             owner,
         ]
+        dead = self._dead_ttl > 0 and status.state in DEAD_LETTER_STATES
+        after: list[str | bytes | int] = [
+            self._dead_ttl if dead else "",
+            repr(time.time()),
+            run_id,
+        ]
         if len(sealed) < LARGE_OUTCOME:
-            done = await self._finish(keys=keys_, args=[*args, sealed])
+            done = await self._finish(keys=keys_, args=[*args, sealed, *after])
             return bool(done == 1)
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.xadd(keys_[1], {"k": "r", "m": sealed})
             # EVAL, not EVALSHA: a script missing from Redis's cache (after a restart) must
             # not fail inside the transaction after the XADD went through.
-            pipe.eval(_FINISH, len(keys_), *keys_, *args, "")
+            pipe.eval(_FINISH, len(keys_), *keys_, *args, "", *after)
             _, done = await pipe.execute()
         return bool(done == 1)
 

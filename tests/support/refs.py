@@ -8,6 +8,7 @@ import asyncio
 import datetime
 import itertools
 import os
+from pathlib import Path
 from typing import Any
 
 from langchain_core.output_parsers import StrOutputParser
@@ -129,3 +130,17 @@ async def _own_redis_down(text: str) -> Any:
 
 
 own_redis_down = RunnableLambda(_own_redis_down)
+
+
+def _fails_first(job: dict[str, Any]) -> str:
+    # Counts calls in a file, so the count survives retries, workers and processes.
+    counter = Path(job["counter"])
+    calls = int(counter.read_text() or 0) + 1 if counter.exists() else 1
+    counter.write_text(str(calls))
+    if calls <= int(job["fail"]):
+        raise TransientError(f"provider unavailable (call {calls})")
+    return f"succeeded on call {calls}"
+
+
+# Fails its first `fail` calls (counted in the file `counter`), then succeeds.
+fails_first = RunnableLambda(_fails_first)

@@ -32,6 +32,7 @@ def worker_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[
             "RUNNABLE_K8S_RETRY_BACKOFF": str(settings.retry_backoff),
             "RUNNABLE_K8S_MAX_ATTEMPTS": str(settings.max_attempts),
             "RUNNABLE_K8S_RESULT_TTL": str(settings.result_ttl),
+            "RUNNABLE_K8S_DEAD_LETTER_TTL": str(settings.dead_letter_ttl),
             "RUNNABLE_K8S_RUN_EXPIRY": str(settings.run_expiry),
             "RUNNABLE_K8S_LEASE": str(settings.lease),
             "RUNNABLE_K8S_RESCUE_AFTER": str(settings.rescue_after),

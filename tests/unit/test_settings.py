@@ -21,6 +21,7 @@ PARSED: dict[str, tuple[str, Any]] = {
     "visibility_timeout": ("1000", 1000.0),
     "run_expiry": ("120", 120.0),
     "result_ttl": ("7200.25", 7200.25),
+    "dead_letter_ttl": ("0", 0.0),
     "wait_timeout": ("12", 12.0),
     "max_body_bytes": ("2048", 2048),
     "allowed_classes": (" a.b:C , d.e:F,, ", ("a.b:C", "d.e:F")),
@@ -203,6 +204,12 @@ def test_result_ttl_below_run_expiry_refused() -> None:
         Settings.from_env({"RUNNABLE_K8S_RUN_EXPIRY": "3600", "RUNNABLE_K8S_RESULT_TTL": "3599"})
     equal = Settings.from_env({"RUNNABLE_K8S_RUN_EXPIRY": "60", "RUNNABLE_K8S_RESULT_TTL": "60"})
     assert equal.result_ttl == equal.run_expiry
+
+
+@pytest.mark.parametrize("raw", ["-1", "nan", "inf"])
+def test_dead_letter_ttl_must_be_zero_or_positive(raw: str) -> None:
+    with pytest.raises(ConfigurationError, match="RUNNABLE_K8S_DEAD_LETTER_TTL"):
+        Settings.from_env({"RUNNABLE_K8S_DEAD_LETTER_TTL": raw})
 
 
 @pytest.mark.parametrize("name", POSITIVE_FLOATS)
