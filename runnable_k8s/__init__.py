@@ -18,11 +18,11 @@ from runnable_k8s.errors import (
     RunExpired,
     RunnableK8sError,
     RunNotFound,
-    UnknownEventId,
     RunRejected,
     SerializationRefused,
     SignatureRejected,
     SigningKeyMismatch,
+    UnknownEventId,
     WaitTimeout,
 )
 from runnable_k8s.producer.handles import RemoteRun
@@ -45,7 +45,6 @@ __all__ = [
     "RunError",
     "RunExpired",
     "RunNotFound",
-    "UnknownEventId",
     "RunRejected",
     "RunStatus",
     "RunnableK8s",
@@ -54,5 +53,6 @@ __all__ = [
     "Settings",
     "SignatureRejected",
     "SigningKeyMismatch",
+    "UnknownEventId",
     "WaitTimeout",
 ]
