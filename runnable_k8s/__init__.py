@@ -22,6 +22,7 @@ from runnable_k8s.errors import (
     SerializationRefused,
     SignatureRejected,
     SigningKeyMismatch,
+    UnknownEventId,
     WaitTimeout,
 )
 from runnable_k8s.producer.handles import RemoteRun
@@ -52,5 +53,6 @@ __all__ = [
     "Settings",
     "SignatureRejected",
     "SigningKeyMismatch",
+    "UnknownEventId",
     "WaitTimeout",
 ]

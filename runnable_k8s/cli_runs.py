@@ -222,10 +222,23 @@ def cancel(run_id: str) -> None:
 @click.command()
 @click.argument("run_id")
 @click.option("--timeout", type=float, default=None, help="Seconds to wait.")
+@click.option("--after", default=None, help="Print only the chunks after this event id.")
+@click.option("--ids", is_flag=True, help="Print each chunk on its own line after its event id.")
 @_errors
-def stream(run_id: str, timeout: float | None) -> None:
-    """Print a run's output chunks as they arrive (text as it is, other chunks as JSON)."""
-    for chunk in RemoteRun(run_id, _settings()).stream(timeout=timeout):
+def stream(run_id: str, timeout: float | None, after: str | None, ids: bool) -> None:
+    """Print a run's output chunks as they arrive (text as it is, other chunks as JSON).
+
+    With --ids, each line is `ID<TAB>chunk` (text as a JSON string, other chunks as JSON);
+    `--after ID` continues a stream from there."""
+    run = RemoteRun(run_id, _settings())
+    if ids:
+        for event_id, chunk in run.stream(timeout=timeout, after=after, with_ids=True):
+            # JSON keeps a chunk that contains a newline on its one line.
+            content = getattr(chunk, "content", chunk)
+            shown = content if isinstance(content, str) else to_json(chunk)
+            click.echo(f"{event_id}\t{json.dumps(shown)}")
+        return
+    for chunk in run.stream(timeout=timeout, after=after):
         click.echo(_chunk_text(chunk), nl=not isinstance(getattr(chunk, "content", chunk), str))
     click.echo()
 

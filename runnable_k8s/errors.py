@@ -118,6 +118,11 @@ class RunNotFound(RunError):
     """No run with this id is known (never submitted, or its record expired)."""
 
 
+class UnknownEventId(RunError):
+    """`after=` (a stream resume point) is not an event id of the run's stream: not a
+    non-negative integer, or beyond the end of the stream once the run has ended."""
+
+
 class RunNotSucceeded(RunError):
     """Raised by the worker's Celery task when a delivery did not end in success (the run
     failed, timed out, was cancelled, expired or refused), so Celery's events, Flower and

@@ -63,12 +63,14 @@ def new_run_id() -> str:
 @dataclass(frozen=True, slots=True)
 class Event:
     """One entry of a run's event stream: an output chunk (encoded data), a callback event of
-    a model inside the remote run (encoded data), or the final outcome."""
+    a model inside the remote run (encoded data), or the final outcome. `seq` is a chunk's or
+    callback's signed position in the stream (0, 1, ...): verified, so a resume point."""
 
     run_id: str
     chunk: bytes | None = None
     outcome: Outcome | None = None
     callback: bytes | None = None
+    seq: int | None = None
 
 
 def _queued_status(protocol: Protocol, request: RunRequest, now: float) -> bytes:
@@ -143,9 +145,9 @@ def _parse_entries(
                     raise SignatureRejected(f"the stream of run {run_id} was tampered with")
                 seen[run_id] = seq + 1
                 if kind == b"c":
-                    events.append(Event(run_id, chunk=data))
+                    events.append(Event(run_id, chunk=data, seq=seq))
                 else:
-                    events.append(Event(run_id, callback=data))
+                    events.append(Event(run_id, callback=data, seq=seq))
             elif kind == b"r":
                 outcome = protocol.open_outcome(wire, run_id)
                 if outcome.chunks != seen.get(run_id, 0):

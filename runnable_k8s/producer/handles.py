@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from runnable_k8s.errors import RunnableK8sError
+from runnable_k8s.errors import RunnableK8sError, UnknownEventId
 from runnable_k8s.producer.client import Event, async_client_for, client_for
 from runnable_k8s.producer.results import error_for, unwrap
 from runnable_k8s.protocol.messages import COMPLETED_STATES, Protocol, RunStatus
@@ -68,17 +68,28 @@ class RemoteRun:
                 return unwrap(client.protocol, event.outcome)
         raise RunnableK8sError(f"run {self.id} ended without an outcome")
 
-    def stream(self, timeout: float | None = None) -> Iterator[Any]:
-        """Yield output chunks from the start of the run's stream, as they arrive.
+    def stream(
+        self,
+        timeout: float | None = None,
+        *,
+        after: str | int | None = None,
+        with_ids: bool = False,
+    ) -> Iterator[Any]:
+        """Yield output chunks from the start of the run's stream, as they arrive; with
+        `with_ids=True`, `(event_id, chunk)` pairs. `after=event_id` yields only the chunks
+        after that one (a reader that stopped continues there, with no gap and no repeat).
 
         A run submitted without `stream=True` yields its whole output as one chunk.
+
+        Raises:
+            UnknownEventId: `after` is not an event id, or lies beyond the stream's end.
         """
         client = client_for(self.settings)
+        reader = _Reader(client.protocol, self.id, after)
         client.status(self.id)
-        streamed = False
         for event in client.events([self.id], timeout=self._wait(timeout)):
-            yield from _chunks(client.protocol, event, streamed)
-            streamed = streamed or event.chunk is not None
+            for event_id, chunk in reader.take(event):
+                yield (event_id, chunk) if with_ids else chunk
 
     def cancel(self) -> RunStatus:
         """Cancel the run. Queued: it never starts. Running: its worker cancels it within about
@@ -99,26 +110,78 @@ class RemoteRun:
                 return unwrap(client.protocol, event.outcome)
         raise RunnableK8sError(f"run {self.id} ended without an outcome")
 
-    async def astream(self, timeout: float | None = None) -> AsyncIterator[Any]:
+    async def astream(
+        self,
+        timeout: float | None = None,
+        *,
+        after: str | int | None = None,
+        with_ids: bool = False,
+    ) -> AsyncIterator[Any]:
+        """Like `stream`, awaiting without holding a thread."""
         client = async_client_for(self.settings)
+        reader = _Reader(client.protocol, self.id, after)
         await client.status(self.id)
-        streamed = False
         async for event in client.events([self.id], timeout=self._wait(timeout)):
-            for chunk in _chunks(client.protocol, event, streamed):
-                yield chunk
-            streamed = streamed or event.chunk is not None
+            for event_id, chunk in reader.take(event):
+                yield (event_id, chunk) if with_ids else chunk
 
     async def acancel(self) -> RunStatus:
         return await async_client_for(self.settings).cancel(self.id)
 
 
-def _chunks(protocol: Protocol, event: Event, streamed: bool) -> list[Any]:
-    """What one stream event gives a reader: its chunk; at the end, the whole output if the
-    run streamed nothing (it was not submitted with `stream=True`); or the run's error."""
-    if event.chunk is not None:
-        return [protocol.data.decode_data(event.chunk)]
-    if event.outcome is None:
-        return []
-    if event.outcome.state not in COMPLETED_STATES:
-        raise error_for(event.outcome)
-    return [] if streamed else [unwrap(protocol, event.outcome)]
+def _position(run_id: str, after: str | int | None) -> int:
+    """The signed sequence number `after` names (-1: from the start)."""
+    if after is None:
+        return -1
+    text = str(after)
+    # isdigit() alone accepts "²" and other digits int() refuses.
+    if isinstance(after, bool) or not (text.isascii() and text.isdigit()):
+        raise UnknownEventId(
+            f"{after!r} is not an event id of run {run_id}'s stream "
+            "(ids are the non-negative integers `stream(with_ids=True)` yields)",
+            run_id=run_id,
+        )
+    return int(text)
+
+
+class _Reader:
+    """What a run's stream gives one reader, shared by `stream` and `astream`.
+
+    An event id is the chunk's sequence number, which the worker signs with the chunk (with
+    the run id and the entry's kind). Resuming reads the stream from its first entry anyway
+    and verifies every entry, so the chunks after `after` are exactly those whose signed
+    position follows it: a Redis entry id is not signed, and a cursor built from one could be
+    pointed past entries without anything noticing.
+    """
+
+    def __init__(self, protocol: Protocol, run_id: str, after: str | int | None) -> None:
+        self._protocol = protocol
+        self._run_id = run_id
+        self._after = _position(run_id, after)
+        self._streamed = False
+
+    def take(self, event: Event) -> list[tuple[str, Any]]:
+        """The (id, chunk) pairs of one event: its chunk if it lies after the resume point;
+        at the end, the whole output if the run streamed nothing (it was not submitted with
+        `stream=True`; its id is the stream's length); or the run's error."""
+        if event.chunk is not None and event.seq is not None:
+            self._streamed = True
+            if event.seq <= self._after:
+                return []
+            return [(str(event.seq), self._protocol.data.decode_data(event.chunk))]
+        outcome = event.outcome
+        if outcome is None:
+            return []
+        if outcome.state not in COMPLETED_STATES:
+            raise error_for(outcome)
+        # `outcome.chunks` counts the stream's signed entries: the last one's id is one less.
+        last = outcome.chunks - 1 if self._streamed else outcome.chunks
+        if self._after > last:
+            raise UnknownEventId(
+                f"event id {self._after} is beyond the end of run {self._run_id}'s stream "
+                f"(its last id is {last})",
+                run_id=self._run_id,
+            )
+        if self._streamed or self._after == last:
+            return []
+        return [(str(last), unwrap(self._protocol, outcome))]
