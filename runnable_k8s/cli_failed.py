@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from runnable_k8s.cli_runs import _errors, _settings, iso_time
+from runnable_k8s.cli_runs import _errors, _settings, echo_fields, iso_time, status_fields
 from runnable_k8s.producer.dead_letters import DeadLetter, DeadLetters
 
 
@@ -23,18 +23,7 @@ def _letters() -> Iterator[DeadLetters]:
 
 
 def _fields(letter: DeadLetter) -> dict[str, Any]:
-    st = letter.status
-    return {
-        "id": st.run_id,
-        "state": st.state,
-        "name": st.name,
-        "attempt": st.attempt,
-        "created_at": st.created_at,
-        "started_at": st.started_at,
-        "finished_at": st.finished_at,
-        "reason": st.reason,
-        "retry_of": letter.retry_of,
-    }
+    return status_fields(letter.status, letter.retry_of)
 
 
 @click.group()
@@ -80,9 +69,7 @@ def show(run_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({**fields, "error": error.as_json() if error else None}))
         return
-    for key, value in fields.items():
-        shown = iso_time(value) if key.endswith("_at") else value
-        click.echo(f"{key + ':':<13}{'-' if shown in (None, '') else shown}")
+    echo_fields(fields)
     if error is not None:
         click.echo(f"{'error:':<13}{error.type}: {error.message}")
         if error.traceback:

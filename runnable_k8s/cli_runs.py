@@ -32,6 +32,7 @@ from runnable_k8s.producer.results import unwrap
 from runnable_k8s.producer.runnable import RunnableK8s
 from runnable_k8s.protocol import interrupts
 from runnable_k8s.protocol.allowlist import import_object
+from runnable_k8s.protocol.messages import RunStatus
 from runnable_k8s.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -165,8 +166,16 @@ def submit(
 def status(run_id: str, as_json: bool) -> None:
     """Print a run's state, attempt and times (ISO 8601, UTC)."""
     settings = _settings()
-    st = RemoteRun(run_id, settings).status()
-    fields: dict[str, Any] = {
+    fields = status_fields(RemoteRun(run_id, settings).status(), _retry_of(settings, run_id))
+    if as_json:
+        click.echo(json.dumps(fields))
+        return
+    echo_fields(fields)
+
+
+def status_fields(st: RunStatus, retry_of: str | None) -> dict[str, Any]:
+    """A run's status as `status` and `failed show` print it (times as epoch seconds)."""
+    return {
         "id": st.run_id,
         "state": st.state,
         "name": st.name,
@@ -175,11 +184,12 @@ def status(run_id: str, as_json: bool) -> None:
         "started_at": st.started_at,
         "finished_at": st.finished_at,
         "reason": st.reason,
-        "retry_of": _retry_of(settings, run_id),
+        "retry_of": retry_of,
     }
-    if as_json:
-        click.echo(json.dumps(fields))
-        return
+
+
+def echo_fields(fields: dict[str, Any]) -> None:
+    """One `key: value` line each, times in ISO 8601 (UTC), `-` for none."""
     for key, value in fields.items():
         shown = iso_time(value) if key.endswith("_at") else value
         click.echo(f"{key + ':':<13}{'-' if shown in (None, '') else shown}")

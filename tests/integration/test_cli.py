@@ -14,21 +14,9 @@ from pathlib import Path
 
 from runnable_k8s import Settings
 from tests.support.chains import chain
-from tests.support.workers import REPO, WorkerProcess, worker_env
+from tests.support.workers import REPO, WorkerProcess, cli, worker_env
 
 PIKACHU = {"input": "What does Pikachu evolve from?"}
-
-
-def cli(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runnable_k8s", *args],
-        env=worker_env(settings),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=check,
-    )
 
 
 def test_submit_status_result(settings: Settings, worker: WorkerProcess) -> None:

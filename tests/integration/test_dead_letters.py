@@ -4,8 +4,6 @@ index is hostile (forged entries and tampered requests are refused)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,19 +16,7 @@ from runnable_k8s import ExecutionTimeout, RemoteError, RunnableK8s, RunRejected
 from runnable_k8s.producer.dead_letters import DeadLetters
 from runnable_k8s.protocol import keys, task_message
 from tests.conftest import make_settings
-from tests.support.workers import REPO, WorkerProcess, worker_env
-
-
-def cli(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runnable_k8s", *args],
-        env=worker_env(settings),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=check,
-    )
+from tests.support.workers import WorkerProcess, cli
 
 
 @pytest.fixture(scope="module")

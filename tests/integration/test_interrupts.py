@@ -14,7 +14,6 @@ import json
 import re
 import sqlite3
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from tests.conftest import make_settings
 from tests.integration.test_observability import free_port
 from tests.integration.test_task_states import TaskEvents, finals_of, terminal
 from tests.support.hitl import Graph, build_approval, build_two_reviews
-from tests.support.workers import REPO, WorkerProcess, worker_env
+from tests.support.workers import WorkerProcess, cli
 
 REFS = ("tests.support.hitl:",)
 APPROVAL = "tests.support.hitl:approval"
@@ -230,15 +229,7 @@ def test_streams_carry_the_interrupt_update_as_in_process_astream(store: Store, 
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runnable_k8s", *args],
-        env=worker_env(settings),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+    return cli(settings, *args, check=False)  # the test reads each exit code itself
 
 
 def test_cli_shows_an_interrupted_run_and_resumes_it(store: Store) -> None:

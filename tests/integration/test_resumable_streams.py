@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from itertools import islice
 from typing import Any
 
@@ -14,7 +12,7 @@ import pytest
 from runnable_k8s import RunnableK8s, Settings, UnknownEventId
 from runnable_k8s.producer.handles import RemoteRun
 from tests.support.models import SlowModel
-from tests.support.workers import REPO, WorkerProcess, worker_env
+from tests.support.workers import WorkerProcess, cli
 
 CHUNKS = 6
 
@@ -108,18 +106,6 @@ def test_a_run_not_streamed_has_one_chunk_with_an_id_to_resume_after(
     assert list(run.stream(timeout=60, after=event_id)) == []
     with pytest.raises(UnknownEventId, match="beyond the end"):
         list(run.stream(timeout=60, after=int(event_id) + 1))
-
-
-def cli(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runnable_k8s", *args],
-        env=worker_env(settings),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=check,
-    )
 
 
 def parse(lines: str) -> list[tuple[str, Any]]:

@@ -10,8 +10,9 @@ import contextlib
 import signal
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,27 @@ def wait_until(predicate: object, timeout: float, what: str, interval: float = 0
 def result_of(run: RemoteRun, timeout: float) -> Any:
     """`run.result()` (one place to change how the suite waits)."""
     return run.result(timeout=timeout)
+
+
+def read_across_outage(durable_redis: DurableRedis, read: Callable[[], Iterable[Any]]) -> list[Any]:
+    """Run `read` on a thread while Redis is killed for 2 s and started again; return what it
+    read. Fails if it raised or had not finished 90 s after the restart."""
+    got: list[Any] = []
+    failure: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            got.extend(read())
+        except BaseException as exc:
+            failure.append(exc)
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    time.sleep(0.3)
+    durable_redis.kill()
+    time.sleep(2.0)
+    durable_redis.start()
+    reader.join(90)
+    assert not reader.is_alive()
+    assert not failure, f"the reader failed across the outage: {failure[0]!r}"
+    return got

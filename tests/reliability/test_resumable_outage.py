@@ -3,17 +3,14 @@ the chunks after that id, none missing and none twice."""
 
 from __future__ import annotations
 
-import threading
-import time
 from itertools import islice
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from runnable_k8s import RemoteRun, RunnableK8s
 from tests.conftest import make_settings
-from tests.reliability.conftest import DurableRedis
+from tests.reliability.conftest import DurableRedis, read_across_outage
 from tests.support.models import SlowModel
 from tests.support.workers import WorkerProcess
 
@@ -33,25 +30,10 @@ def test_a_resumed_reader_continues_across_a_redis_restart_without_gaps_or_repea
     run = remote.submit("hello", stream=True)
     first = list(islice(run.stream(timeout=60, with_ids=True), 4))
 
-    rest: list[tuple[str, Any]] = []
-    failure: list[BaseException] = []
-
-    def follow() -> None:
-        try:
-            resumed = RemoteRun(run.id, settings)
-            rest.extend(resumed.stream(timeout=90, after=first[-1][0], with_ids=True))
-        except BaseException as exc:
-            failure.append(exc)
-
-    reader = threading.Thread(target=follow)
-    reader.start()
-    time.sleep(0.3)
-    durable_redis.kill()
-    time.sleep(2.0)
-    durable_redis.start()
-    reader.join(90)
-    assert not reader.is_alive()
-    assert not failure, f"the resumed reader failed across the outage: {failure[0]!r}"
+    rest = read_across_outage(
+        durable_redis,
+        lambda: RemoteRun(run.id, settings).stream(timeout=90, after=first[-1][0], with_ids=True),
+    )
     whole = list(RemoteRun(run.id, settings).stream(timeout=30, with_ids=True))
     assert first + rest == whole
     # (A chat model's stream ends with an empty chunk.)

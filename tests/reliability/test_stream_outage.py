@@ -10,7 +10,6 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -19,7 +18,13 @@ import redis
 from runnable_k8s import RemoteError, RemoteRun, RunnableK8s
 from runnable_k8s.protocol import keys, rejection
 from tests.conftest import make_settings
-from tests.reliability.conftest import DurableRedis, outcomes, started_count, wait_until
+from tests.reliability.conftest import (
+    DurableRedis,
+    outcomes,
+    read_across_outage,
+    started_count,
+    wait_until,
+)
 from tests.support.models import SlowModel
 from tests.support.workers import WorkerProcess
 
@@ -51,24 +56,7 @@ def test_redis_restart_mid_stream_fails_no_streamed_run(
         client.close()
 
     # A reader following one stream across the outage (it reconnects from its cursor).
-    followed: list[Any] = []
-    failure: list[BaseException] = []
-
-    def follow() -> None:
-        try:
-            followed.extend(runs[0].stream(timeout=90))
-        except BaseException as exc:
-            failure.append(exc)
-
-    reader = threading.Thread(target=follow)
-    reader.start()
-    time.sleep(0.3)
-    durable_redis.kill()
-    time.sleep(2.0)
-    durable_redis.start()
-    reader.join(90)
-    assert not reader.is_alive()
-    assert not failure, f"the reader failed across the outage: {failure[0]!r}"
+    followed = read_across_outage(durable_redis, lambda: runs[0].stream(timeout=90))
     # (A chat model's stream ends with an empty chunk.)
     assert [c.content for c in followed if c.content] == [f"part{i} " for i in range(CHUNKS)]
 

@@ -14,6 +14,19 @@ from runnable_k8s.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 
 
+def cli(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`python -m runnable_k8s ARGS` as a user runs it, with the settings in its environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "runnable_k8s", *args],
+        env=worker_env(settings),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=check,
+    )
+
+
 def worker_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNABLE_K8S_")}
     env.pop("OPENAI_API_KEY", None)
