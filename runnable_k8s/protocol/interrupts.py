@@ -38,6 +38,7 @@ CLASS_PATHS: Final = frozenset(
         ("runnable_k8s", "protocol", "interrupts", "Interrupt"),
         ("runnable_k8s", "protocol", "interrupts", "Command"),
         ("runnable_k8s", "protocol", "interrupts", "Send"),
+        ("runnable_k8s", "protocol", "interrupts", "KeepTuples"),
     }
 )
 
@@ -68,6 +69,15 @@ class Command:
     resume: Any | None = None
     goto: Any = field(default=())
     PARENT = PARENT
+
+
+@dataclass(frozen=True, slots=True)
+class KeepTuples:
+    """Wraps a value (a graph's stream item) whose tuples must arrive as tuples: in-process,
+    `("messages", (chunk, metadata))` and `(namespace, chunk)` are tuples, and JSON has only
+    lists. Encoded, each tuple inside becomes a tagged shape; decoded, a tuple again."""
+
+    item: Any
 
 
 def _langgraph_types() -> Any:
@@ -106,13 +116,16 @@ def holds_tagged(tree: Any) -> bool:
     return False
 
 
-def lift(value: Any) -> Any:
-    """`dumpd(value)`, with interrupts, commands and sends as tagged shapes.
+def lift(value: Any, *, tuples: bool = False) -> Any:
+    """`dumpd(value)`, with interrupts, commands and sends as tagged shapes (and, with
+    `tuples` or inside `KeepTuples`, tuples too).
 
     Raises:
         SerializationRefused: a `Command` field that cannot travel (named in the message).
     """
     kind = _kind(value)
+    if kind == "keeptuples":
+        return lift(value.item, tuples=True)
     if kind == "interrupt":
         out: dict[str, Any] = {"lc": 1, "type": TAG, "id": ["interrupt"]}
         out["value"] = lift(value.value)
@@ -131,9 +144,12 @@ def lift(value: Any) -> Any:
         # A stream's `{"__interrupt__": (Interrupt(...),)}` update: a tuple in-process too.
         return {"lc": 1, "type": TAG, "id": ["interrupts"], "items": [lift(v) for v in value]}
     if isinstance(value, dict) and "lc" not in value and all(type(k) is str for k in value):
-        return {k: lift(v) for k, v in value.items()}
+        return {k: lift(v, tuples=tuples) for k, v in value.items()}
+    if tuples and isinstance(value, tuple):
+        items = [lift(v, tuples=True) for v in value]
+        return {"lc": 1, "type": TAG, "id": ["tuple"], "items": items}
     if isinstance(value, list | tuple):
-        return [lift(v) for v in value]
+        return [lift(v, tuples=tuples) for v in value]
     return dumpd(value)
 
 
@@ -195,6 +211,11 @@ def rebuild(node: dict[str, Any], walk: Callable[[Any], Any]) -> Any:
         ):
             raise DisallowedObject("malformed interrupts")
         return tuple(rebuild(i, walk) for i in items)
+    if kind == ["tuple"]:
+        items = node.get("items")
+        if not isinstance(items, list):
+            raise DisallowedObject("malformed tuple")
+        return tuple(walk(i) for i in items)
     if kind == ["send"]:
         target = node.get("node")
         if not isinstance(target, str):

@@ -1,0 +1,42 @@
+"""Tuples in a graph's stream items arrive as tuples: `KeepTuples` marks an item, the codec
+tags each tuple inside it, and decoding rebuilds them; elsewhere tuples stay lists (JSON)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessageChunk
+from langgraph.types import Interrupt
+
+from runnable_k8s.errors import DisallowedObject
+from runnable_k8s.protocol.codec import data_codec
+from runnable_k8s.protocol.interrupts import KeepTuples
+
+
+def _travel(value: Any) -> Any:
+    codec = data_codec()
+    return codec.decode_data(codec.encode_data(value, what="stream chunk"))
+
+
+def test_tuples_inside_keep_tuples_arrive_as_tuples() -> None:
+    chunk = AIMessageChunk(content="hi", id="m1")
+    item = (("child:1",), "messages", (chunk, {"langgraph_triggers": ("branch:to:x",), "n": [1]}))
+    got = _travel(KeepTuples(item))
+    assert got == item
+    assert type(got[2][1]["langgraph_triggers"]) is tuple
+    assert type(got[2][1]["n"]) is list
+    assert _travel(KeepTuples(())) == ()
+    pending = {"__interrupt__": (Interrupt(value=1, id="i"),), "pair": (1, 2)}
+    assert _travel(KeepTuples(pending)) == pending
+
+
+def test_without_the_marker_tuples_stay_lists() -> None:
+    assert _travel({"pair": (1, (2, 3))}) == {"pair": [1, [2, 3]]}
+
+
+def test_a_malformed_tuple_tag_is_refused() -> None:
+    raw = json.dumps({"lc": 1, "type": "runnable_k8s", "id": ["tuple"], "items": {"a": 1}})
+    with pytest.raises(DisallowedObject, match="malformed tuple"):
+        data_codec().decode_data(raw.encode())
