@@ -6,7 +6,8 @@ A graph's checkpointer lives on the workers, so `get_state`, `get_state_history`
 a plain dict of its fields (its values, interrupts and task results through the data codec,
 like any output) and is rebuilt here, explicitly, field by field: LangGraph's `StateSnapshot`
 and `PregelTask` where LangGraph is importable, the stand-ins below (same fields, same order)
-where not. A task's error, an exception in-process, arrives as a `RemoteError`.
+where not. A task's error, when it is an exception in-process, arrives as a `RemoteError`
+(read back from a checkpointer it is text, and stays text).
 
 langgraph is the application's dependency, not ours: it is imported lazily.
 """
@@ -136,7 +137,10 @@ def _task_data(task: Any) -> dict[str, Any]:
         "id": task.id,
         "name": task.name,
         "path": _listed(task.path),
-        "error": None if error is None else {"type": type(error).__name__, "message": str(error)},
+        # Read back from a checkpointer, a task's error is already text (its repr): kept as is.
+        "error": error
+        if error is None or isinstance(error, str)
+        else {"type": type(error).__name__, "message": str(error)},
         "interrupts": list(task.interrupts),
         # A subgraph's own snapshot (get_state(subgraphs=True)), else the config to ask it by.
         "state": snapshot_data(state) if hasattr(state, "tasks") else state,
@@ -197,6 +201,10 @@ def _task(raw: Any, snapshot: Any, task: Any, run_id: str | None) -> Any:
     if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
         raise DisallowedObject("malformed state snapshot task")
     error = raw.get("error")
+    if isinstance(error, dict):
+        error = RemoteError(str(error.get("type")), str(error.get("message")), "", run_id=run_id)
+    elif not isinstance(error, str):
+        error = None
     state = raw.get("state")
     if isinstance(state, dict) and state.get("kind") == _KIND:
         state = _snapshot(state, snapshot, task, run_id)
@@ -204,9 +212,7 @@ def _task(raw: Any, snapshot: Any, task: Any, run_id: str | None) -> Any:
         id=raw["id"],
         name=str(raw.get("name", "")),
         path=_tupled(raw.get("path") or []),
-        error=None
-        if not isinstance(error, dict)
-        else RemoteError(str(error.get("type")), str(error.get("message")), "", run_id=run_id),
+        error=error,
         interrupts=tuple(raw.get("interrupts") or ()),
         state=state,
         result=raw.get("result"),

@@ -94,6 +94,9 @@ def test_a_snapshot_rebuilds_as_langgraphs_classes() -> None:
     error = got.tasks[1].error
     assert isinstance(error, RemoteError) and error.remote_type == "ValueError"
     assert got.tasks[1]._replace(error=None) == sent.tasks[1]._replace(error=None)
+    # Read back from a checkpointer, an error is its text: it stays text.
+    stored = sent._replace(tasks=(sent.tasks[1]._replace(error="ValueError('boom')"),))
+    assert snapshot_from_data(_travelled(stored)) == stored
 
 
 def test_without_langgraph_a_snapshot_rebuilds_as_stand_ins(
