@@ -35,10 +35,12 @@ CLASS_PATHS: Final = frozenset(
         ("langgraph", "types", "Interrupt"),
         ("langgraph", "types", "Command"),
         ("langgraph", "types", "Send"),
+        ("langgraph", "types", "GraphOutput"),
         ("runnable_k8s", "protocol", "interrupts", "Interrupt"),
         ("runnable_k8s", "protocol", "interrupts", "Command"),
         ("runnable_k8s", "protocol", "interrupts", "Send"),
         ("runnable_k8s", "protocol", "interrupts", "KeepTuples"),
+        ("runnable_k8s", "protocol", "interrupts", "GraphOutput"),
     }
 )
 
@@ -69,6 +71,15 @@ class Command:
     resume: Any | None = None
     goto: Any = field(default=())
     PARENT = PARENT
+
+
+@dataclass(frozen=True, slots=True)
+class GraphOutput:
+    """Stands in for `langgraph.types.GraphOutput` (what a graph's `invoke(..., version="v2")`
+    returns) where LangGraph is not installed."""
+
+    value: Any
+    interrupts: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +137,14 @@ def lift(value: Any, *, tuples: bool = False) -> Any:
     kind = _kind(value)
     if kind == "keeptuples":
         return lift(value.item, tuples=True)
+    if kind == "graphoutput":
+        return {
+            "lc": 1,
+            "type": TAG,
+            "id": ["graph_output"],
+            "value": lift(value.value),
+            "interrupts": [lift(i) for i in value.interrupts],
+        }
     if kind == "interrupt":
         out: dict[str, Any] = {"lc": 1, "type": TAG, "id": ["interrupt"]}
         out["value"] = lift(value.value)
@@ -211,6 +230,16 @@ def rebuild(node: dict[str, Any], walk: Callable[[Any], Any]) -> Any:
         ):
             raise DisallowedObject("malformed interrupts")
         return tuple(rebuild(i, walk) for i in items)
+    if kind == ["graph_output"]:
+        pending = node.get("interrupts")
+        if not isinstance(pending, list) or not all(
+            isinstance(i, dict) and i.get("id") == ["interrupt"] for i in pending
+        ):
+            raise DisallowedObject("malformed graph output")
+        output = GraphOutput if types is None else types.GraphOutput
+        return output(
+            value=walk(node.get("value")), interrupts=tuple(rebuild(i, walk) for i in pending)
+        )
     if kind == ["tuple"]:
         items = node.get("items")
         if not isinstance(items, list):
@@ -268,4 +297,6 @@ def plain(value: Any) -> Any:
 def has_interrupts(output: Any) -> bool:
     """Whether a run's output says the graph stopped at `interrupt()` (as `invoke` reports
     it: a non-empty `__interrupt__` entry)."""
+    if _kind(output) == "graphoutput":  # invoke(..., version="v2")
+        return bool(output.interrupts)
     return isinstance(output, dict) and bool(output.get(INTERRUPT_KEY))

@@ -62,7 +62,9 @@ class GraphStream:
             if not part.get("ns") and kind == "values":
                 self._latest = part.get("data")
                 self._interrupts.extend(part.get("interrupts", ()))
-            return [item] if kind in self._modes else []
+            if kind not in self._modes:
+                return []
+            return [KeepTuples(item) if _holds_tuple(item) else item]
         if self._subgraphs:
             namespace, kind, payload = item
         else:

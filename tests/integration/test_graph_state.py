@@ -22,7 +22,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.errors import InvalidUpdateError
-from langgraph.types import Command, StateSnapshot
+from langgraph.types import Command, GraphOutput, StateSnapshot
 
 from runnable_k8s import (
     ConfigurationError,
@@ -160,6 +160,17 @@ def test_update_state_as_a_node_then_continue_as_in_process(store: Store) -> Non
     asyncio.run(remote.aupdate_state(config, {"log": ["noted"]}))
     local.update_state(local_config, {"log": ["noted"]})
     assert _effect(remote.get_state(config)) == _effect(local.get_state(local_config))
+
+
+def test_invoke_version_2_returns_graph_output_with_its_interrupts(store: Store) -> None:
+    local, local_config = build_approval(InMemorySaver()), _thread()
+
+    output = store.remote().invoke({"draft": "again"}, _thread(), version="v2")
+    expected = local.invoke({"draft": "again"}, local_config, version="v2")
+
+    assert type(output) is GraphOutput
+    assert output.value == expected.value
+    assert [i.value for i in output.interrupts] == [i.value for i in expected.interrupts]
 
 
 def test_update_state_with_an_unknown_node_raises_langgraphs_error(store: Store) -> None:

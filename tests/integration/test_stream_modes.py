@@ -85,6 +85,15 @@ def test_each_stream_mode_streams_what_astream_yields(
     assert norm(streamed) == norm(expected)
 
 
+@pytest.mark.parametrize("mode", ["messages", ["updates", "custom"]], ids=str)
+def test_version_2_stream_parts_are_what_astream_yields(settings_: Settings, mode: Any) -> None:
+    remote = RunnableK8s(ref=GRAPH, settings=settings_)
+    call = {"stream_mode": mode, "subgraphs": True, "version": "v2"}
+    streamed = list(remote.stream(_question(), **call))
+    assert norm(streamed) == norm(local(**call))
+    assert all(type(part["ns"]) is tuple for part in streamed)
+
+
 def test_messages_are_chunk_and_metadata_tuples(settings_: Settings) -> None:
     remote = RunnableK8s(ref=GRAPH, settings=settings_)
     # Without subgraphs the parent sees the child node's finished message; with them, the

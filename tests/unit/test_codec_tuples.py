@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessageChunk
-from langgraph.types import Interrupt
+from langgraph.types import GraphOutput, Interrupt
 
 from runnable_k8s.errors import DisallowedObject
 from runnable_k8s.protocol.codec import data_codec
-from runnable_k8s.protocol.interrupts import KeepTuples
+from runnable_k8s.protocol.interrupts import KeepTuples, has_interrupts
 
 
 def _travel(value: Any) -> Any:
@@ -39,4 +39,15 @@ def test_without_the_marker_tuples_stay_lists() -> None:
 def test_a_malformed_tuple_tag_is_refused() -> None:
     raw = json.dumps({"lc": 1, "type": "runnable_k8s", "id": ["tuple"], "items": {"a": 1}})
     with pytest.raises(DisallowedObject, match="malformed tuple"):
+        data_codec().decode_data(raw.encode())
+
+
+def test_a_graph_output_travels_with_its_interrupts() -> None:
+    # What `invoke(..., version="v2")` returns, and a v2 stream's result.
+    sent = GraphOutput(value={"draft": "d"}, interrupts=(Interrupt(value={"q": 1}, id="i1"),))
+    got = _travel(sent)
+    assert type(got) is GraphOutput and got == sent
+    assert has_interrupts(got) and not has_interrupts(GraphOutput(value=1))
+    raw = json.dumps({"lc": 1, "type": "runnable_k8s", "id": ["graph_output"], "interrupts": [1]})
+    with pytest.raises(DisallowedObject, match="malformed graph output"):
         data_codec().decode_data(raw.encode())
