@@ -8,6 +8,7 @@ masked: message and interrupt ids are random per run)."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import re
 import sqlite3
 import uuid
@@ -22,7 +23,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.types import Command, Interrupt
 
-from runnable_k8s import RemoteError, RunnableK8s, Settings
+from runnable_k8s import RemoteError, RunnableK8s, SerializationRefused, Settings
 from tests.conftest import make_settings
 from tests.support.agent import Agent, build_agent
 from tests.support.workers import WorkerProcess
@@ -201,3 +202,27 @@ def test_a_decision_the_tool_does_not_allow_fails_as_in_process(chat: Chat) -> N
         chat.local.invoke(approve, chat.local_config)
     with pytest.raises(RemoteError, match="is not allowed"):
         chat.agents.remote().invoke(approve, chat.config)
+
+
+def test_resume_on_a_thread_with_nothing_pending_does_what_langgraph_does(chat: Chat) -> None:
+    # LangGraph runs the agent from the start with no input (its model then answers the
+    # system prompt): odd, but what in-process does, so what the remote agent does.
+    streamed = chat.both(Command(resume={"decisions": [{"type": "approve"}]}))
+    assert streamed[-1][0] == "updates" and "__interrupt__" in streamed[-1][1]
+
+
+def test_a_decision_that_cannot_travel_is_refused_naming_its_field(chat: Chat) -> None:
+    _ask(chat)
+    edited = {
+        "name": "send_email",
+        "args": {"to": "misty@example.com", "at": datetime.date.today()},
+    }
+    decision = {"decisions": [{"type": "edit", "edited_action": edited}]}
+    field = "resume.decisions[0].edited_action.args.at"
+    with pytest.raises(
+        SerializationRefused, match=rf"input contains datetime.date at {re.escape(field)}"
+    ):
+        chat.agents.remote().invoke(Command(resume=decision), chat.config)
+    # Refused before sending: the request is still pending, and a valid decision goes through.
+    assert len(chat.agents.remote().get_state(chat.config).interrupts) == 1
+    chat.both(Command(resume={"decisions": [{"type": "approve"}]}))

@@ -138,6 +138,9 @@ def test_get_state_history_lists_the_threads_checkpoints_newest_first(store: Sto
         return [s async for s in remote.aget_state_history(config, limit=3)]
 
     assert asyncio.run(collect()) == history[:3]
+    # Time travel: a past checkpoint by its config, as a history view would open it.
+    past = history[2].config
+    assert remote.get_state(past) == here.get_state(past) == history[2]
 
 
 def test_update_state_as_a_node_then_continue_as_in_process(store: Store) -> None:
