@@ -3,6 +3,7 @@ tags each tuple inside it, and decoding rebuilds them; elsewhere tuples stay lis
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from langchain_core.messages import AIMessageChunk
 from langgraph.types import GraphOutput, Interrupt
 
-from runnable_k8s.errors import DisallowedObject
+from runnable_k8s.errors import DisallowedObject, SerializationRefused
 from runnable_k8s.protocol.codec import data_codec
 from runnable_k8s.protocol.interrupts import KeepTuples, has_interrupts
 
@@ -51,3 +52,9 @@ def test_a_graph_output_travels_with_its_interrupts() -> None:
     raw = json.dumps({"lc": 1, "type": "runnable_k8s", "id": ["graph_output"], "interrupts": [1]})
     with pytest.raises(DisallowedObject, match="malformed graph output"):
         data_codec().decode_data(raw.encode())
+
+
+def test_a_kept_tuple_item_that_cannot_travel_is_refused() -> None:
+    item = ("custom", {"when": datetime.datetime(2026, 1, 1)})
+    with pytest.raises(SerializationRefused, match=r"stream chunk contains datetime\.datetime"):
+        data_codec().encode_data(KeepTuples(item), what="stream chunk")
