@@ -33,7 +33,7 @@ from runnable_k8s import (
     Settings,
 )
 from tests.conftest import make_settings
-from tests.support.hitl import Graph, build_approval
+from tests.support.hitl import Graph, build_approval, build_nested
 from tests.support.workers import WorkerProcess
 
 REFS = ("tests.support.hitl:", "tests.support.refs:graph", "tests.support.refs:slow")
@@ -104,6 +104,26 @@ def test_get_state_returns_the_compiled_graphs_state_snapshot(store: Store) -> N
     assert remote.get_state(config, subgraphs=True) == store.here().get_state(
         config, subgraphs=True
     )
+
+
+def test_get_state_with_subgraphs_carries_the_subgraphs_snapshot(store: Store) -> None:
+    remote = store.remote("tests.support.hitl:nested")
+    config, local_config = _thread(), _thread()
+    local = build_nested(InMemorySaver())
+    remote.invoke({"draft": "n"}, config)
+    local.invoke({"draft": "n"}, local_config)
+
+    snapshot = remote.get_state(config, subgraphs=True)
+
+    assert snapshot == build_nested(SqliteSaver(store.conn)).get_state(config, subgraphs=True)
+    (task,) = snapshot.tasks
+    assert type(task.state) is StateSnapshot and task.state.next == ("approve",)
+    expected = local.get_state(local_config, subgraphs=True)
+    assert _effect(task.state) == _effect(expected.tasks[0].state)
+    # Without subgraphs=True the task holds the config to ask the subgraph by, as in-process.
+    plain = remote.get_state(config)
+    assert isinstance(plain.tasks[0].state, dict)
+    assert remote.get_state(plain.tasks[0].state) == task.state
 
 
 def test_get_state_of_a_thread_never_seen_is_the_empty_snapshot(store: Store) -> None:
