@@ -69,7 +69,8 @@ class GraphStateAPI:
             )
         return self._request("invoke", values, export_config(config), {}, graph=call)
 
-    def _call(self, call: GraphCall, config: RunnableConfig, values: Any = None) -> Any:
+    def _call(self, call: GraphCall, config: RunnableConfig, values: Any = None) -> tuple[Any, str]:
+        """(the decoded answer, the run's id)."""
         client = client_for(self.settings)
         request = self._graph_request(call, config, values)
         client.submit([request])
@@ -78,7 +79,9 @@ class GraphStateAPI:
                 return unwrap(client.protocol, event.outcome), request.run_id
         raise RunnableK8sError(f"run {request.run_id} ended without an outcome")
 
-    async def _acall(self, call: GraphCall, config: RunnableConfig, values: Any = None) -> Any:
+    async def _acall(
+        self, call: GraphCall, config: RunnableConfig, values: Any = None
+    ) -> tuple[Any, str]:
         client = async_client_for(self.settings)
         request = self._graph_request(call, config, values)
         await client.submit([request])
