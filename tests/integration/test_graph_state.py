@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +37,7 @@ from runnable_k8s import (
 )
 from tests.conftest import make_settings
 from tests.support.hitl import Graph, build_approval, build_nested
-from tests.support.workers import WorkerProcess
+from tests.support.workers import REPO, WorkerProcess, worker_env
 
 REFS = ("tests.support.hitl:", "tests.support.refs:graph", "tests.support.refs:slow")
 APPROVAL = "tests.support.hitl:approval"
@@ -231,3 +234,48 @@ def test_state_calls_refuse_what_cannot_travel_or_is_not_a_graph(store: Store) -
     # A graph compiled without a checkpointer: LangGraph's own error, as in-process.
     with pytest.raises(RemoteError, match="No checkpointer set"):
         store.remote("tests.support.refs:graph").get_state(config)
+
+
+_WITHOUT_LANGGRAPH = """
+import json, sys
+sys.modules["langgraph"] = None  # as if LangGraph were not installed on this caller
+from runnable_k8s import RunnableK8s, Settings
+graph = RunnableK8s(ref=sys.argv[1], settings=Settings.from_env())
+config = {"configurable": {"thread_id": sys.argv[2]}}
+state = graph.get_state(config)
+(pending,) = state.interrupts
+print(json.dumps({
+    "snapshot": type(state).__module__ + "." + type(state).__name__,
+    "task": type(state.tasks[0]).__module__ + "." + type(state.tasks[0]).__name__,
+    "interrupt": type(pending).__module__ + "." + type(pending).__name__,
+    "fields": list(state._fields), "next": list(state.next), "value": pending.value,
+    "id": pending.id, "history": len(list(graph.get_state_history(config))),
+}))
+"""
+
+
+def test_a_caller_without_langgraph_gets_stand_ins_with_the_same_fields(store: Store) -> None:
+    config = _thread()
+    store.remote().invoke({"draft": "plain"}, config)
+    expected = store.here().get_state(config)
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_LANGGRAPH, APPROVAL, config["configurable"]["thread_id"]],
+        env=worker_env(store.settings),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,  # the assertion shows stderr
+    )
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown == {
+        "snapshot": "runnable_k8s.protocol.graph_state.StateSnapshot",
+        "task": "runnable_k8s.protocol.graph_state.PregelTask",
+        "interrupt": "runnable_k8s.protocol.interrupts.Interrupt",
+        "fields": list(StateSnapshot._fields),
+        "next": ["approve"],
+        "value": expected.interrupts[0].value,
+        "id": expected.interrupts[0].id,
+        "history": len(list(store.here().get_state_history(config))),
+    }
