@@ -79,6 +79,12 @@ class GraphCall:
         )
 
 
+def reads_only(call: GraphCall | None) -> bool:
+    """Whether a request only reads a thread's checkpoints (`get_state`, `get_state_history`):
+    such a call need not wait for the thread's active run, as in-process it would not."""
+    return call is not None and call.op != "update_state"
+
+
 def _opt(value: Any, kind: type) -> bool:
     return value is None or isinstance(value, kind)
 

@@ -11,7 +11,12 @@ from langgraph.types import Interrupt, PregelTask, StateSnapshot
 from runnable_k8s.errors import DisallowedObject, RemoteError, SignatureRejected
 from runnable_k8s.protocol import graph_state
 from runnable_k8s.protocol.codec import data_codec
-from runnable_k8s.protocol.graph_state import GraphCall, snapshot_data, snapshot_from_data
+from runnable_k8s.protocol.graph_state import (
+    GraphCall,
+    reads_only,
+    snapshot_data,
+    snapshot_from_data,
+)
 from runnable_k8s.protocol.messages import Protocol, RunRequest
 
 
@@ -57,6 +62,11 @@ def test_a_graph_call_travels_signed_in_the_request_head(
 def test_a_malformed_graph_call_is_refused(raw: Any) -> None:
     with pytest.raises(SignatureRejected):
         GraphCall.from_json(raw)
+
+
+def test_only_state_reads_read_only() -> None:
+    assert reads_only(GraphCall("get_state")) and reads_only(GraphCall("get_state_history"))
+    assert not reads_only(GraphCall("update_state")) and not reads_only(None)
 
 
 def _snapshot() -> StateSnapshot:
