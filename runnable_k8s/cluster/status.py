@@ -110,7 +110,7 @@ def _scaler(scaled: dict[str, Any]) -> Scaler:
         name = str(metadata.get("listName", ""))
         # The queue list: not kombu's hash, not the pending set (which follows the queue).
         if (
-            trigger.get("type") == "redis"
+            trigger.get("type") in {"redis", "redis-sentinel"}
             and name != INFLIGHT_KEY
             and not name.startswith(keys.pending(""))
         ):
