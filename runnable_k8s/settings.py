@@ -238,11 +238,7 @@ class Settings:
             ConfigurationError: a variable is malformed or values contradict each other.
         """
         env = os.environ if environ is None else environ
-        known = {f.name for f in dataclasses.fields(cls)} - {
-            "extra",
-            "redact_values",
-            "openai_available",
-        }
+        known = {f.name for f in dataclasses.fields(cls)} - _DERIVED
         kwargs: dict[str, Any] = {}
         extra: dict[str, str] = {}
         for name, raw in env.items():
@@ -273,8 +269,37 @@ class Settings:
             )
         )
 
+    def to_env(self) -> dict[str, str]:
+        """The `RUNNABLE_K8S_*` variables `from_env` reads back into these settings (every
+        field, defaults included, plus `extra`): the environment of a process started with
+        them, such as a worker. It holds the signing key and the Redis URL's password in
+        clear: hand it to a child process only, never log it or write it anywhere."""
+        env = dict(self.extra)
+        for name in _FIELD_TYPES:
+            if name not in _DERIVED:
+                env[ENV_PREFIX + name.upper()] = _unparse(getattr(self, name))
+        return env
 
+
+# Not read from a variable of their own: from other variables (secrets, OpenAI's key), or the
+# unknown `RUNNABLE_K8S_*` ones.
+_DERIVED = frozenset({"extra", "redact_values", "openai_available"})
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
+
+
+def _unparse(value: Any) -> str:
+    """What `_parse` reads back as `value`."""
+    if value is None:
+        return ""
+    if isinstance(value, SigningKey):
+        return value.reveal().decode()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, float):
+        return repr(value)  # the shortest text that reads back as the same float
+    return str(value)
 
 
 def _parse(key: str, raw: str) -> Any:

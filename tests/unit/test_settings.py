@@ -373,3 +373,42 @@ def test_require_helpers() -> None:
     with pytest.raises(ConfigurationError, match="RUNNABLE_K8S_REDIS_URL"):
         Settings().require_redis_url()
     assert Settings(redis_url="redis://x").require_redis_url() == "redis://x"
+
+
+# -- to_env: the inverse of from_env ----------------------------------------------------------
+
+
+def _round_trip(settings: Settings) -> Settings:
+    return Settings.from_env(settings.to_env())
+
+
+def test_to_env_round_trips_every_setting() -> None:
+    env = {env_name(name): raw for name, (raw, _) in PARSED.items()}
+    env["RUNNABLE_K8S_SOMETHING_NEW"] = "kept as it is"
+    settings = Settings.from_env(env)
+    again = _round_trip(settings)
+    assert again == settings
+    for name in PARSED:
+        assert type(getattr(again, name)) is type(getattr(settings, name)), name
+    assert again.extra == {"RUNNABLE_K8S_SOMETHING_NEW": "kept as it is"}
+
+
+def test_to_env_round_trips_the_defaults() -> None:
+    assert _round_trip(Settings()) == Settings()
+    assert _round_trip(Settings()).signing_key is None
+
+
+def test_to_env_names_every_variable_and_only_those() -> None:
+    assert set(Settings().to_env()) == {env_name(name) for name in PARSED}
+
+
+def test_to_env_keeps_floats_and_empty_lists_exact() -> None:
+    settings = Settings(
+        time_limit=0.1 + 0.2, lease=1e-3, retry_on=(), allowed_classes=("a:B",), log_json=True
+    )
+    again = _round_trip(settings)
+    assert again.time_limit == 0.1 + 0.2
+    assert again.lease == 1e-3
+    assert again.retry_on == ()
+    assert again.allowed_classes == ("a:B",)
+    assert again.log_json is True
