@@ -1,0 +1,100 @@
+-- Take one model call's share of every limit that applies to it, all or nothing.
+-- KEYS: per rule five keys (requests zset, tokens zset, token amounts hash, holders zset,
+--       pause string), then the cluster's zset of waiting calls.
+-- ARGV: call id, lease ms, margin ms, rule count, poll ms, then per rule: requests, request
+--       window ms, tokens, token window ms, concurrency (0 = no such limit).
+-- Returns {0} when granted, else {ms to wait, reason, rule number}: the caller sleeps exactly
+-- that long (a rate or a pause frees up at a known time; a concurrency slot is polled).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local id, lease, margin = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local rules, poll = tonumber(ARGV[4]), tonumber(ARGV[5])
+local waiting = KEYS[rules * 5 + 1]
+local wait, reason, which = 0, '', 0
+
+local function later(ms, why, i)
+  if ms > wait then wait, reason, which = ms, why, i end
+end
+
+for i = 1, rules do
+  local k = (i - 1) * 5
+  local a = 5 + (i - 1) * 5
+  local req, tok, tokn, conc, pause = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
+  local req_n, req_ms = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]) + margin
+  local tok_n, tok_ms = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]) + margin
+  local conc_n = tonumber(ARGV[a + 5])
+  local paused = redis.call('PTTL', pause)
+  if paused > 0 then later(paused, 'paused', i) end
+  if req_n > 0 then
+    redis.call('ZREMRANGEBYSCORE', req, '-inf', now - req_ms)
+    local used = redis.call('ZCARD', req)
+    if used >= req_n then
+      -- The slot frees when the (used - n + 1)-th oldest request leaves the window.
+      local at = redis.call('ZRANGE', req, used - req_n, used - req_n, 'WITHSCORES')
+      later(tonumber(at[2]) + req_ms - now + 1, 'requests', i)
+    end
+  end
+  if tok_n > 0 then
+    local gone = redis.call('ZRANGEBYSCORE', tok, '-inf', now - tok_ms)
+    if #gone > 0 then
+      redis.call('ZREMRANGEBYSCORE', tok, '-inf', now - tok_ms)
+      redis.call('HDEL', tokn, unpack(gone))
+    end
+    local members = redis.call('ZRANGE', tok, 0, -1, 'WITHSCORES')
+    local amounts = {}
+    local used = 0
+    for j = 1, #members, 2 do
+      local amount = tonumber(redis.call('HGET', tokn, members[j]) or '0') or 0
+      amounts[#amounts + 1] = {amount, tonumber(members[j + 1])}
+      used = used + amount
+    end
+    local estimate = tonumber(redis.call('HGET', tokn, 'avg') or '0') or 0
+    if estimate > tok_n then estimate = tok_n end
+    if used > 0 and used + estimate > tok_n then
+      -- Wait until enough of the oldest calls leave the window for this one's estimate.
+      local at = now
+      for j = 1, #amounts do
+        used = used - amounts[j][1]
+        at = amounts[j][2]
+        if used + estimate <= tok_n or used <= 0 then break end
+      end
+      later(at + tok_ms - now + 1, 'tokens', i)
+    end
+  end
+  if conc_n > 0 then
+    redis.call('ZREMRANGEBYSCORE', conc, '-inf', now)
+    if redis.call('ZCARD', conc) >= conc_n then later(poll, 'concurrency', i) end
+  end
+end
+
+redis.call('ZREMRANGEBYSCORE', waiting, '-inf', now)
+if wait > 0 then
+  redis.call('ZADD', waiting, now + lease, id)
+  redis.call('PEXPIRE', waiting, lease)
+  return {wait, reason, which}
+end
+redis.call('ZREM', waiting, id)
+
+for i = 1, rules do
+  local k = (i - 1) * 5
+  local a = 5 + (i - 1) * 5
+  local req, tok, tokn, conc = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local req_ms, tok_ms = tonumber(ARGV[a + 2]) + margin, tonumber(ARGV[a + 4]) + margin
+  if tonumber(ARGV[a + 1]) > 0 then
+    redis.call('ZADD', req, now, id)
+    redis.call('PEXPIRE', req, req_ms)
+  end
+  if tonumber(ARGV[a + 3]) > 0 then
+    local estimate = redis.call('HGET', tokn, 'avg') or '0'
+    redis.call('ZADD', tok, now, id)
+    redis.call('HSET', tokn, id, estimate)
+    redis.call('PEXPIRE', tok, tok_ms)
+    -- The average outlives the window so the next burst starts with a fair estimate.
+    redis.call('PEXPIRE', tokn, tok_ms * 10)
+  end
+  if tonumber(ARGV[a + 5]) > 0 then
+    redis.call('ZADD', conc, now + lease, id)
+    redis.call('PEXPIRE', conc, lease)
+  end
+end
+return {0}

@@ -1,0 +1,140 @@
+"""Cluster-wide flow control: three real workers share one provider's limits through Redis.
+
+The provider is a real HTTP server on loopback that enforces its own request limit and
+answers 429 above it; ChatOpenAI reaches it through the workers' `OPENAI_BASE_URL`.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from langchain_core.output_parsers import StrOutputParser
+from langchain_openai import ChatOpenAI
+from pydantic import SecretStr
+
+from runnable_k8s import RunnableK8s, Settings
+from runnable_k8s.producer.handles import RemoteRun
+from tests.conftest import make_settings
+from tests.support.limited_openai import LimitedOpenAI
+from tests.support.workers import WorkerProcess
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def model(name: str) -> ChatOpenAI:
+    # The producer's key is a placeholder; each test has its own model name, so its own keys.
+    return ChatOpenAI(model=name, api_key=SecretStr("sk-placeholder"))
+
+
+def start_workers(
+    stack: ExitStack,
+    settings: Settings,
+    logs_dir: Path,
+    fake: LimitedOpenAI,
+    limits: str,
+    *,
+    count: int = 3,
+    concurrency: int = 16,
+) -> list[WorkerProcess]:
+    env = {
+        "OPENAI_API_KEY": "sk-worker-" + secrets.token_hex(8),
+        "OPENAI_BASE_URL": fake.url,
+        "RUNNABLE_K8S_LIMITS": limits,
+    }
+    workers = []
+    for index in range(count):
+        process = WorkerProcess(
+            settings, logs_dir, concurrency=concurrency, env=env, name=f"flow{index}"
+        )
+        stack.callback(process.stop)
+        workers.append(process)
+    for process in workers:
+        process.wait_ready(60)
+    return workers
+
+
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    with ExitStack() as stack:
+        yield stack
+
+
+def results(runs: list[RemoteRun], timeout: float) -> list[object]:
+    return [run.result(timeout=timeout) for run in runs]
+
+
+def test_three_workers_keep_a_request_limit_the_provider_enforces(
+    redis_url: str, logs_dir: Path, stack: ExitStack
+) -> None:
+    name = f"gpt-rate-{uuid.uuid4().hex[:6]}"
+    fake = stack.enter_context(LimitedOpenAI(requests=40, period=10.0))
+    settings = make_settings(redis_url)
+    start_workers(stack, settings, logs_dir, fake, f"openai:{name} requests=40/10s")
+    llm = model(name)
+    # Three model calls per run: each spends a request.
+    chain = llm | StrOutputParser() | llm | StrOutputParser() | llm | StrOutputParser()
+    remote = RunnableK8s(bound=chain, settings=settings)
+    runs = [remote.submit(f"question {i}") for i in range(35)]
+    assert results(runs, 120) == ["ok"] * 35
+    served = fake.served()
+    assert fake.refused() == []
+    assert len(served) == 105
+    # Achieved rate: each full window from the first call is filled to within 10% of the limit.
+    start = served[0].at
+    for window in range(2):
+        count = sum(1 for a in served if start + 10 * window <= a.at < start + 10 * (window + 1))
+        assert 36 <= count <= 40, (window, count)
+
+
+def test_a_token_limit_holds_within_ten_percent_with_calls_of_mixed_sizes(
+    redis_url: str, logs_dir: Path, stack: ExitStack
+) -> None:
+    name = f"gpt-tokens-{uuid.uuid4().hex[:6]}"
+    fake = stack.enter_context(LimitedOpenAI())
+    settings = make_settings(redis_url)
+    start_workers(stack, settings, logs_dir, fake, f"openai:{name} tokens=1500/5s")
+    remote = RunnableK8s(bound=model(name) | StrOutputParser(), settings=settings)
+    sizes = [random.Random(i).randint(20, 200) for i in range(50)]
+    runs = [remote.submit("x" * size) for size in sizes]
+    assert results(runs, 150) == ["ok"] * 50
+    served = fake.served()
+    assert sorted(a.tokens for a in served) == sorted(sizes)
+    assert fake.max_in_window(5.0, tokens=True) <= 1500 * 1.1
+    # Not slower than the limit allows: the first two full windows carry 90% of it or more.
+    start = served[0].at
+    for window in range(2):
+        used = sum(a.tokens for a in served if start + 5 * window <= a.at < start + 5 * window + 5)
+        assert used >= 1500 * 0.9, (window, used)
+
+
+def test_a_429_with_retry_after_pauses_the_key_on_every_worker(
+    redis_url: str, logs_dir: Path, stack: ExitStack
+) -> None:
+    name = f"gpt-pause-{uuid.uuid4().hex[:6]}"
+    fake = stack.enter_context(LimitedOpenAI(delay=0.2))
+    settings = make_settings(redis_url)
+    workers = start_workers(
+        stack, settings, logs_dir, fake, f"openai:{name} requests=1000/1m", concurrency=4
+    )
+    remote = RunnableK8s(bound=model(name) | StrOutputParser(), settings=settings)
+    warm = [remote.submit(f"warm {i}") for i in range(12)]
+    assert results(warm, 60) == ["ok"] * 12
+    fake.answer_next_with_429("5")
+    runs = [remote.submit(f"during {i}") for i in range(24)]
+    assert results(runs, 90) == ["ok"] * 24
+    (refused,) = fake.refused()
+    after = [a.at - refused.at for a in fake.served() if a.at > refused.at]
+    # Nobody called the provider for that key during the pause, except calls that had taken
+    # their slot before the 429 came back (they arrive within moments of it).
+    during = [t for t in after if t < 4.8]
+    assert after and all(t < 0.5 for t in during), during
+    # Every worker had calls held by the pause, not only the one that got the 429.
+    for worker in workers:
+        log = worker.log()
+        assert "reason=paused" in log, log[-2000:]
