@@ -40,15 +40,23 @@ for i = 1, rules do
       redis.call('ZREMRANGEBYSCORE', tok, '-inf', now - tok_ms)
       redis.call('HDEL', tokn, unpack(gone))
     end
+    -- Amounts are settled token counts, or "~N" for a call still running on an estimate.
     local members = redis.call('ZRANGE', tok, 0, -1, 'WITHSCORES')
     local amounts = {}
-    local used = 0
+    local used, unsettled = 0, false
     for j = 1, #members, 2 do
-      local amount = tonumber(redis.call('HGET', tokn, members[j]) or '0') or 0
+      local raw = redis.call('HGET', tokn, members[j]) or '0'
+      if string.sub(raw, 1, 1) == '~' then
+        unsettled = true
+        raw = string.sub(raw, 2)
+      end
+      local amount = tonumber(raw) or 0
       amounts[#amounts + 1] = {amount, tonumber(members[j + 1])}
       used = used + amount
     end
-    local estimate = tonumber(redis.call('HGET', tokn, 'avg') or '0') or 0
+    -- Until a call has settled, a new one is assumed to take the whole budget: the first
+    -- calls go one at a time, then at the average of the calls that settled.
+    local estimate = tonumber(redis.call('HGET', tokn, 'avg') or '') or tok_n
     if estimate > tok_n then estimate = tok_n end
     if used > 0 and used + estimate > tok_n then
       -- Wait until enough of the oldest calls leave the window for this one's estimate.
@@ -58,7 +66,10 @@ for i = 1, rules do
         at = amounts[j][2]
         if used + estimate <= tok_n or used <= 0 then break end
       end
-      later(at + tok_ms - now + 1, 'tokens', i)
+      local ms = at + tok_ms - now + 1
+      -- A running call may settle below its estimate long before then.
+      if unsettled and ms > poll then ms = poll end
+      later(ms, 'tokens', i)
     end
   end
   if conc_n > 0 then
@@ -85,9 +96,9 @@ for i = 1, rules do
     redis.call('PEXPIRE', req, req_ms)
   end
   if tonumber(ARGV[a + 3]) > 0 then
-    local estimate = redis.call('HGET', tokn, 'avg') or '0'
+    local estimate = tonumber(redis.call('HGET', tokn, 'avg') or '') or tonumber(ARGV[a + 3])
     redis.call('ZADD', tok, now, id)
-    redis.call('HSET', tokn, id, estimate)
+    redis.call('HSET', tokn, id, '~' .. estimate)
     redis.call('PEXPIRE', tok, tok_ms)
     -- The average outlives the window so the next burst starts with a fair estimate.
     redis.call('PEXPIRE', tokn, tok_ms * 10)

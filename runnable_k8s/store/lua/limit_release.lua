@@ -12,12 +12,18 @@ for i = 1, rules do
   local req, tok, tokn, conc = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   redis.call('ZREM', conc, id)
   redis.call('ZADD', req, 'XX', 'GT', now, id)
-  if redis.call('ZADD', tok, 'XX', 'GT', 'CH', now, id) >= 0 and used >= 0
-      and redis.call('ZSCORE', tok, id) then
-    redis.call('HSET', tokn, id, used)
-    -- An exponential average of recent calls: the estimate a new call is admitted with.
-    local avg = tonumber(redis.call('HGET', tokn, 'avg') or '') or used
-    redis.call('HSET', tokn, 'avg', math.floor(avg * 0.8 + used * 0.2 + 0.5))
+  if redis.call('ZSCORE', tok, id) then
+    redis.call('ZADD', tok, 'XX', 'GT', now, id)
+    if used >= 0 then
+      redis.call('HSET', tokn, id, used)
+      -- An exponential average of recent calls: the estimate a new call is admitted with.
+      local avg = tonumber(redis.call('HGET', tokn, 'avg') or '') or used
+      redis.call('HSET', tokn, 'avg', math.floor(avg * 0.8 + used * 0.2 + 0.5))
+    else
+      -- Usage unknown (the call failed): its estimate stands, as settled.
+      local raw = redis.call('HGET', tokn, id) or '0'
+      if string.sub(raw, 1, 1) == '~' then redis.call('HSET', tokn, id, string.sub(raw, 2)) end
+    end
   end
 end
 return 1
