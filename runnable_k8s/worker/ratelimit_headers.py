@@ -36,7 +36,10 @@ def pause_seconds(headers: Mapping[str, Any], now: float | None = None) -> float
         seconds = _number(after)
         if seconds is not None:
             return seconds
-        parsed = email.utils.parsedate_to_datetime(after) if after.strip() else None
+        try:
+            parsed = email.utils.parsedate_to_datetime(after)
+        except (TypeError, ValueError):
+            parsed = None
         if parsed is not None:
             return max(0.0, parsed.timestamp() - (time.time() if now is None else now))
     resets = [

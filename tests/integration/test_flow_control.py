@@ -138,3 +138,18 @@ def test_a_429_with_retry_after_pauses_the_key_on_every_worker(
     for worker in workers:
         log = worker.log()
         assert "reason=paused" in log, log[-2000:]
+
+
+def test_a_malformed_limit_spec_stops_the_worker_at_start_naming_the_rule(
+    redis_url: str, logs_dir: Path
+) -> None:
+    settings = make_settings(redis_url)
+    spec = "openai rpm=100\nopenai:gpt-4o-mini rpm=100 tpm=lots"
+    process = WorkerProcess(settings, logs_dir, env={"RUNNABLE_K8S_LIMITS": spec}, name="badspec")
+    try:
+        assert process.process.wait(60) != 0
+    finally:
+        process.stop()
+    log = process.log()
+    assert "RUNNABLE_K8S_LIMITS rule 2 ('openai:gpt-4o-mini rpm=100 tpm=lots')" in log, log
+    assert "ready." not in log
