@@ -149,18 +149,15 @@ class ScalingConfig:
                 f"{name} ({key}) / {self.trigger_targets[name]:g}"
                 for name, key in self.triggers.items()
             )
-        held = ""
-        if self.hold_when:
-            held = (
-                " and ".join(f"{name} ({self.triggers[name]}) > 0" for name in self.hold_when)
-                + " ? "
-                + " + ".join(self.hold_with)
-                + " : "
-            )
-        return held + " + ".join(
+        summed = " + ".join(
             f"{name} ({self.triggers[name]})"
             + (f" / {self.divisors[name]:g}" if name in self.divisors else "")
             for name in self.formula
+        )
+        if not self.hold_when:
+            return summed
+        return f"{summed}; held at {' + '.join(self.hold_with)} while " + " and ".join(
+            f"{name} ({self.triggers[name]}) > 0" for name in self.hold_when
         )
 
     def with_overrides(

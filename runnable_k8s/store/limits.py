@@ -12,12 +12,16 @@ The per-run wait record the worker shows in status is signed by the caller.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
+import redis
 import redis.asyncio as aredis
 
+from runnable_k8s.errors import MessageRejected
 from runnable_k8s.limits import Limit
+from runnable_k8s.protocol import envelope as env
 from runnable_k8s.store import scripts
 
 _ROOT: Final = "rk8s:{limits}"
@@ -109,3 +113,19 @@ class LimitStore:
     async def holders(self, key: str) -> int:
         """Concurrency slots of `key` taken now (for tests and `status`)."""
         return int(await self._redis.zcard(limit_key(key, "conc")))
+
+
+def read_wait(client: redis.Redis, signer: env.Signer, run_id: str) -> dict[str, Any] | None:
+    """What a running run waits on now (`key`, `reason`, `since`, `until`), or None. A record
+    that fails verification is ignored: anyone who can write to Redis could have put it."""
+    wire = client.get(wait_record(run_id))
+    if not isinstance(wire, bytes):
+        return None
+    try:
+        found = signer.open(wire, kind=env.WAITING)
+        fields = json.loads(found.body)
+    except (MessageRejected, ValueError):
+        return None
+    if found.run_id != run_id or not isinstance(fields, dict):
+        return None
+    return fields

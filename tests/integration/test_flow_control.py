@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import random
 import secrets
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+import redis
 from langchain_core.output_parsers import StrOutputParser
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
 from runnable_k8s import RunnableK8s, Settings
 from runnable_k8s.producer.handles import RemoteRun
+from runnable_k8s.protocol.messages import Protocol
+from runnable_k8s.store.limits import read_wait
 from tests.conftest import make_settings
 from tests.support.limited_openai import LimitedOpenAI
 from tests.support.workers import WorkerProcess
@@ -65,6 +69,22 @@ def stack() -> Iterator[ExitStack]:
         yield stack
 
 
+def wait_shown(settings: Settings, runs: list[RemoteRun]) -> dict[str, object]:
+    client = redis.Redis.from_url(settings.require_redis_url())
+    signer = Protocol(settings).signer
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            for run in runs:
+                found = read_wait(client, signer, run.id)
+                if found is not None:
+                    return found
+            time.sleep(0.2)
+    finally:
+        client.close()
+    raise AssertionError("no run showed a wait")
+
+
 def results(runs: list[RemoteRun], timeout: float) -> list[object]:
     return [run.result(timeout=timeout) for run in runs]
 
@@ -81,6 +101,9 @@ def test_three_workers_keep_a_request_limit_the_provider_enforces(
     chain = llm | StrOutputParser() | llm | StrOutputParser() | llm | StrOutputParser()
     remote = RunnableK8s(bound=chain, settings=settings)
     runs = [remote.submit(f"question {i}") for i in range(35)]
+    # While the limit holds runs back, their status says what they wait on.
+    waits = wait_shown(settings, runs)
+    assert waits["key"] == f"openai:{name}" and waits["reason"] == "requests", waits
     assert results(runs, 120) == ["ok"] * 35
     served = fake.served()
     assert fake.refused() == []
