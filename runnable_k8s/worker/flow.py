@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import string
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,12 +39,12 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.outputs import LLMResult
 from langchain_core.rate_limiters import BaseRateLimiter
 from langchain_core.tracers.context import register_configure_hook
-from pydantic import BaseModel
 
 from runnable_k8s.limits import Limit
 from runnable_k8s.settings import Settings
 from runnable_k8s.store.limits import LimitStore, Verdict
 from runnable_k8s.worker.metrics import WorkerMetrics
+from runnable_k8s.worker.model_calls import chat_models, tenant_of, tokens_of
 from runnable_k8s.worker.ratelimit_headers import pause_seconds, status_of
 from runnable_k8s.worker.waits import WaitRecords
 
@@ -114,7 +113,7 @@ class FlowControl:
         node's closure) are not found; give them `rate_limiter=` in the registered code."""
         if not self.limits:
             return
-        for model in _chat_models(runnable):
+        for model in chat_models(runnable):
             params = model._get_ls_params()
             provider = str(params.get("ls_provider") or "")
             name = str(params.get("ls_model_name") or "")
@@ -336,14 +335,14 @@ class _Handler(AsyncCallbackHandler):
         **kwargs: Any,
     ) -> None:
         tenant = (metadata or {}).get("tenant")
-        call = _Call(_RUN.get(), _tenant(tenant))
+        call = _Call(_RUN.get(), tenant_of(tenant))
         self._calls[run_id] = call
         _CALL.set(call)
 
     async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         call = self._calls.pop(run_id, None)
         if call is not None:
-            await self._flow.release(call, _tokens(response))
+            await self._flow.release(call, tokens_of(response))
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         call = self._calls.pop(run_id, None)
@@ -355,50 +354,3 @@ class _Handler(AsyncCallbackHandler):
             await self._flow.release(call, 0)  # refused: no tokens spent
         else:
             await self._flow.release(call, None)
-
-
-_TENANT_CHARS: Final = frozenset(string.ascii_letters + string.digits + "_.-/")
-
-
-def _tenant(value: Any) -> str | None:
-    # A tenant becomes part of a Redis key name: anything unusual shares one budget.
-    if not isinstance(value, str) or not value:
-        return None
-    if len(value) > 100 or not set(value) <= _TENANT_CHARS:
-        return "_invalid"
-    return value
-
-
-def _tokens(response: LLMResult) -> int | None:
-    total = 0
-    found = False
-    for generations in response.generations:
-        for generation in generations:
-            usage = getattr(getattr(generation, "message", None), "usage_metadata", None)
-            if usage:
-                total += int(usage.get("total_tokens", 0))
-                found = True
-    if not found:
-        usage = (response.llm_output or {}).get("token_usage") or {}
-        if isinstance(usage, dict) and "total_tokens" in usage:
-            return int(usage["total_tokens"])
-    return total if found else None
-
-
-def _chat_models(root: Any) -> Iterator[BaseChatModel]:
-    seen: set[int] = set()
-    stack: list[Any] = [root]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, BaseChatModel):
-            yield node
-            continue
-        if isinstance(node, BaseModel):
-            stack.extend(getattr(node, name, None) for name in type(node).model_fields)
-        elif isinstance(node, list | tuple):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            stack.extend(node.values())

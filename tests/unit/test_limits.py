@@ -5,9 +5,16 @@ from __future__ import annotations
 import email.utils
 
 import pytest
+from langchain_core.messages import AIMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.runnables import RunnableParallel
+from langchain_openai import ChatOpenAI
+from pydantic import SecretStr
 
 from runnable_k8s.errors import ConfigurationError
 from runnable_k8s.limits import Limit, Rate, parse_limits
+from runnable_k8s.worker.model_calls import chat_models, tenant_of, tokens_of
 from runnable_k8s.worker.ratelimit_headers import DEFAULT_PAUSE, pause_seconds
 
 
@@ -76,3 +83,21 @@ def test_pause_from_the_providers_headers(headers: dict[str, str], seconds: floa
 def test_pause_from_an_http_date() -> None:
     date = email.utils.formatdate(1_000_030, usegmt=True)
     assert pause_seconds({"Retry-After": date}, now=1_000_000) == pytest.approx(30.0)
+
+
+def test_the_limiter_finds_every_chat_model_of_a_runnable() -> None:
+    first = ChatOpenAI(model="gpt-a", api_key=SecretStr("sk-x"))
+    second = ChatOpenAI(model="gpt-b", api_key=SecretStr("sk-x"))
+    chain = RunnableParallel(a=first | StrOutputParser(), b=second.bind(stop=["."]))
+    assert {id(m) for m in chat_models(chain | StrOutputParser())} == {id(first), id(second)}
+
+
+def test_tokens_come_from_usage_metadata_and_tenants_are_safe_key_parts() -> None:
+    message = AIMessage(
+        "hi", usage_metadata={"input_tokens": 5, "output_tokens": 7, "total_tokens": 12}
+    )
+    assert tokens_of(LLMResult(generations=[[ChatGeneration(message=message)]])) == 12
+    assert tokens_of(LLMResult(generations=[[ChatGeneration(message=AIMessage("hi"))]])) is None
+    assert tenant_of("acme-1") == "acme-1"
+    assert tenant_of("a b\r\n") == "_invalid"
+    assert tenant_of(7) is None
