@@ -93,6 +93,8 @@ class FlowControl:
         self._held: dict[str, _Call] = {}
         self._renewer: asyncio.Task[None] | None = None
         self._hooked: set[int] = set()
+        self._open: dict[str, list[_Call]] = {}
+        self._ending: set[asyncio.Task[None]] = set()
 
     @property
     def store(self) -> LimitStore:
@@ -134,6 +136,24 @@ class FlowControl:
         finally:
             _HANDLER.reset(handler_token)
             _RUN.reset(run_token)
+            self._end_run(run_id)
+
+    def _end_run(self, run_id: str) -> None:
+        # A cancelled or timed-out call may never reach `on_llm_error` (LangChain's `agenerate`
+        # lets the CancelledError through without it): its slots are freed here, or the
+        # renewer would keep them for as long as the worker lives.
+        self._handler.forget(run_id)
+        for call in self._open.pop(run_id, []):
+            if not call.done:
+                task = asyncio.get_running_loop().create_task(self._release_quietly(call))
+                self._ending.add(task)
+                task.add_done_callback(self._ending.discard)
+
+    async def _release_quietly(self, call: _Call) -> None:
+        try:
+            await self.release(call, None)
+        except Exception as exc:  # Redis away: the lease lapses instead
+            logger.warning("cannot free limit slots of run=%s: %s", call.run_id, exc)
 
     def _hook_http(self, model: BaseChatModel) -> None:
         client = getattr(getattr(model, "root_async_client", None), "_client", None)
@@ -211,6 +231,8 @@ class FlowControl:
                 self._waited(call, waited, rules, time.monotonic() - started)
         if not requests_only:
             call.keys = [key for key, _ in rules]
+            if call.run_id is not None:
+                self._open.setdefault(call.run_id, []).append(call)
             if any(limit.concurrency for _, limit in rules):
                 self._held[call.call_id] = call
                 self._start_renewer()
@@ -221,6 +243,9 @@ class FlowControl:
             return
         call.done = True
         self._held.pop(call.call_id, None)
+        calls = self._open.get(call.run_id or "", [])
+        if call in calls:
+            calls.remove(call)
         await self.store.release(call.call_id, call.keys, tokens)
 
     async def pause(self, call: _Call, seconds: float) -> None:
@@ -324,6 +349,12 @@ class _Handler(AsyncCallbackHandler):
     def __init__(self, flow: FlowControl) -> None:
         self._flow = flow
         self._calls: dict[UUID, _Call] = {}
+
+    def forget(self, run_id: str) -> None:
+        """Drop the calls of a run that ended without their end event."""
+        for llm_run, call in list(self._calls.items()):
+            if call.run_id == run_id:
+                del self._calls[llm_run]
 
     async def on_chat_model_start(
         self,

@@ -21,6 +21,7 @@ from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
 from runnable_k8s import RunnableK8s, Settings
+from runnable_k8s.errors import ExecutionTimeout
 from runnable_k8s.producer.handles import RemoteRun
 from runnable_k8s.protocol.messages import Protocol
 from runnable_k8s.store.limits import read_wait
@@ -176,3 +177,19 @@ def test_a_malformed_limit_spec_stops_the_worker_at_start_naming_the_rule(
     log = process.log()
     assert "RUNNABLE_K8S_LIMITS rule 2 ('openai:gpt-4o-mini rpm=100 tpm=lots')" in log, log
     assert "ready." not in log
+
+
+def test_a_call_cut_off_by_the_time_limit_frees_its_concurrency_slot(
+    redis_url: str, logs_dir: Path, stack: ExitStack
+) -> None:
+    name = f"gpt-cut-{uuid.uuid4().hex[:6]}"
+    fake = stack.enter_context(LimitedOpenAI(slow=30.0))
+    # A lease far longer than the wait below: only the run's end can free the slot in time.
+    settings = make_settings(redis_url, time_limit=3.0, lease=90.0)
+    start_workers(stack, settings, logs_dir, fake, f"openai:{name} concurrency=1", count=1)
+    remote = RunnableK8s(bound=model(name) | StrOutputParser(), settings=settings)
+    cut = remote.submit("slow answer")
+    with pytest.raises(ExecutionTimeout):
+        cut.result(timeout=60)
+    # The slot comes back when the run ends, not a lease later nor never (renewed).
+    assert remote.submit("fast answer").result(timeout=45) == "ok"

@@ -23,11 +23,19 @@ class Arrival:
 
 class LimitedOpenAI:
     def __init__(
-        self, *, requests: int = 0, period: float = 1.0, delay: float = 0.0, answer: str = "ok"
+        self,
+        *,
+        requests: int = 0,
+        period: float = 1.0,
+        delay: float = 0.0,
+        slow: float = 0.0,
+        answer: str = "ok",
     ) -> None:
         self.limit = requests
         self.period = period
         self.delay = delay
+        self.slow = slow
+        """Seconds a call whose last message starts with "slow" takes."""
         self.answer = answer
         self.arrivals: list[Arrival] = []
         self.in_flight = 0
@@ -52,8 +60,8 @@ class LimitedOpenAI:
                                retry_after)  # fmt: skip
                     return
                 try:
-                    if fake.delay:
-                        time.sleep(fake.delay)
+                    if fake.delay or (fake.slow and content.startswith("slow")):
+                        time.sleep(fake.slow if content.startswith("slow") else fake.delay)
                     reply = {
                         "id": "chatcmpl-limited",
                         "object": "chat.completion",
