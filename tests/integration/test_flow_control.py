@@ -7,6 +7,7 @@ answers 429 above it; ChatOpenAI reaches it through the workers' `OPENAI_BASE_UR
 from __future__ import annotations
 
 import random
+import re
 import secrets
 import time
 import uuid
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from langchain_core.output_parsers import StrOutputParser
@@ -21,6 +23,7 @@ from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
 from runnable_k8s import RunnableK8s, Settings
+from runnable_k8s.embedded import free_port
 from runnable_k8s.errors import ExecutionTimeout
 from runnable_k8s.producer.handles import RemoteRun
 from runnable_k8s.protocol.messages import Protocol
@@ -46,6 +49,7 @@ def start_workers(
     *,
     count: int = 3,
     concurrency: int = 16,
+    metrics_port: int = 0,
 ) -> list[WorkerProcess]:
     env = {
         "OPENAI_API_KEY": "sk-worker-" + secrets.token_hex(8),
@@ -54,8 +58,10 @@ def start_workers(
     }
     workers = []
     for index in range(count):
+        # The first worker serves metrics when asked to (one port, one worker).
+        port = {"RUNNABLE_K8S_METRICS_PORT": str(metrics_port)} if index == 0 else {}
         process = WorkerProcess(
-            settings, logs_dir, concurrency=concurrency, env=env, name=f"flow{index}"
+            settings, logs_dir, concurrency=concurrency, env=env | port, name=f"flow{index}"
         )
         stack.callback(process.stop)
         workers.append(process)
@@ -96,7 +102,9 @@ def test_three_workers_keep_a_request_limit_the_provider_enforces(
     name = f"gpt-rate-{uuid.uuid4().hex[:6]}"
     fake = stack.enter_context(LimitedOpenAI(requests=40, period=10.0))
     settings = make_settings(redis_url)
-    start_workers(stack, settings, logs_dir, fake, f"openai:{name} requests=40/10s")
+    port = free_port()
+    rule = f"openai:{name} requests=40/10s"
+    start_workers(stack, settings, logs_dir, fake, rule, metrics_port=port)
     llm = model(name)
     # Three model calls per run: each spends a request.
     chain = llm | StrOutputParser() | llm | StrOutputParser() | llm | StrOutputParser()
@@ -114,6 +122,13 @@ def test_three_workers_keep_a_request_limit_the_provider_enforces(
     for window in range(2):
         count = sum(1 for a in served if start + 10 * window <= a.at < start + 10 * (window + 1))
         assert 36 <= count <= 40, (window, count)
+    # The first worker's metrics count the time its calls waited on the limit.
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    waited = re.search(
+        rf'runnable_k8s_limit_wait_seconds_total{{key="openai:{name}",reason="requests"}} (\S+)',
+        metrics,
+    )
+    assert waited is not None and float(waited.group(1)) > 0, metrics[-2000:]
 
 
 def test_a_token_limit_holds_within_ten_percent_with_calls_of_mixed_sizes(
