@@ -172,7 +172,7 @@ def test_a_429_with_retry_after_pauses_the_key_on_every_worker(
     # Nobody called the provider for that key during the pause, except calls that had taken
     # their slot before the 429 came back (they arrive within moments of it).
     during = [t for t in after if t < 4.8]
-    assert after and all(t < 0.5 for t in during), during
+    assert after and all(t < 1.0 for t in during), during
     # Every worker had calls held by the pause, not only the one that got the 429.
     for worker in workers:
         log = worker.log()
