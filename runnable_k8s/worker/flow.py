@@ -220,7 +220,7 @@ class FlowControl:
                 if verdict.wait == 0:
                     break
                 if waited is None or (verdict.reason, verdict.key) != (waited.reason, waited.key):
-                    self._waiting(call, verdict, rules, waited)
+                    await self._waiting(call, verdict, rules, waited)
                     waited = verdict
                 delay = verdict.wait
                 if verdict.reason == "concurrency":
@@ -228,7 +228,7 @@ class FlowControl:
                 await asyncio.sleep(delay)
         finally:
             if waited is not None:
-                self._waited(call, waited, rules, time.monotonic() - started)
+                await self._waited(call, waited, rules, time.monotonic() - started)
         if not requests_only:
             call.keys = [key for key, _ in rules]
             if call.run_id is not None:
@@ -262,7 +262,7 @@ class FlowControl:
             call.run_id,
         )
 
-    def _waiting(
+    async def _waiting(
         self,
         call: _Call,
         verdict: Verdict,
@@ -280,16 +280,16 @@ class FlowControl:
             verdict.wait,
         )
         if call.run_id is not None:
-            self._waits.waiting(call.run_id, verdict.key, verdict.reason, verdict.wait)
+            await self._waits.waiting(call.run_id, verdict.key, verdict.reason, verdict.wait)
 
-    def _waited(
+    async def _waited(
         self, call: _Call, verdict: Verdict, rules: list[tuple[str, Limit]], seconds: float
     ) -> None:
         label = _rule(rules, verdict.key)
         self._metrics.limit_waiting.labels(label, verdict.reason).dec()
         self._metrics.limit_wait_seconds.labels(label, verdict.reason).inc(seconds)
         if call.run_id is not None:
-            self._waits.done(call.run_id)
+            await self._waits.done(call.run_id)
 
     def _start_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():

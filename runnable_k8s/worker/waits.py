@@ -3,11 +3,11 @@ model calls starts waiting on a limit and deleted when it is granted (README, "F
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aredis
 
@@ -18,33 +18,29 @@ logger = logging.getLogger("runnable_k8s.worker.flow")
 
 
 class WaitRecords:
-    """Writes in the background: a status display must never slow or fail a model call."""
+    """Written in line (the call is about to sleep anyway, and in line the write and the
+    delete cannot pass each other); a failure is logged, never the call's."""
 
     def __init__(self, client: Callable[[], aredis.Redis], signer: env.Signer, ttl: float) -> None:
         self._client = client
         self._signer = signer
         self._ttl = max(1, int(ttl))
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    def waiting(self, run_id: str, key: str, reason: str, seconds: float) -> None:
+    async def waiting(self, run_id: str, key: str, reason: str, seconds: float) -> None:
         now = time.time()
         body = json.dumps(
             {"key": key, "reason": reason, "since": now, "until": now + seconds},
             separators=(",", ":"),
         ).encode()
         wire = self._signer.seal(env.Envelope(env.WAITING, run_id, now + self._ttl, body))
-        self._spawn(self._client().set(wait_record(run_id), wire, ex=self._ttl))
+        await _quietly(self._client().set(wait_record(run_id), wire, ex=self._ttl))
 
-    def done(self, run_id: str) -> None:
-        self._spawn(self._client().delete(wait_record(run_id)))
+    async def done(self, run_id: str) -> None:
+        await _quietly(self._client().delete(wait_record(run_id)))
 
-    def _spawn(self, command: object) -> None:
-        async def run() -> None:
-            try:
-                await command  # type: ignore[misc]
-            except Exception as exc:
-                logger.warning("cannot write a run's wait record: %s", exc)
 
-        task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+async def _quietly(command: Awaitable[Any]) -> None:
+    try:
+        await command
+    except Exception as exc:
+        logger.warning("cannot write a run's wait record: %s", exc)
