@@ -65,11 +65,14 @@ class LimitStore:
         self._renew = scripts.aload(client, "limit_renew")
         self._pause = scripts.aload(client, "limit_pause")
 
-    async def acquire(self, call_id: str, rules: list[tuple[str, Limit]]) -> Verdict:
-        """Take `call_id`'s share of each (concrete key, limit), or say how long to wait."""
+    async def acquire(
+        self, call_id: str, rules: list[tuple[str, Limit]], *, size: int = 0
+    ) -> Verdict:
+        """Take `call_id`'s share of each (concrete key, limit), or say how long to wait.
+        `size` (input characters, 0: unknown) scales the call's token estimate."""
         keys: list[str] = []
         args: list[str | int] = [call_id, self._lease_ms, self._margin_ms, len(rules)]
-        args.append(self._poll_ms)
+        args += [self._poll_ms, max(0, size)]
         for key, limit in rules:
             keys += [limit_key(key, p) for p in ("req", "tok", "tokn", "conc", "pause")]
             requests, tokens = limit.requests, limit.tokens
@@ -87,11 +90,13 @@ class LimitStore:
         reason = answer[1].decode() if isinstance(answer[1], bytes) else str(answer[1])
         return Verdict(int(answer[0]) / 1000, reason, rules[int(answer[2]) - 1][0])
 
-    async def release(self, call_id: str, keys: list[str], tokens: int | None) -> None:
+    async def release(
+        self, call_id: str, keys: list[str], tokens: int | None, *, size: int = 0
+    ) -> None:
         """Free the call's concurrency slots and settle its token count (None: unknown)."""
         names = [limit_key(k, p) for k in keys for p in ("req", "tok", "tokn", "conc")]
         used = -1 if tokens is None else max(0, tokens)
-        await self._release(keys=names, args=[call_id, used, len(keys)])
+        await self._release(keys=names, args=[call_id, used, len(keys), max(0, size)])
 
     async def renew(self, held: list[tuple[str, str]]) -> None:
         """Extend the leases of (call id, key) slots this worker still holds."""

@@ -44,7 +44,7 @@ from runnable_k8s.limits import Limit
 from runnable_k8s.settings import Settings
 from runnable_k8s.store.limits import LimitStore, Verdict
 from runnable_k8s.worker.metrics import WorkerMetrics
-from runnable_k8s.worker.model_calls import chat_models, tenant_of, tokens_of
+from runnable_k8s.worker.model_calls import chat_models, input_size, tenant_of, tokens_of
 from runnable_k8s.worker.ratelimit_headers import pause_seconds, status_of
 from runnable_k8s.worker.waits import WaitRecords
 
@@ -63,6 +63,8 @@ class _Call:
     call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     keys: list[str] = field(default_factory=list)
     model_keys: tuple[str, ...] = ()
+    size: int = 0
+    """Characters of the call's input messages (scales its token estimate)."""
     retries: int = 0
     done: bool = False
 
@@ -216,7 +218,7 @@ class FlowControl:
         started = time.monotonic()
         try:
             while True:
-                verdict = await self.store.acquire(call.call_id, rules)
+                verdict = await self.store.acquire(call.call_id, rules, size=call.size)
                 if verdict.wait == 0:
                     break
                 if waited is None or (verdict.reason, verdict.key) != (waited.reason, waited.key):
@@ -246,7 +248,7 @@ class FlowControl:
         calls = self._open.get(call.run_id or "", [])
         if call in calls:
             calls.remove(call)
-        await self.store.release(call.call_id, call.keys, tokens)
+        await self.store.release(call.call_id, call.keys, tokens, size=call.size)
 
     async def pause(self, call: _Call, seconds: float) -> None:
         """A 429: every worker leaves the call's model keys alone for `seconds`."""
@@ -366,7 +368,7 @@ class _Handler(AsyncCallbackHandler):
         **kwargs: Any,
     ) -> None:
         tenant = (metadata or {}).get("tenant")
-        call = _Call(_RUN.get(), tenant_of(tenant))
+        call = _Call(_RUN.get(), tenant_of(tenant), size=input_size(messages))
         self._calls[run_id] = call
         _CALL.set(call)
 

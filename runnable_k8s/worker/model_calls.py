@@ -59,3 +59,13 @@ def chat_models(root: Any) -> Iterator[BaseChatModel]:
             stack.extend(node)
         elif isinstance(node, dict):
             stack.extend(node.values())
+
+
+def input_size(messages: list[list[Any]]) -> int:
+    """Characters of a call's input messages: what its token estimate is scaled by."""
+    total = 0
+    for batch in messages:
+        for message in batch:
+            content = getattr(message, "content", "")
+            total += len(content) if isinstance(content, str) else len(str(content))
+    return total

@@ -108,3 +108,15 @@ def test_rules_pick_the_exact_key_over_a_pattern_and_cover_model_provider_and_te
     ]
     other = flow.rules(_Call("run", "zeta"), ("anthropic", "anthropic:claude"))
     assert other == [("tenant:zeta", limits[2])]
+
+
+async def test_a_call_is_estimated_by_its_input_size_at_the_settled_tokens_per_character(
+    store: LimitStore,
+) -> None:
+    k = key()
+    rule = [(k, Limit(k, tokens=Rate(100, 10.0)))]
+    assert (await store.acquire("probe", rule, size=10)).wait == 0
+    await store.release("probe", [k], tokens=30, size=10)  # 3 tokens per character
+    assert (await store.acquire("small", rule, size=5)).wait == 0  # 30 + 15
+    assert (await store.acquire("large", rule, size=20)).reason == "tokens"  # 45 + 60 > 100
+    assert (await store.acquire("fits", rule, size=18)).wait == 0  # 45 + 54

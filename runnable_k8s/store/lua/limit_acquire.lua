@@ -1,7 +1,8 @@
 -- Take one model call's share of every limit that applies to it, all or nothing.
 -- KEYS: per rule five keys (requests zset, tokens zset, token amounts hash, holders zset,
 --       pause string), then the cluster's zset of waiting calls.
--- ARGV: call id, lease ms, margin ms, rule count, poll ms, then per rule: requests, request
+-- ARGV: call id, lease ms, margin ms, rule count, poll ms, input characters of the call (0:
+--       unknown), then per rule: requests, request
 --       window ms, tokens, token window ms, concurrency (0 = no such limit).
 -- Returns {0} when granted, else {ms to wait, reason, rule number}: the caller sleeps exactly
 -- that long (a rate or a pause frees up at a known time; a concurrency slot is polled).
@@ -9,6 +10,22 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id, lease, margin = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local rules, poll = tonumber(ARGV[4]), tonumber(ARGV[5])
+local size = tonumber(ARGV[6])
+
+-- A call's tokens, before it runs: its input characters times the tokens per character that
+-- calls of this key settled at, else the average call, else (nothing settled yet) the whole
+-- budget, so the first call goes alone.
+local function estimate_of(tokn, tok_n)
+  local ratio = tonumber(redis.call('HGET', tokn, 'ratio') or '')
+  local estimate
+  if ratio and size > 0 then
+    estimate = math.ceil(size * ratio)
+  else
+    estimate = tonumber(redis.call('HGET', tokn, 'avg') or '') or tok_n
+  end
+  if estimate > tok_n then estimate = tok_n end
+  return estimate
+end
 local waiting = KEYS[rules * 5 + 1]
 local wait, reason, which = 0, '', 0
 
@@ -18,7 +35,7 @@ end
 
 for i = 1, rules do
   local k = (i - 1) * 5
-  local a = 5 + (i - 1) * 5
+  local a = 6 + (i - 1) * 5
   local req, tok, tokn, conc, pause = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
   local req_n, req_ms = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]) + margin
   local tok_n, tok_ms = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]) + margin
@@ -54,10 +71,7 @@ for i = 1, rules do
       amounts[#amounts + 1] = {amount, tonumber(members[j + 1])}
       used = used + amount
     end
-    -- Until a call has settled, a new one is assumed to take the whole budget: the first
-    -- calls go one at a time, then at the average of the calls that settled.
-    local estimate = tonumber(redis.call('HGET', tokn, 'avg') or '') or tok_n
-    if estimate > tok_n then estimate = tok_n end
+    local estimate = estimate_of(tokn, tok_n)
     if used > 0 and used + estimate > tok_n then
       -- Wait until enough of the oldest calls leave the window for this one's estimate.
       local at = now
@@ -88,7 +102,7 @@ redis.call('ZREM', waiting, id)
 
 for i = 1, rules do
   local k = (i - 1) * 5
-  local a = 5 + (i - 1) * 5
+  local a = 6 + (i - 1) * 5
   local req, tok, tokn, conc = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   local req_ms, tok_ms = tonumber(ARGV[a + 2]) + margin, tonumber(ARGV[a + 4]) + margin
   if tonumber(ARGV[a + 1]) > 0 then
@@ -96,11 +110,11 @@ for i = 1, rules do
     redis.call('PEXPIRE', req, req_ms)
   end
   if tonumber(ARGV[a + 3]) > 0 then
-    local estimate = tonumber(redis.call('HGET', tokn, 'avg') or '') or tonumber(ARGV[a + 3])
+    local estimate = estimate_of(tokn, tonumber(ARGV[a + 3]))
     redis.call('ZADD', tok, now, id)
     redis.call('HSET', tokn, id, '~' .. estimate)
     redis.call('PEXPIRE', tok, tok_ms)
-    -- The average outlives the window so the next burst starts with a fair estimate.
+    -- The averages outlive the window so the next burst starts with a fair estimate.
     redis.call('PEXPIRE', tokn, tok_ms * 10)
   end
   if tonumber(ARGV[a + 5]) > 0 then
