@@ -22,7 +22,9 @@ from runnable_k8s.errors import (
     SerializationRefused,
     SignatureRejected,
     SigningKeyMismatch,
+    ThreadBusy,
     UnknownEventId,
+    UnknownMultitaskStrategy,
     WaitTimeout,
 )
 from runnable_k8s.producer.handles import RemoteRun
@@ -53,6 +55,8 @@ __all__ = [
     "Settings",
     "SignatureRejected",
     "SigningKeyMismatch",
+    "ThreadBusy",
     "UnknownEventId",
+    "UnknownMultitaskStrategy",
     "WaitTimeout",
 ]

@@ -9,6 +9,7 @@ and the asyncio clients share every decision (`_Plan`, `_parse_entries`); only t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import time
@@ -31,6 +32,7 @@ from runnable_k8s.errors import (
     BrokerUnavailable,
     RunNotFound,
     SignatureRejected,
+    ThreadBusy,
     WaitTimeout,
 )
 from runnable_k8s.producer import rejections
@@ -38,6 +40,8 @@ from runnable_k8s.protocol import keys, rejection, task_message
 from runnable_k8s.protocol.cancel import queue_cancel as _queue_cancel
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.settings import Settings
+from runnable_k8s.store import threads
+from runnable_k8s.store.threads import ProducerThreads, Strategy
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 # Longest single XREAD block; the loop re-arms it until the caller's deadline.
@@ -94,6 +98,9 @@ class _Plan:
         self.sets: list[tuple[str, bytes, int]] = []
         self.messages: list[str] = []
         self.pending: dict[str, float] = {}
+        # Runs with a thread_id: queued by the thread script instead (store/threads.py).
+        self.threads: list[tuple[str, str, int]] = []
+        self.now = now
         for original in requests:
             queued = _queued_status(protocol, original, now)
             # The worker starts the run by compare-and-set against this exact record, without
@@ -112,13 +119,48 @@ class _Plan:
                 queue=settings.queue,
                 description=_description(request),
             )
-            self.messages.append(message)
             # Kept until a worker starts the run, so a message the broker loses (Redis dying
             # between a worker's BRPOP and kombu's bookkeeping) can be enqueued again.
             self.sets.append((keys.message(request.run_id), message.encode(), life))
+            thread_id = threads.thread_of(request.config)
+            if thread_id is not None:
+                self.threads.append((request.run_id, thread_id, life))
+                continue
+            self.messages.append(message)
             self.pending[request.run_id] = now
         self.queue = settings.queue
         self.pending_key = keys.pending(settings.queue)
+
+
+def _entered(plan: _Plan, replies: list[Any]) -> list[threads.Entered]:
+    """The thread scripts' replies (the last ones of the enqueue transaction)."""
+    if not plan.threads:
+        return []
+    tail = replies[-len(plan.threads) :]
+    return [
+        threads.parse_entered(run_id, reply)
+        for (run_id, _, _), reply in zip(plan.threads, tail, strict=True)
+    ]
+
+
+def _raise_busy(plan: _Plan, replies: list[Any]) -> None:
+    for entered in _entered(plan, replies):
+        if entered.verdict == "busy":
+            raise ThreadBusy(
+                f"run {entered.run_id} refused: its thread is busy with run {entered.holder} "
+                '(multitask_strategy="reject"); nothing was enqueued',
+                run_id=entered.run_id,
+                active_run_id=entered.holder,
+            )
+
+
+def _rollback_record(protocol: Protocol, run_id: str) -> tuple[str, bytes, int]:
+    token = threads.rollback_token(run_id)
+    return (
+        threads.rollback_key(run_id),
+        protocol.seal_cancel(token),
+        int(protocol.settings.result_ttl),
+    )
 
 
 def _parse_entries(
@@ -218,31 +260,58 @@ class Client:
                 Encoder("utf-8", "strict", False).encode,  # type: ignore[no-untyped-call]
             ),
         )
+        self._threads = ProducerThreads(self._redis, settings)
 
     def close(self) -> None:
         self._redis.close()
 
     def submit(
-        self, requests: Sequence[RunRequest], *, records: Sequence[tuple[str, bytes, int]] = ()
+        self,
+        requests: Sequence[RunRequest],
+        *,
+        records: Sequence[tuple[str, bytes, int]] = (),
+        strategy: Strategy = threads.DEFAULT,
     ) -> None:
         """Enqueue runs: statuses, large bodies and messages in one transaction, with
-        `records` (key, signed value, ttl s) beside them (e.g. a retry's link).
+        `records` (key, signed value, ttl s) beside them (e.g. a retry's link). A run with a
+        `configurable.thread_id` waits for its thread as `strategy` says (store/threads.py).
 
         Raises:
             BrokerUnavailable: Redis is unreachable; nothing was enqueued.
+            ThreadBusy: strategy "reject" and a run's thread was held; none of the runs on a
+                busy thread was enqueued.
         """
         plan = _Plan(self.protocol, requests)
         try:
             with self._redis.pipeline(transaction=True) as pipe:
                 for key, value, ttl in [*plan.sets, *records]:
                     pipe.set(key, value, ex=ttl)
-                pipe.zadd(plan.pending_key, plan.pending)
-                pipe.lpush(plan.queue, *plan.messages)
-                pipe.execute()
+                if plan.messages:
+                    pipe.zadd(plan.pending_key, plan.pending)
+                    pipe.lpush(plan.queue, *plan.messages)
+                for run_id, thread_id, life in plan.threads:
+                    self._threads.queue_enter(
+                        pipe, run_id, thread_id, strategy, now=plan.now, life=life
+                    )
+                replies = pipe.execute()
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
         except RedisError as exc:
             raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
+        for entered in _entered(plan, replies):
+            if entered.verdict == "waiting" and strategy in ("interrupt", "rollback"):
+                self._stop_holder(entered.holder, rollback=strategy == "rollback")
+        _raise_busy(plan, replies)
+
+    def _stop_holder(self, holder: str, *, rollback: bool) -> None:
+        """Strategy interrupt / rollback: the new run is first in line; stop the one running."""
+        if rollback:
+            try:
+                self._redis.set(*_rollback_record(self.protocol, holder))
+            except _REDIS_ERRORS as exc:
+                raise BrokerUnavailable(f"cannot request a rollback on Redis: {exc}") from exc
+        with contextlib.suppress(RunNotFound):
+            self.cancel(holder)
 
     def status(self, run_id: str) -> RunStatus:
         """Raises: RunNotFound for an unknown or expired id."""
@@ -309,6 +378,8 @@ class Client:
                         status = _existing(self.protocol, pipe.get(keys.status(run_id)), run_id)
                         pipe.multi()
                         _queue_cancel(pipe, self.protocol, status)
+                        if status.state == "queued":  # out of its thread's line (if any)
+                            self._threads.queue_leave(pipe, run_id, now=time.time())
                         pipe.execute()
                         return status
                     except WatchError:
@@ -327,23 +398,44 @@ class AsyncClient:
         self.settings = settings
         self.protocol = protocol
         self._redis = aredis.Redis.from_url(settings.require_redis_url(), **_CONNECTION)
+        self._threads = ProducerThreads(self._redis, settings)
 
     async def aclose(self) -> None:
         await self._redis.aclose()
 
-    async def submit(self, requests: Sequence[RunRequest]) -> None:
+    async def submit(
+        self, requests: Sequence[RunRequest], *, strategy: Strategy = threads.DEFAULT
+    ) -> None:
         plan = _Plan(self.protocol, requests)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 for key, value, ttl in plan.sets:
                     pipe.set(key, value, ex=ttl)
-                pipe.zadd(plan.pending_key, plan.pending)
-                pipe.lpush(plan.queue, *plan.messages)
-                await pipe.execute()
+                if plan.messages:
+                    pipe.zadd(plan.pending_key, plan.pending)
+                    pipe.lpush(plan.queue, *plan.messages)
+                for run_id, thread_id, life in plan.threads:
+                    self._threads.queue_enter(
+                        pipe, run_id, thread_id, strategy, now=plan.now, life=life
+                    )
+                replies = await pipe.execute()
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
         except RedisError as exc:
             raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
+        for entered in _entered(plan, replies):
+            if entered.verdict == "waiting" and strategy in ("interrupt", "rollback"):
+                await self._stop_holder(entered.holder, rollback=strategy == "rollback")
+        _raise_busy(plan, replies)
+
+    async def _stop_holder(self, holder: str, *, rollback: bool) -> None:
+        if rollback:
+            try:
+                await self._redis.set(*_rollback_record(self.protocol, holder))
+            except _REDIS_ERRORS as exc:
+                raise BrokerUnavailable(f"cannot request a rollback on Redis: {exc}") from exc
+        with contextlib.suppress(RunNotFound):
+            await self.cancel(holder)
 
     async def status(self, run_id: str) -> RunStatus:
         try:
@@ -400,6 +492,8 @@ class AsyncClient:
                         status = _existing(self.protocol, raw, run_id)
                         pipe.multi()  # type: ignore[no-untyped-call]
                         _queue_cancel(pipe, self.protocol, status)
+                        if status.state == "queued":  # out of its thread's line (if any)
+                            self._threads.queue_leave(pipe, run_id, now=time.time())
                         await pipe.execute()
                         return status
                     except WatchError:
