@@ -32,10 +32,10 @@ from runnable_k8s.errors import (
     BrokerUnavailable,
     RunNotFound,
     SignatureRejected,
-    ThreadBusy,
     WaitTimeout,
 )
 from runnable_k8s.producer import rejections
+from runnable_k8s.producer.thread_submit import entered_runs, raise_busy, rollback_record
 from runnable_k8s.protocol import keys, rejection, task_message
 from runnable_k8s.protocol.cancel import queue_cancel as _queue_cancel
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
@@ -130,37 +130,6 @@ class _Plan:
             self.pending[request.run_id] = now
         self.queue = settings.queue
         self.pending_key = keys.pending(settings.queue)
-
-
-def _entered(plan: _Plan, replies: list[Any]) -> list[threads.Entered]:
-    """The thread scripts' replies (the last ones of the enqueue transaction)."""
-    if not plan.threads:
-        return []
-    tail = replies[-len(plan.threads) :]
-    return [
-        threads.parse_entered(run_id, reply)
-        for (run_id, _, _), reply in zip(plan.threads, tail, strict=True)
-    ]
-
-
-def _raise_busy(plan: _Plan, replies: list[Any]) -> None:
-    for entered in _entered(plan, replies):
-        if entered.verdict == "busy":
-            raise ThreadBusy(
-                f"run {entered.run_id} refused: its thread is busy with run {entered.holder} "
-                '(multitask_strategy="reject"); nothing was enqueued',
-                run_id=entered.run_id,
-                active_run_id=entered.holder,
-            )
-
-
-def _rollback_record(protocol: Protocol, run_id: str) -> tuple[str, bytes, int]:
-    token = threads.rollback_token(run_id)
-    return (
-        threads.rollback_key(run_id),
-        protocol.seal_cancel(token),
-        int(protocol.settings.result_ttl),
-    )
 
 
 def _parse_entries(
@@ -298,16 +267,16 @@ class Client:
             raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
         except RedisError as exc:
             raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
-        for entered in _entered(plan, replies):
+        for entered in entered_runs(plan.threads, replies):
             if entered.verdict == "waiting" and strategy in ("interrupt", "rollback"):
                 self._stop_holder(entered.holder, rollback=strategy == "rollback")
-        _raise_busy(plan, replies)
+        raise_busy(plan.threads, replies)
 
     def _stop_holder(self, holder: str, *, rollback: bool) -> None:
         """Strategy interrupt / rollback: the new run is first in line; stop the one running."""
         if rollback:
             try:
-                self._redis.set(*_rollback_record(self.protocol, holder))
+                self._redis.set(*rollback_record(self.protocol, holder))
             except _REDIS_ERRORS as exc:
                 raise BrokerUnavailable(f"cannot request a rollback on Redis: {exc}") from exc
         with contextlib.suppress(RunNotFound):
@@ -423,15 +392,15 @@ class AsyncClient:
             raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
         except RedisError as exc:
             raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
-        for entered in _entered(plan, replies):
+        for entered in entered_runs(plan.threads, replies):
             if entered.verdict == "waiting" and strategy in ("interrupt", "rollback"):
                 await self._stop_holder(entered.holder, rollback=strategy == "rollback")
-        _raise_busy(plan, replies)
+        raise_busy(plan.threads, replies)
 
     async def _stop_holder(self, holder: str, *, rollback: bool) -> None:
         if rollback:
             try:
-                await self._redis.set(*_rollback_record(self.protocol, holder))
+                await self._redis.set(*rollback_record(self.protocol, holder))
             except _REDIS_ERRORS as exc:
                 raise BrokerUnavailable(f"cannot request a rollback on Redis: {exc}") from exc
         with contextlib.suppress(RunNotFound):

@@ -33,7 +33,7 @@ from runnable_k8s.protocol import keys
 from runnable_k8s.store import threads
 from tests.conftest import make_settings
 from tests.support.threaded import read_log
-from tests.support.workers import WorkerProcess
+from tests.support.workers import WorkerProcess, cli
 
 REF = "tests.support.threaded:counter"
 
@@ -97,7 +97,7 @@ def env(
     ]
     try:
         for worker in workers:
-            worker.wait_ready()
+            worker.wait_ready(timeout=120)
         yield Threads(settings, folder / "steps.log", workers)
     finally:
         for worker in workers:
@@ -219,7 +219,8 @@ def test_reject_refuses_a_run_on_a_busy_thread_and_enqueues_nothing(
     env: Threads, redis_client: redis.Redis
 ) -> None:
     thread = new_thread()
-    first = env.remote().submit({"nap": 2, "label": "first", "steps": 1}, config(thread))
+    # Long enough for the CLI (a new process) to find it still running on a loaded machine.
+    first = env.remote().submit({"nap": 60, "label": "first", "steps": 1}, config(thread))
     strict = env.remote(multitask_strategy="reject")
     with pytest.raises(ThreadBusy) as caught:
         strict.invoke({"nap": 0, "label": "refused", "steps": 1}, config(thread))
@@ -228,10 +229,17 @@ def test_reject_refuses_a_run_on_a_busy_thread_and_enqueues_nothing(
     assert refused is not None
     assert not redis_client.exists(keys.status(refused), keys.message(refused))
     assert redis_client.llen(threads.waiting_key(env.settings.queue, thread)) == 0
-    assert first.result(timeout=30)["count"] == 1
-    # Free again: the same call goes through.
+    # The same from the CLI: a clear line and a non-zero exit.
+    args = ["submit", REF, "--ref", "--thread", thread, "--input", '{"steps": 1}']
+    refused_cli = cli(env.settings, *args, "--multitask-strategy", "reject", check=False)
+    assert refused_cli.returncode != 0
+    assert f"its thread is busy with run {first.id}" in refused_cli.stderr
+    first.cancel()
+    with pytest.raises(RunCancelled):
+        first.result(timeout=30)
+    # Free again: the same call goes through (the cancelled step never checkpointed).
     after = strict.invoke({"nap": 0, "label": "accepted", "steps": 1}, config(thread))
-    assert after["count"] == 2
+    assert after["count"] == 1
 
 
 def test_interrupt_stops_the_active_run_keeping_its_steps(env: Threads) -> None:

@@ -16,7 +16,10 @@ end
 if string.sub(thread, 1, string.len(ARGV[4]) + 7) ~= ARGV[4] .. 'thread:' then return '' end
 local waiting = thread .. ':waiting'
 redis.call('del', KEYS[1])
-if redis.call('get', thread) ~= ARGV[1] then
+local holder = redis.call('get', thread)
+-- No holder at all: a hold that lapsed (a run lost for longer than its whole life); hand on
+-- anyway, or the runs in line would wait for ever.
+if holder and holder ~= ARGV[1] then
   redis.call('lrem', waiting, 0, ARGV[1])
   return ''
 end
