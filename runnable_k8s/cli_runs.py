@@ -181,7 +181,11 @@ def submit(
 def status(run_id: str, as_json: bool) -> None:
     """Print a run's state, attempt and times (ISO 8601, UTC)."""
     settings = _settings()
-    fields = status_fields(RemoteRun(run_id, settings).status(), _retry_of(settings, run_id))
+    run = RemoteRun(run_id, settings)
+    fields = status_fields(run.status(), _retry_of(settings, run_id))
+    line = run.thread_position() if fields["state"] == "queued" else None
+    if line:  # waiting for its thread (0: it holds it, as any queued run)
+        fields["thread_line"] = line
     if as_json:
         click.echo(json.dumps(fields))
         return

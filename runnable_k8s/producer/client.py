@@ -293,6 +293,13 @@ class Client:
         except RedisError as exc:
             raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
 
+    def thread_position(self, run_id: str) -> int | None:
+        """See `RemoteRun.thread_position`."""
+        try:
+            return threads.position(self._redis, run_id)
+        except _REDIS_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot read the thread from Redis: {exc}") from exc
+
     def events(self, run_ids: Sequence[str], *, timeout: float | None) -> Iterator[Event]:
         """Yield verified events of `run_ids` as they arrive, until each has an outcome.
 
@@ -384,7 +391,7 @@ class AsyncClient:
                     pipe.zadd(plan.pending_key, plan.pending)
                     pipe.lpush(plan.queue, *plan.messages)
                 for run_id, thread_id, life in plan.threads:
-                    self._threads.queue_enter(
+                    await self._threads.queue_enter(
                         pipe, run_id, thread_id, strategy, now=plan.now, life=life
                     )
                 replies = await pipe.execute()
@@ -462,7 +469,7 @@ class AsyncClient:
                         pipe.multi()  # type: ignore[no-untyped-call]
                         _queue_cancel(pipe, self.protocol, status)
                         if status.state == "queued":  # out of its thread's line (if any)
-                            self._threads.queue_leave(pipe, run_id, now=time.time())
+                            await self._threads.queue_leave(pipe, run_id, now=time.time())
                         await pipe.execute()
                         return status
                     except WatchError:

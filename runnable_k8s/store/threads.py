@@ -138,14 +138,14 @@ class ProducerThreads:
         *,
         now: float,
         life: int,
-    ) -> None:
+    ) -> Any:
         """Queue, inside the enqueue MULTI (after the run's status and message copy were
         set), the step that queues the run or puts it in its thread's line. Its reply parses
-        with `parse_entered`."""
+        with `parse_entered`. On an asyncio pipeline, await what this returns."""
         settings = self._settings
         queue = settings.queue
         thread = thread_key(queue, thread_id)
-        self._enter(
+        return self._enter(
             keys=[
                 thread,
                 waiting_key(queue, thread_id),
@@ -168,10 +168,11 @@ class ProducerThreads:
             client=pipe,
         )
 
-    def queue_leave(self, pipe: Any, run_id: str, *, now: float) -> None:
+    def queue_leave(self, pipe: Any, run_id: str, *, now: float) -> Any:
         """Queue, inside a cancel's MULTI, taking a run that never started out of its
-        thread (or handing the thread on, if it held it)."""
-        self._leave(
+        thread (or handing the thread on, if it held it). On an asyncio pipeline, await what
+        this returns."""
+        return self._leave(
             keys=[link_key(run_id), self._settings.queue, keys.pending(self._settings.queue)],
             args=[run_id, repr(now), hold_ttl(self._settings), f"{keys.PREFIX}:", ""],
             client=pipe,
@@ -213,10 +214,13 @@ class WorkerThreads:
         return _text(reply)
 
 
-async def position(client: aredis.Redis, queue: str, thread_id: str, run_id: str) -> int | None:
-    """0 if `run_id` holds its thread, n >= 1 if it is n-th in line, None if neither."""
-    holder = await client.get(thread_key(queue, thread_id))
-    if _text(holder) == run_id:
+def position(client: redis.Redis, run_id: str) -> int | None:
+    """Where a run is on its thread: 0 if it holds it, n >= 1 if it is n-th in line, None if
+    it has no thread or is done with it. Read from unsigned records: for display only."""
+    thread = _text(client.get(link_key(run_id)))
+    if not thread.startswith(f"{keys.PREFIX}:thread:"):
+        return None
+    if _text(client.get(thread)) == run_id:
         return 0
-    found = await client.lpos(waiting_key(queue, thread_id), run_id)
+    found = client.lpos(f"{thread}:waiting", run_id)
     return found + 1 if isinstance(found, int) else None

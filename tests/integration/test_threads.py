@@ -7,6 +7,7 @@ overlapped would both read the same count (a lost update) and show interleaved e
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -203,8 +204,10 @@ def test_cancelling_or_expiring_a_waiting_run_takes_it_out_of_line(
     expiring = soon.submit({"nap": 0, "label": "expiring", "steps": 1}, config(thread))
     last = remote.submit({"nap": 0, "label": "last", "steps": 1}, config(thread))
     waiting = threads.waiting_key(env.settings.queue, thread)
+    assert [r.thread_position() for r in (first, cancelled, expiring, last)] == [0, 1, 2, 3]
     cancelled.cancel()
     assert [m.decode() for m in redis_client.lrange(waiting, 0, -1)] == [expiring.id, last.id]
+    assert [r.thread_position() for r in (cancelled, expiring, last)] == [None, 1, 2]
     with pytest.raises(RunCancelled):
         cancelled.result(timeout=5)
     assert first.result(timeout=30)["count"] == 1
@@ -229,6 +232,10 @@ def test_reject_refuses_a_run_on_a_busy_thread_and_enqueues_nothing(
     assert refused is not None
     assert not redis_client.exists(keys.status(refused), keys.message(refused))
     assert redis_client.llen(threads.waiting_key(env.settings.queue, thread)) == 0
+    # `status` shows a waiting run's place in its thread's line.
+    behind = env.remote().submit({"nap": 0, "label": "behind", "steps": 1}, config(thread))
+    assert "thread_line: 1" in cli(env.settings, "status", behind.id).stdout
+    behind.cancel()
     # The same from the CLI: a clear line and a non-zero exit.
     args = ["submit", REF, "--ref", "--thread", thread, "--input", '{"steps": 1}']
     refused_cli = cli(env.settings, *args, "--multitask-strategy", "reject", check=False)
@@ -287,3 +294,27 @@ def test_an_unknown_strategy_fails_at_construction_and_at_the_call(env: Threads)
         env.remote().invoke({"steps": 1}, config(new_thread()), multitask_strategy="later")
     with pytest.raises(UnknownMultitaskStrategy):
         env.remote().submit({"steps": 1}, config(new_thread()), multitask_strategy="x")  # type: ignore[arg-type]
+
+
+def test_asyncio_callers_take_turns_too_and_reject_when_busy(env: Threads) -> None:
+    thread = new_thread()
+    remote = env.remote()
+
+    async def main() -> list[Any]:
+        calls = [
+            remote.ainvoke({"nap": 0.2, "label": f"a{i}", "steps": 1}, config(thread))
+            for i in range(4)
+        ]
+        results = await asyncio.gather(*calls)
+        first = await remote.asubmit({"nap": 30, "label": "long", "steps": 1}, config(thread))
+        with pytest.raises(ThreadBusy):
+            async for _ in remote.astream(
+                {"steps": 1}, config(thread), multitask_strategy="reject"
+            ):
+                pass
+        await first.acancel()
+        return results
+
+    results = asyncio.run(main())
+    assert sorted(r["count"] for r in results) == [1, 2, 3, 4]
+    assert_never_overlapped([e for e in env.entries(thread) if e["label"] != "long"])
