@@ -318,3 +318,12 @@ def test_asyncio_callers_take_turns_too_and_reject_when_busy(env: Threads) -> No
     results = asyncio.run(main())
     assert sorted(r["count"] for r in results) == [1, 2, 3, 4]
     assert_never_overlapped([e for e in env.entries(thread) if e["label"] != "long"])
+
+
+def test_batch_inputs_on_one_thread_run_one_at_a_time_in_order(env: Threads) -> None:
+    thread = new_thread()
+    outputs = env.remote().batch(
+        [{"nap": 0.2, "label": f"b{i}", "steps": 1} for i in range(3)], config(thread)
+    )
+    assert [o["count"] for o in outputs] == [1, 2, 3]
+    assert_never_overlapped(env.entries(thread))
