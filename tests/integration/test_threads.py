@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 
 from runnable_k8s import (
     RunCancelled,
@@ -327,3 +328,23 @@ def test_batch_inputs_on_one_thread_run_one_at_a_time_in_order(env: Threads) -> 
     )
     assert [o["count"] for o in outputs] == [1, 2, 3]
     assert_never_overlapped(env.entries(thread))
+
+
+def test_revoking_a_waiting_run_from_celery_control_takes_it_out_of_line(
+    env: Threads, redis_client: redis.Redis
+) -> None:
+    thread = new_thread()
+    remote = env.remote()
+    first = remote.submit({"nap": 30, "label": "first", "steps": 1}, config(thread))
+    waiting = remote.submit({"nap": 0, "label": "revoked", "steps": 1}, config(thread))
+    app = Celery("monitor", broker=env.settings.require_redis_url(), set_as_current=False)
+    try:
+        app.control.revoke(waiting.id)  # what Flower sends
+    finally:
+        app.close()
+    wait_until(lambda: waiting.status().state == "cancelled", 30, "the revoked run cancelled")
+    assert redis_client.llen(threads.waiting_key(env.settings.queue, thread)) == 0
+    first.cancel()
+    with pytest.raises(RunCancelled):
+        first.result(timeout=30)
+    assert "revoked" not in {e["label"] for e in env.entries(thread)}
