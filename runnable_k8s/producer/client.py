@@ -41,7 +41,7 @@ from runnable_k8s.protocol.cancel import queue_cancel as _queue_cancel
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.settings import Settings
 from runnable_k8s.store import threads
-from runnable_k8s.store.threads import ProducerThreads, Strategy
+from runnable_k8s.store.threads import Strategy, TransactionThreads
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 # Longest single XREAD block; the loop re-arms it until the caller's deadline.
@@ -229,7 +229,7 @@ class Client:
                 Encoder("utf-8", "strict", False).encode,  # type: ignore[no-untyped-call]
             ),
         )
-        self._threads = ProducerThreads(self._redis, settings)
+        self._threads = TransactionThreads(self._redis, settings)
 
     def close(self) -> None:
         self._redis.close()
@@ -374,7 +374,7 @@ class AsyncClient:
         self.settings = settings
         self.protocol = protocol
         self._redis = aredis.Redis.from_url(settings.require_redis_url(), **_CONNECTION)
-        self._threads = ProducerThreads(self._redis, settings)
+        self._threads = TransactionThreads(self._redis, settings)
 
     async def aclose(self) -> None:
         await self._redis.aclose()

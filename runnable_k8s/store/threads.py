@@ -121,8 +121,9 @@ def parse_entered(run_id: str, reply: Any) -> Entered:
     return Entered(run_id, cast(Verdict, verdict), holder)
 
 
-class ProducerThreads:
-    """The producer's thread scripts, queued into its enqueue or cancel transaction."""
+class TransactionThreads:
+    """The thread scripts queued into an enqueue or cancel transaction (a producer's, or a
+    worker's answer to a Celery revoke)."""
 
     def __init__(self, client: redis.Redis | aredis.Redis, settings: Settings) -> None:
         self._settings = settings

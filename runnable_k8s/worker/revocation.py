@@ -40,7 +40,7 @@ from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.cancel import queue_cancel
 from runnable_k8s.protocol.messages import Protocol
 from runnable_k8s.protocol.task_message import TASK_NAME
-from runnable_k8s.store.threads import ProducerThreads
+from runnable_k8s.store.threads import TransactionThreads
 
 log = logging.getLogger("runnable_k8s.worker")
 
@@ -60,7 +60,7 @@ class Revoker:
     def __init__(self, redis_url: str, protocol: Protocol) -> None:
         self._redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
         self._protocol = protocol
-        self._threads = ProducerThreads(self._redis, protocol.settings)
+        self._threads = TransactionThreads(self._redis, protocol.settings)
 
     def cancel(self, run_id: str) -> Verdict:
         """Cancel one run as a producer's `cancel` does; say what became of it."""
