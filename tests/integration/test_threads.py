@@ -245,6 +245,12 @@ def test_reject_refuses_a_run_on_a_busy_thread_and_enqueues_nothing(
     first.cancel()
     with pytest.raises(RunCancelled):
         first.result(timeout=30)
+    # The worker hands the thread on just after recording the outcome the caller saw.
+    wait_until(
+        lambda: redis_client.get(threads.thread_key(env.settings.queue, thread)) is None,
+        10,
+        "the thread to be free",
+    )
     # Free again: the same call goes through (the cancelled step never checkpointed).
     after = strict.invoke({"nap": 0, "label": "accepted", "steps": 1}, config(thread))
     assert after["count"] == 1
