@@ -16,7 +16,9 @@ ThreadRuns = Sequence[tuple[str, str, int]]
 
 def entered_runs(runs: ThreadRuns, replies: list[Any]) -> list[threads.Entered]:
     """The thread scripts' replies: the last ones of the enqueue transaction."""
-    if not runs:
+    if not runs or len(replies) < len(runs):
+        # No replies: a durable enqueue found its write applied without seeing the reply
+        # (producer/durable.py); the runs are queued or waiting, nothing more to do.
         return []
     tail = replies[-len(runs) :]
     return [threads.parse_entered(run[0], reply) for run, reply in zip(runs, tail, strict=True)]
