@@ -9,6 +9,7 @@ and the asyncio clients share every decision (`_Plan`, `_parse_entries`); only t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import time
@@ -35,10 +36,13 @@ from runnable_k8s.errors import (
     WaitTimeout,
 )
 from runnable_k8s.producer import durable, rejections
+from runnable_k8s.producer.thread_submit import entered_runs, raise_busy, rollback_record
 from runnable_k8s.protocol import keys, rejection, task_message
 from runnable_k8s.protocol.cancel import queue_cancel as _queue_cancel
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.settings import Settings
+from runnable_k8s.store import threads
+from runnable_k8s.store.threads import Strategy, TransactionThreads
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 # Longest single XREAD block; the loop re-arms it until the caller's deadline.
@@ -101,6 +105,9 @@ class _Plan:
         self.sets: list[tuple[str, bytes, int]] = []
         self.messages: list[str] = []
         self.pending: dict[str, float] = {}
+        # Runs with a thread_id: queued by the thread script instead (store/threads.py).
+        self.threads: list[tuple[str, str, int]] = []
+        self.now = now
         for original in requests:
             queued = _queued_status(protocol, original, now)
             # The worker starts the run by compare-and-set against this exact record, without
@@ -119,10 +126,14 @@ class _Plan:
                 queue=settings.queue,
                 description=_description(request),
             )
-            self.messages.append(message)
             # Kept until a worker starts the run, so a message the broker loses (Redis dying
             # between a worker's BRPOP and kombu's bookkeeping) can be enqueued again.
             self.sets.append((keys.message(request.run_id), message.encode(), life))
+            thread_id = threads.thread_of(request.config)
+            if thread_id is not None:
+                self.threads.append((request.run_id, thread_id, life))
+                continue
+            self.messages.append(message)
             self.pending[request.run_id] = now
         self.queue = settings.queue
         self.pending_key = keys.pending(settings.queue)
@@ -227,18 +238,26 @@ class Client:
                 Encoder("utf-8", "strict", False).encode,  # type: ignore[no-untyped-call]
             ),
         )
+        self._threads = TransactionThreads(self._redis, settings)
 
     def close(self) -> None:
         self._redis.close()
 
     def submit(
-        self, requests: Sequence[RunRequest], *, records: Sequence[tuple[str, bytes, int]] = ()
+        self,
+        requests: Sequence[RunRequest],
+        *,
+        records: Sequence[tuple[str, bytes, int]] = (),
+        strategy: Strategy = threads.DEFAULT,
     ) -> None:
         """Enqueue runs: statuses, large bodies and messages in one transaction, with
-        `records` (key, signed value, ttl s) beside them (e.g. a retry's link).
+        `records` (key, signed value, ttl s) beside them (e.g. a retry's link). A run with a
+        `configurable.thread_id` waits for its thread as `strategy` says (store/threads.py).
 
         Raises:
             BrokerUnavailable: Redis is unreachable; nothing was enqueued.
+            ThreadBusy: strategy "reject" and a run's thread was held; none of the runs on a
+                busy thread was enqueued.
         """
         plan = _Plan(self.protocol, requests)
 
@@ -246,10 +265,16 @@ class Client:
             with self._redis.pipeline(transaction=True) as pipe:
                 for key, value, ttl in [*plan.sets, *records]:
                     pipe.set(key, value, ex=ttl)
-                pipe.zadd(plan.pending_key, plan.pending)
-                pipe.lpush(plan.queue, *plan.messages)
-                pipe.execute()
+                if plan.messages:
+                    pipe.zadd(plan.pending_key, plan.pending)
+                    pipe.lpush(plan.queue, *plan.messages)
+                for run_id, thread_id, life in plan.threads:
+                    self._threads.queue_enter(
+                        pipe, run_id, thread_id, strategy, now=plan.now, life=life
+                    )
+                replies[:] = pipe.execute()
 
+        replies: list[Any] = []
         try:
             if self.settings.replica_acks:
                 durable.enqueue(self._redis, self.settings, write, *plan.probe)
@@ -259,6 +284,20 @@ class Client:
             raise _unavailable("cannot enqueue on Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
+        for entered in entered_runs(plan.threads, replies):
+            if entered.verdict == "waiting" and strategy in ("interrupt", "rollback"):
+                self._stop_holder(entered.holder, rollback=strategy == "rollback")
+        raise_busy(plan.threads, replies)
+
+    def _stop_holder(self, holder: str, *, rollback: bool) -> None:
+        """Strategy interrupt / rollback: the new run is first in line; stop the one running."""
+        if rollback:
+            try:
+                self._redis.set(*rollback_record(self.protocol, holder))
+            except _REDIS_ERRORS as exc:
+                raise BrokerUnavailable(f"cannot request a rollback on Redis: {exc}") from exc
+        with contextlib.suppress(RunNotFound):
+            self.cancel(holder)
 
     def status(self, run_id: str) -> RunStatus:
         """Raises: RunNotFound for an unknown or expired id."""
@@ -274,6 +313,13 @@ class Client:
             raise _unavailable("cannot read status from Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
+
+    def thread_position(self, run_id: str) -> int | None:
+        """See `RemoteRun.thread_position`."""
+        try:
+            return threads.position(self._redis, run_id)
+        except _REDIS_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot read the thread from Redis: {exc}") from exc
 
     def events(self, run_ids: Sequence[str], *, timeout: float | None) -> Iterator[Event]:
         """Yield verified events of `run_ids` as they arrive, until each has an outcome.
@@ -329,6 +375,8 @@ class Client:
                         status = _existing(self.protocol, pipe.get(keys.status(run_id)), run_id)
                         pipe.multi()
                         _queue_cancel(pipe, self.protocol, status)
+                        if status.state == "queued":  # out of its thread's line (if any)
+                            self._threads.queue_leave(pipe, run_id, now=time.time())
                         pipe.execute()
                         return status
                     except WatchError:
@@ -347,21 +395,30 @@ class AsyncClient:
         self.settings = settings
         self.protocol = protocol
         self._redis = connections.async_client(settings.require_redis_url(), **_CONNECTION)
+        self._threads = TransactionThreads(self._redis, settings)
 
     async def aclose(self) -> None:
         await self._redis.aclose()
 
-    async def submit(self, requests: Sequence[RunRequest]) -> None:
+    async def submit(
+        self, requests: Sequence[RunRequest], *, strategy: Strategy = threads.DEFAULT
+    ) -> None:
         plan = _Plan(self.protocol, requests)
 
         async def write() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
                 for key, value, ttl in plan.sets:
                     pipe.set(key, value, ex=ttl)
-                pipe.zadd(plan.pending_key, plan.pending)
-                pipe.lpush(plan.queue, *plan.messages)
-                await pipe.execute()
+                if plan.messages:
+                    pipe.zadd(plan.pending_key, plan.pending)
+                    pipe.lpush(plan.queue, *plan.messages)
+                for run_id, thread_id, life in plan.threads:
+                    await self._threads.queue_enter(
+                        pipe, run_id, thread_id, strategy, now=plan.now, life=life
+                    )
+                replies[:] = await pipe.execute()
 
+        replies: list[Any] = []
         try:
             if self.settings.replica_acks:
                 await durable.aenqueue(self._redis, self.settings, write, *plan.probe)
@@ -371,6 +428,19 @@ class AsyncClient:
             raise _unavailable("cannot enqueue on Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
+        for entered in entered_runs(plan.threads, replies):
+            if entered.verdict == "waiting" and strategy in ("interrupt", "rollback"):
+                await self._stop_holder(entered.holder, rollback=strategy == "rollback")
+        raise_busy(plan.threads, replies)
+
+    async def _stop_holder(self, holder: str, *, rollback: bool) -> None:
+        if rollback:
+            try:
+                await self._redis.set(*rollback_record(self.protocol, holder))
+            except _REDIS_ERRORS as exc:
+                raise BrokerUnavailable(f"cannot request a rollback on Redis: {exc}") from exc
+        with contextlib.suppress(RunNotFound):
+            await self.cancel(holder)
 
     async def status(self, run_id: str) -> RunStatus:
 
@@ -431,6 +501,8 @@ class AsyncClient:
                         status = _existing(self.protocol, raw, run_id)
                         pipe.multi()  # type: ignore[no-untyped-call]
                         _queue_cancel(pipe, self.protocol, status)
+                        if status.state == "queued":  # out of its thread's line (if any)
+                            await self._threads.queue_leave(pipe, run_id, now=time.time())
                         await pipe.execute()
                         return status
                     except WatchError:

@@ -91,6 +91,11 @@ class RemoteRun:
             for event_id, chunk in reader.take(event):
                 yield (event_id, chunk) if with_ids else chunk
 
+    def thread_position(self) -> int | None:
+        """For a run on a LangGraph thread: 0 while it holds its thread (queued or running),
+        n >= 1 while it is n-th in the thread's line; None otherwise (no thread, or done)."""
+        return client_for(self.settings).thread_position(self.id)
+
     def cancel(self) -> RunStatus:
         """Cancel the run. Queued: it never starts. Running: its worker cancels it within about
         a second. Finished: nothing happens. Returns the status it had."""
