@@ -1,9 +1,10 @@
 """Writing a run's stream: signed batches appended exactly once, batched without waiting.
 
 `Batcher` takes items (encoded chunks and events) as the runnable produces them. The first
-goes out at once; those produced while a write is in flight go out together in the next entry,
-so a slow model gets each token out as it comes and a fast one fills entries, with no timer
-anywhere. Each item keeps its own signed position inside its entry (protocol/stream.py).
+goes out at once; those produced while a write is in flight, or within `_SPACING_S` (2 ms) of
+the last entry, go out together in the next entry, so a slow model gets each token out as it
+comes and a fast one fills entries. Each item keeps its own signed position inside its entry
+(protocol/stream.py).
 
 `EntryWriter` appends one sealed batch: across a Redis blip the write is retried, and a retry
 first looks for the entry the try before may have appended, so no batch is ever appended twice.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import TYPE_CHECKING, Any, Final
 
 from runnable_k8s.errors import MessageRejected, RunnableK8sError
@@ -32,6 +34,21 @@ _MAX_ITEMS: Final = 512
 # Past this many items waiting (or twice the body limit in bytes), the runnable waits for the
 # write in flight: a model far faster than Redis must not buffer without bound.
 _MAX_PENDING: Final = 4 * _MAX_ITEMS
+# How long a runnable that never awaits (a model yielding buffered tokens, a CPU-bound
+# step) keeps the event loop while a write is in flight, before `put` gives the loop a turn
+# to finish that write and send the next. Not a wait: nothing is delayed while the runnable
+# awaits anything, and the first item of a burst goes out at once. Without it, such a runnable
+# would give the loop a turn per item, each reply would be read before the next item existed,
+# and every item would cost a write of its own (worker, Redis and reader CPU alike).
+_TURN_S: Final = 0.001
+# Entries of one run leave at most this often. Why not only "everything produced while a write
+# is in flight": LangChain's `astream` gives the event loop about a dozen turns per chunk (tee,
+# callbacks), so a write's reply is read before the next chunk exists, and every chunk went
+# alone (measured: 1,836 entries for 2,000 tokens), each costing the worker a write, Redis a
+# command and every reader an XREAD. An item that comes more than this after the last entry
+# left (the first token; a real model's token every 5 to 20 ms) goes at once; only the items
+# of a burst wait, at most this long, and share an entry.
+_SPACING_S: Final = 0.002
 # How long a cancelled run waits for its write in flight (so the outcome counts exactly the
 # entries in Redis) before abandoning it.
 _SETTLE_S: Final = 5.0
@@ -178,6 +195,8 @@ class Batcher:
         self._pending: Batch = []
         self._pending_bytes = 0
         self._task: asyncio.Task[None] | None = None
+        self._turn = time.perf_counter()  # when the event loop last had a turn from `put`
+        self._sent = -_SPACING_S  # when the last entry left
 
     async def put(self, kind: stream.ItemKind, data: bytes) -> None:
         """Queue one encoded item; raises the error that made an earlier write give up."""
@@ -188,14 +207,22 @@ class Batcher:
         self._pending.append((kind, data))
         self._pending_bytes += len(data)
         if self._task is None:
+            # Nothing in flight: this item goes out now (the first token never waits).
             self._task = asyncio.create_task(self._drain())
         elif len(self._pending) >= _MAX_PENDING or self._pending_bytes >= 2 * self._max_body:
             await asyncio.wait({self._task})
+            self._turn = time.perf_counter()
             return
-        # One turn of the event loop: the write in flight (or the one just started) gets on
-        # the wire and its reply is read while the runnable produces the next item, even when
-        # the runnable never awaits anything itself.
+        elif time.perf_counter() - self._turn < _TURN_S:
+            # A write is in flight and the runnable has had the loop for less than a turn:
+            # it goes on producing, and what it produces joins the next entry.
+            return
+        # One turn of the event loop: the write gets on the wire, or its reply is read and
+        # the next entry (everything produced meanwhile) sent, even when the runnable never
+        # awaits anything itself. A runnable that awaits (a model on the network) gives the
+        # loop its turns anyway.
         await asyncio.sleep(0)
+        self._turn = time.perf_counter()
 
     async def close(self) -> None:
         """Publish everything queued; raises the error that made a write give up."""
@@ -224,7 +251,13 @@ class Batcher:
 
     async def _drain(self) -> None:
         while self._pending:
+            # An entry left less than a spacing ago: this one leaves one spacing after it,
+            # with everything produced by then (see `_SPACING_S`).
+            rest = self._sent + _SPACING_S - time.perf_counter()
+            if rest > 0:
+                await asyncio.sleep(rest)
             batch = self._take()
+            self._sent = time.perf_counter()
             await self._writer.append(batch)
 
     def _take(self) -> Batch:
