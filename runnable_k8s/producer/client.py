@@ -17,21 +17,22 @@ import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
-import redis
-import redis.asyncio as aredis
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.sentinel import MasterNotFoundError
 
+from runnable_k8s import connections
 from runnable_k8s.errors import (
     BrokerError,
     BrokerUnavailable,
     RunNotFound,
+    SentinelUnavailable,
     WaitTimeout,
 )
-from runnable_k8s.producer import rejections
+from runnable_k8s.producer import durable, rejections
 from runnable_k8s.producer.stream_entries import Event, parse_entries
 from runnable_k8s.protocol import keys, task_message
 from runnable_k8s.protocol.cancel import queue_cancel as _queue_cancel
@@ -53,6 +54,12 @@ _CONNECTION: dict[str, Any] = {
     # wait for a longer run with a timeout error.
     "socket_timeout": _MAX_BLOCK_MS / 1000 + 10,
 }
+
+
+def _unavailable(doing: str, exc: BaseException) -> BrokerUnavailable:
+    if isinstance(exc, MasterNotFoundError):
+        return SentinelUnavailable(f"{doing}: no sentinel named a master: {exc}")
+    return BrokerUnavailable(f"{doing}: {exc}")
 
 
 def new_run_id() -> str:
@@ -105,6 +112,8 @@ class _Plan:
             self.pending[request.run_id] = now
         self.queue = settings.queue
         self.pending_key = keys.pending(settings.queue)
+        # A key the transaction sets, and its run: whether it survived a failover.
+        self.probe = (self.sets[0][0], requests[0].run_id)
 
 
 class _Outage:
@@ -154,7 +163,7 @@ class Client:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.protocol = Protocol(settings)
-        self._redis = redis.Redis.from_url(
+        self._redis = connections.sync_client(
             settings.require_redis_url(),
             **_CONNECTION,
             # hiredis parses replies fast, but its command packer copies every argument
@@ -178,26 +187,37 @@ class Client:
             BrokerUnavailable: Redis is unreachable; nothing was enqueued.
         """
         plan = _Plan(self.protocol, requests)
-        try:
+
+        def write() -> None:
             with self._redis.pipeline(transaction=True) as pipe:
                 for key, value, ttl in [*plan.sets, *records]:
                     pipe.set(key, value, ex=ttl)
                 pipe.zadd(plan.pending_key, plan.pending)
                 pipe.lpush(plan.queue, *plan.messages)
                 pipe.execute()
+
+        try:
+            if self.settings.replica_acks:
+                durable.enqueue(self._redis, self.settings, write, *plan.probe)
+            else:
+                write()
         except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
+            raise _unavailable("cannot enqueue on Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
 
     def status(self, run_id: str) -> RunStatus:
         """Raises: RunNotFound for an unknown or expired id."""
-        try:
+
+        def read() -> RunStatus:
             status = _existing(self.protocol, self._redis.get(keys.status(run_id)), run_id)
             # A queued run no worker could verify is recorded as failed here too.
             return rejections.settle(self._redis, self.protocol, status)
+
+        try:
+            return durable.read(self.settings, read)
         except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot read status from Redis: {exc}") from exc
+            raise _unavailable("cannot read status from Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
 
@@ -272,32 +292,43 @@ class AsyncClient:
     def __init__(self, settings: Settings, protocol: Protocol) -> None:
         self.settings = settings
         self.protocol = protocol
-        self._redis = aredis.Redis.from_url(settings.require_redis_url(), **_CONNECTION)
+        self._redis = connections.async_client(settings.require_redis_url(), **_CONNECTION)
 
     async def aclose(self) -> None:
         await self._redis.aclose()
 
     async def submit(self, requests: Sequence[RunRequest]) -> None:
         plan = _Plan(self.protocol, requests)
-        try:
+
+        async def write() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
                 for key, value, ttl in plan.sets:
                     pipe.set(key, value, ex=ttl)
                 pipe.zadd(plan.pending_key, plan.pending)
                 pipe.lpush(plan.queue, *plan.messages)
                 await pipe.execute()
+
+        try:
+            if self.settings.replica_acks:
+                await durable.aenqueue(self._redis, self.settings, write, *plan.probe)
+            else:
+                await write()
         except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
+            raise _unavailable("cannot enqueue on Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
 
     async def status(self, run_id: str) -> RunStatus:
-        try:
+
+        async def read() -> RunStatus:
             raw = await self._redis.get(keys.status(run_id))
             status = _existing(self.protocol, raw, run_id)
             return await rejections.asettle(self._redis, self.protocol, status)
+
+        try:
+            return await durable.aread(self.settings, read)
         except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot read status from Redis: {exc}") from exc
+            raise _unavailable("cannot read status from Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
 
