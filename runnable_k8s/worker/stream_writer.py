@@ -1,4 +1,4 @@
-"""Writing a run's stream: signed batches appended exactly once, batched without waiting.
+"""Writing a run's stream: signed batches appended exactly once, several chunks per entry.
 
 `Batcher` takes items (encoded chunks and events) as the runnable produces them. The first
 goes out at once; those produced while a write is in flight, or within `_SPACING_S` (2 ms) of
