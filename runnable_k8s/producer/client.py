@@ -3,7 +3,7 @@
 Waiting never polls: callers block on `XREAD` of the runs' event streams, which Redis answers
 the moment a worker appends to one. Only a run with a rejection notice in its stream is looked
 at again between blocks, until the notice is settled (producer/rejections.py). The synchronous
-and the asyncio clients share every decision (`_Plan`, `_parse_entries`); only the I/O differs.
+and the asyncio clients share every decision (`_Plan`, `stream_entries`); only the I/O differs.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from redis._parsers.encoders import Encoder
@@ -32,14 +31,14 @@ from runnable_k8s.errors import (
     BrokerUnavailable,
     RunNotFound,
     SentinelUnavailable,
-    SignatureRejected,
     WaitTimeout,
 )
 from runnable_k8s.producer import durable, rejections
+from runnable_k8s.producer.stream_entries import Event, parse_entries
 from runnable_k8s.producer.thread_submit import entered_runs, raise_busy, rollback_record
-from runnable_k8s.protocol import keys, rejection, task_message
+from runnable_k8s.protocol import keys, task_message
 from runnable_k8s.protocol.cancel import queue_cancel as _queue_cancel
-from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
+from runnable_k8s.protocol.messages import Protocol, RunRequest, RunStatus
 from runnable_k8s.settings import Settings
 from runnable_k8s.store import threads
 from runnable_k8s.store.threads import Strategy, TransactionThreads
@@ -69,19 +68,6 @@ def _unavailable(doing: str, exc: BaseException) -> BrokerUnavailable:
 
 def new_run_id() -> str:
     return uuid.uuid4().hex
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One entry of a run's event stream: an output chunk (encoded data), a callback event of
-    a model inside the remote run (encoded data), or the final outcome. `seq` is a chunk's or
-    callback's signed position in the stream (0, 1, ...): verified, so a resume point."""
-
-    run_id: str
-    chunk: bytes | None = None
-    outcome: Outcome | None = None
-    callback: bytes | None = None
-    seq: int | None = None
 
 
 def _queued_status(protocol: Protocol, request: RunRequest, now: float) -> bytes:
@@ -139,46 +125,6 @@ class _Plan:
         self.pending_key = keys.pending(settings.queue)
         # A key the transaction sets, and its run: whether it survived a failover.
         self.probe = (self.sets[0][0], requests[0].run_id)
-
-
-def _parse_entries(
-    protocol: Protocol,
-    response: Any,
-    cursors: dict[str, str],
-    seen: dict[str, int],
-    watch: rejections.Watch | None = None,
-) -> list[Event]:
-    """Turn an XREAD reply into verified events, advancing `cursors` (stream key -> last id)
-    and `seen` (run id -> stream entries read), and checking that no entry was dropped,
-    repeated, reordered or relabelled. Rejection notices (unsigned) go to `watch`."""
-    events: list[Event] = []
-    for stream_key, entries in response or []:
-        key = stream_key.decode() if isinstance(stream_key, bytes) else stream_key
-        run_id = key.split("{", 1)[1].split("}", 1)[0]
-        for entry_id, fields in entries:
-            cursors[key] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-            kind = fields.get(b"k")
-            wire = fields.get(b"m", b"")
-            if kind in (b"c", b"e"):
-                seq, signed_kind, data = protocol.open_chunk(wire, run_id)
-                if signed_kind.encode() != kind or seq != seen.get(run_id, 0):
-                    raise SignatureRejected(f"the stream of run {run_id} was tampered with")
-                seen[run_id] = seq + 1
-                if kind == b"c":
-                    events.append(Event(run_id, chunk=data, seq=seq))
-                else:
-                    events.append(Event(run_id, callback=data, seq=seq))
-            elif kind == b"r":
-                outcome = protocol.open_outcome(wire, run_id)
-                if outcome.chunks != seen.get(run_id, 0):
-                    raise SignatureRejected(f"the stream of run {run_id} lost entries")
-                events.append(Event(run_id, outcome=outcome))
-            elif kind == rejection.NOTICE:
-                if watch is not None:
-                    watch.noticed(run_id, fields)
-            else:
-                raise SignatureRejected(f"unknown event in the stream of run {run_id}")
-    return events
 
 
 class _Outage:
@@ -350,7 +296,7 @@ class Client:
                     time.sleep(outage.pause(exc))
                     continue
                 outage.over()
-                for event in _parse_entries(self.protocol, response, cursors, seen, watch):
+                for event in parse_entries(self.protocol, response, cursors, seen, watch):
                     if event.outcome is not None:
                         cursors.pop(keys.events(event.run_id), None)
                         watch.forget(event.run_id)
@@ -481,7 +427,7 @@ class AsyncClient:
                     await asyncio.sleep(outage.pause(exc))
                     continue
                 outage.over()
-                for event in _parse_entries(self.protocol, response, cursors, seen, watch):
+                for event in parse_entries(self.protocol, response, cursors, seen, watch):
                     if event.outcome is not None:
                         cursors.pop(keys.events(event.run_id), None)
                         watch.forget(event.run_id)

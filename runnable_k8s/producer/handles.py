@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from runnable_k8s.errors import RunnableK8sError, UnknownEventId
-from runnable_k8s.producer.client import Event, async_client_for, client_for
+from runnable_k8s.producer.client import async_client_for, client_for
 from runnable_k8s.producer.results import error_for, unwrap
+from runnable_k8s.producer.stream_entries import Event
 from runnable_k8s.protocol.messages import COMPLETED_STATES, Protocol, RunStatus
 from runnable_k8s.settings import Settings
 
