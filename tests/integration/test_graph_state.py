@@ -14,6 +14,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,7 +40,12 @@ from tests.conftest import make_settings
 from tests.support.hitl import Graph, build_approval, build_nested
 from tests.support.workers import REPO, WorkerProcess, worker_env
 
-REFS = ("tests.support.hitl:", "tests.support.refs:graph", "tests.support.refs:slow")
+REFS = (
+    "tests.support.hitl:",
+    "tests.support.checkpointed:",
+    "tests.support.refs:graph",
+    "tests.support.refs:slow",
+)
 APPROVAL = "tests.support.hitl:approval"
 
 
@@ -127,6 +133,24 @@ def test_get_state_with_subgraphs_carries_the_subgraphs_snapshot(store: Store) -
     plain = remote.get_state(config)
     assert isinstance(plain.tasks[0].state, dict)
     assert remote.get_state(plain.tasks[0].state) == task.state
+
+
+def test_get_state_does_not_wait_for_the_threads_active_run(store: Store) -> None:
+    # Runs on a thread take turns; a state read is not a run of the graph and, as in-process,
+    # reads the thread's last checkpoint while a run is going.
+    counter = store.remote("tests.support.checkpointed:sqlite_counter")
+    config = _thread()
+    counter.invoke({"nap": 0}, config)
+    running = counter.submit({"nap": 60}, config)
+    deadline = time.monotonic() + 60
+    while running.status().state != "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        snapshot = counter.get_state(config)
+        assert running.status().state == "running"
+        assert snapshot.values["count"] >= 1
+    finally:
+        running.cancel()
 
 
 def test_get_state_of_a_thread_never_seen_is_the_empty_snapshot(store: Store) -> None:
