@@ -3,14 +3,12 @@
 Waiting never polls: callers block on `XREAD` of the runs' event streams, which Redis answers
 the moment a worker appends to one. Only a run with a rejection notice in its stream is looked
 at again between blocks, until the notice is settled (producer/rejections.py). The synchronous
-and the asyncio clients share every decision (`_Plan`, `_parse_entries`); only the I/O differs.
+and the asyncio clients share every decision (`Submission`, `_parse_entries`); only the I/O differs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import hashlib
 import time
 import uuid
 import weakref
@@ -23,7 +21,7 @@ import redis.asyncio as aredis
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runnable_k8s.errors import (
@@ -34,15 +32,16 @@ from runnable_k8s.errors import (
     WaitTimeout,
 )
 from runnable_k8s.producer import rejections
-from runnable_k8s.protocol import keys, rejection, task_message
-from runnable_k8s.protocol.cancel import queue_cancel as _queue_cancel
+from runnable_k8s.protocol import rejection
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.settings import Settings
+from runnable_k8s.store import cancel as _cancel
+from runnable_k8s.store import keys
+from runnable_k8s.store.submit import Submission, aenqueue, enqueue
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 # Longest single XREAD block; the loop re-arms it until the caller's deadline.
 _MAX_BLOCK_MS = 30_000
-_WATCH_RETRIES = 20
 # How long a wait for events keeps reconnecting to a Redis that went away (a restart that
 # reloads its append-only file, a failover) before it fails with BrokerUnavailable.
 _RECONNECT_FOR = 30.0
@@ -71,54 +70,6 @@ class Event:
     outcome: Outcome | None = None
     callback: bytes | None = None
     seq: int | None = None
-
-
-def _queued_status(protocol: Protocol, request: RunRequest, now: float) -> bytes:
-    return protocol.seal_status(
-        RunStatus(request.run_id, "queued", request.name, 0, created_at=now)
-    )
-
-
-def _description(request: RunRequest) -> str:
-    # What Flower and `celery inspect` show: never the payload.
-    return f"{request.mode} {request.name} run={request.run_id}"[:200]
-
-
-class _Plan:
-    """The Redis commands of one submission, computed once for either client."""
-
-    def __init__(self, protocol: Protocol, requests: Sequence[RunRequest]) -> None:
-        settings = protocol.settings
-        now = time.time()
-        ttl = int(settings.result_ttl)
-        self.sets: list[tuple[str, bytes, int]] = []
-        self.messages: list[str] = []
-        self.pending: dict[str, float] = {}
-        for original in requests:
-            queued = _queued_status(protocol, original, now)
-            # The worker starts the run by compare-and-set against this exact record, without
-            # reading it first: the request names it by digest.
-            request = dataclasses.replace(
-                original, queued_digest=hashlib.sha1(queued).hexdigest(), created_at=now
-            )
-            wire, beside = protocol.seal_request(request)
-            self.sets.append((keys.status(request.run_id), queued, ttl))
-            life = max(1, int(request.expires_at - now) + int(settings.time_limit) + 60)
-            if beside is not None:
-                self.sets.append((keys.body(request.run_id), beside, life))
-            message = task_message.build(
-                wire.decode(),
-                run_id=request.run_id,
-                queue=settings.queue,
-                description=_description(request),
-            )
-            self.messages.append(message)
-            # Kept until a worker starts the run, so a message the broker loses (Redis dying
-            # between a worker's BRPOP and kombu's bookkeeping) can be enqueued again.
-            self.sets.append((keys.message(request.run_id), message.encode(), life))
-            self.pending[request.run_id] = now
-        self.queue = settings.queue
-        self.pending_key = keys.pending(settings.queue)
 
 
 def _parse_entries(
@@ -231,14 +182,8 @@ class Client:
         Raises:
             BrokerUnavailable: Redis is unreachable; nothing was enqueued.
         """
-        plan = _Plan(self.protocol, requests)
         try:
-            with self._redis.pipeline(transaction=True) as pipe:
-                for key, value, ttl in [*plan.sets, *records]:
-                    pipe.set(key, value, ex=ttl)
-                pipe.zadd(plan.pending_key, plan.pending)
-                pipe.lpush(plan.queue, *plan.messages)
-                pipe.execute()
+            enqueue(self._redis, Submission(self.protocol, requests, records))
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
         except RedisError as exc:
@@ -302,22 +247,16 @@ class Client:
             RunNotFound: no such run.
         """
         try:
-            with self._redis.pipeline(transaction=True) as pipe:
-                for _ in range(_WATCH_RETRIES):
-                    try:
-                        pipe.watch(keys.status(run_id))  # type: ignore[no-untyped-call]
-                        status = _existing(self.protocol, pipe.get(keys.status(run_id)), run_id)
-                        pipe.multi()
-                        _queue_cancel(pipe, self.protocol, status)
-                        pipe.execute()
-                        return status
-                    except WatchError:
-                        continue
+            status = _cancel.cancel(self._redis, self.protocol, run_id)
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot cancel on Redis: {exc}") from exc
         except RedisError as exc:
             raise BrokerError(f"cannot cancel on Redis: Redis refused: {exc}") from exc
-        raise BrokerUnavailable(f"run {run_id} changed state too often to cancel")
+        if status == "busy":
+            raise BrokerUnavailable(f"run {run_id} changed state too often to cancel")
+        if status is None:
+            raise RunNotFound(f"no run {run_id} (never submitted, or expired)", run_id=run_id)
+        return status
 
 
 class AsyncClient:
@@ -332,14 +271,8 @@ class AsyncClient:
         await self._redis.aclose()
 
     async def submit(self, requests: Sequence[RunRequest]) -> None:
-        plan = _Plan(self.protocol, requests)
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for key, value, ttl in plan.sets:
-                    pipe.set(key, value, ex=ttl)
-                pipe.zadd(plan.pending_key, plan.pending)
-                pipe.lpush(plan.queue, *plan.messages)
-                await pipe.execute()
+            await aenqueue(self._redis, Submission(self.protocol, requests))
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
         except RedisError as exc:
@@ -392,23 +325,16 @@ class AsyncClient:
 
     async def cancel(self, run_id: str) -> RunStatus:
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for _ in range(_WATCH_RETRIES):
-                    try:
-                        await pipe.watch(keys.status(run_id))
-                        raw = await pipe.get(keys.status(run_id))
-                        status = _existing(self.protocol, raw, run_id)
-                        pipe.multi()  # type: ignore[no-untyped-call]
-                        _queue_cancel(pipe, self.protocol, status)
-                        await pipe.execute()
-                        return status
-                    except WatchError:
-                        continue
+            status = await _cancel.acancel(self._redis, self.protocol, run_id)
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot cancel on Redis: {exc}") from exc
         except RedisError as exc:
             raise BrokerError(f"cannot cancel on Redis: Redis refused: {exc}") from exc
-        raise BrokerUnavailable(f"run {run_id} changed state too often to cancel")
+        if status == "busy":
+            raise BrokerUnavailable(f"run {run_id} changed state too often to cancel")
+        if status is None:
+            raise RunNotFound(f"no run {run_id} (never submitted, or expired)", run_id=run_id)
+        return status
 
 
 # One client per settings (and per event loop for asyncio): connection pools are shared by

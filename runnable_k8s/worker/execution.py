@@ -41,6 +41,7 @@ from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunSta
 from runnable_k8s.protocol.remote_config import import_config
 from runnable_k8s.protocol.tracing import remote_parent, sanitize
 from runnable_k8s.settings import Settings
+from runnable_k8s.store.records import RunRecords
 from runnable_k8s.worker.cancellation import Cancellations
 from runnable_k8s.worker.claims import POLL as CLAIM_POLL
 from runnable_k8s.worker.claims import LeaseKeeper
@@ -56,7 +57,6 @@ from runnable_k8s.worker.logs import RunEvent, run_event
 from runnable_k8s.worker.metrics import RejectReason, WorkerMetrics
 from runnable_k8s.worker.outage import REDIS_ERRORS as _REDIS_ERRORS
 from runnable_k8s.worker.outage import ride_out
-from runnable_k8s.worker.records import RunRecords
 from runnable_k8s.worker.registry import Registry, RunnableSource
 from runnable_k8s.worker.streaming import Progress as _Progress
 from runnable_k8s.worker.streaming import StreamInterrupted as _StreamInterrupted
@@ -323,7 +323,8 @@ class Executor:
                 running,
                 owner=owner,
                 lease=self.settings.lease,
-                ignore_cancel=ignore_cancel,
+                # The producer's own record is replaced by any genuine cancellation.
+                ignore_cancel=ignore_cancel or expected == request.queued_digest,
             )
             if verdict == "ok" or (
                 verdict == "cancelled" and (await self.records.read(run_id)).cancel_requested

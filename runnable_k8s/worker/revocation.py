@@ -10,7 +10,7 @@ up, `status` says queued, and the rescue sweep enqueues the run's kept copy agai
 dropped again. A worker started later never heard of the revoke and runs it anyway.
 
 So the worker replaces the `revoke` and `terminate` commands with its own, which leave
-Celery's revoked set alone and write the run's cancellation to Redis (`protocol/cancel.py`):
+Celery's revoked set alone and write the run's cancellation to Redis (`store/cancel.py`):
 a queued run is recorded cancelled at once and never starts, a running one is cancelled by the
 worker holding it (`worker/cancellation.py`), a finished or unknown one is left as it is. The
 `signal` argument means nothing here: a run is cancelled on its event loop, never killed.
@@ -32,13 +32,12 @@ from typing import Any, Final, Literal
 from celery.signals import task_revoked
 from celery.worker.control import Panel
 from redis import Redis
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 
 from runnable_k8s.errors import MessageRejected
-from runnable_k8s.protocol import keys
-from runnable_k8s.protocol.cancel import queue_cancel
 from runnable_k8s.protocol.messages import Protocol
 from runnable_k8s.protocol.task_message import TASK_NAME
+from runnable_k8s.store.cancel import cancel as cancel_run
 
 log = logging.getLogger("runnable_k8s.worker")
 
@@ -46,7 +45,6 @@ Verdict = Literal["cancelled", "cancelling", "finished", "unknown", "busy"]
 
 # A run id is 32 hex characters; a longer "id" names no run, and is not worth a round trip.
 _MAX_ID: Final = 100
-_WATCH_RETRIES: Final = 20
 _MAX_IDS: Final = 1000
 
 
@@ -61,26 +59,17 @@ class Revoker:
 
     def cancel(self, run_id: str) -> Verdict:
         """Cancel one run as a producer's `cancel` does; say what became of it."""
-        with self._redis.pipeline(transaction=True) as pipe:
-            for _ in range(_WATCH_RETRIES):
-                try:
-                    pipe.watch(keys.status(run_id))  # type: ignore[no-untyped-call]
-                    raw = pipe.get(keys.status(run_id))
-                    if not isinstance(raw, bytes):
-                        return "unknown"
-                    try:
-                        status = self._protocol.open_status(raw, run_id)
-                    except MessageRejected:
-                        return "unknown"  # forged, or a run of producers with another key
-                    if status.done:
-                        return "finished"
-                    pipe.multi()
-                    queue_cancel(pipe, self._protocol, status)
-                    pipe.execute()
-                    return "cancelled" if status.state == "queued" else "cancelling"
-                except WatchError:
-                    continue
-        return "busy"
+        try:
+            status = cancel_run(self._redis, self._protocol, run_id)
+        except MessageRejected:
+            return "unknown"  # forged, or a run of producers with another key
+        if status is None:
+            return "unknown"
+        if status == "busy":
+            return "busy"
+        if status.done:
+            return "finished"
+        return "cancelled" if status.state == "queued" else "cancelling"
 
     def _cancel_logged(self, run_id: str, why: str) -> Verdict:
         verdict = self.cancel(run_id)

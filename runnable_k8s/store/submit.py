@@ -1,0 +1,92 @@
+"""The producer's enqueue: a run's "queued" record, its message copy and pending entry, and its
+Celery message, written in one step (lua/enqueue.lua).
+
+The worker starts the run by compare-and-set against the exact "queued" record, without reading
+it first: the request names it by digest. The message copy and the pending entry are what the
+rescue sweep needs to push back a message the broker loses (store/rescue.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+
+from runnable_k8s.protocol import task_message
+from runnable_k8s.protocol.messages import Protocol, RunRequest, RunStatus
+from runnable_k8s.store import keys, scripts
+
+Record = tuple[str, bytes, int]
+"""A key, its signed value and its ttl in seconds."""
+
+
+def _description(request: RunRequest) -> str:
+    # What Flower and `celery inspect` show: never the payload.
+    return f"{request.mode} {request.name} run={request.run_id}"[:200]
+
+
+class Submission:
+    """The Redis writes of one submission, computed once for either client."""
+
+    def __init__(
+        self, protocol: Protocol, requests: Sequence[RunRequest], records: Sequence[Record] = ()
+    ) -> None:
+        settings = protocol.settings
+        now = time.time()
+        ttl = int(settings.result_ttl)
+        self.records: list[Record] = list(records)
+        # Large bodies go as plain SETs before the script: megabytes do not pass through Lua.
+        self.bodies: list[Record] = []
+        self.runs: list[tuple[float, str, str]] = []  # score, run id, message
+        for original in requests:
+            queued = protocol.seal_status(
+                RunStatus(original.run_id, "queued", original.name, 0, created_at=now)
+            )
+            request = dataclasses.replace(
+                original, queued_digest=hashlib.sha1(queued).hexdigest(), created_at=now
+            )
+            wire, beside = protocol.seal_request(request)
+            self.records.append((keys.status(request.run_id), queued, ttl))
+            # Until the run ends, so a message the broker loses while pending can be pushed
+            # again, and a dead letter can be retried from it.
+            life = max(1, int(request.expires_at - now) + int(settings.time_limit) + 60)
+            if beside is not None:
+                self.bodies.append((keys.body(request.run_id), beside, life))
+            message = task_message.build(
+                wire.decode(),
+                run_id=request.run_id,
+                queue=settings.queue,
+                description=_description(request),
+            )
+            self.records.append((keys.message(request.run_id), message.encode(), life))
+            self.runs.append((now, request.run_id, message))
+        self.queue = settings.queue
+
+    def script_call(self) -> tuple[list[str], list[Any]]:
+        keys_ = [keys.pending(self.queue), self.queue, *(key for key, _, _ in self.records)]
+        args: list[Any] = [len(self.records), len(self.runs)]
+        for _, value, ttl in self.records:
+            args += [value, ttl]
+        for score, run_id, message in self.runs:
+            args += [repr(score), run_id, message]
+        return keys_, args
+
+
+def enqueue(client: redis.Redis, submission: Submission) -> None:
+    """Write `submission` (raises redis-py's errors; the caller translates them)."""
+    for key, value, ttl in submission.bodies:
+        client.set(key, value, ex=ttl)
+    keys_, args = submission.script_call()
+    scripts.load(client, "enqueue")(keys=keys_, args=args)
+
+
+async def aenqueue(client: aredis.Redis, submission: Submission) -> None:
+    for key, value, ttl in submission.bodies:
+        await client.set(key, value, ex=ttl)
+    keys_, args = submission.script_call()
+    await scripts.aload(client, "enqueue")(keys=keys_, args=args)
