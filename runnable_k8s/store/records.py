@@ -115,12 +115,15 @@ class RunRecords:
         owner: str,
         lease: float,
         ignore_cancel: bool = False,
+        queued: bool = False,
     ) -> tuple[Claim, str | None]:
         """Take the lease and record `status` (None: leave the status as it is), if the
         status record's SHA-1 is `expected_digest` ("" = no record). `ignore_cancel` skips the
-        cancellation check: for a record the caller found forged, and for the producer's own
-        "queued" record, which a genuine cancellation always replaces. Returns the verdict
-        and, when `status` was written, its digest (what `finish` must find in place)."""
+        cancellation check (for a record the caller found forged). `queued` says the expected
+        record is the producer's own "queued" one (the request names it): then the claim
+        needs no read while the run is pending, and no cancellation check, since a genuine
+        cancellation always replaces that record (lua/claim.lua). Returns the verdict and,
+        when `status` was written, its digest (what `finish` must find in place)."""
         sealed = self._protocol.seal_status(status) if status is not None else b""
         verdict = await self._claim(
             keys=[
@@ -135,8 +138,9 @@ class RunRecords:
                 owner,
                 int(lease * 1000),
                 self._ttl,
-                "1" if ignore_cancel else "",
+                "1" if ignore_cancel or queued else "",
                 run_id,
+                "1" if queued else "",
             ],
         )
         text = verdict.decode() if isinstance(verdict, bytes) else str(verdict)

@@ -323,8 +323,8 @@ class Executor:
                 running,
                 owner=owner,
                 lease=self.settings.lease,
-                # The producer's own record is replaced by any genuine cancellation.
-                ignore_cancel=ignore_cancel or expected == request.queued_digest,
+                ignore_cancel=ignore_cancel,
+                queued=expected == request.queued_digest,
             )
             if verdict == "ok" or (
                 verdict == "cancelled" and (await self.records.read(run_id)).cancel_requested
