@@ -37,7 +37,7 @@ from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunSta
 from runnable_k8s.settings import Settings
 from runnable_k8s.store import cancel as _cancel
 from runnable_k8s.store import keys
-from runnable_k8s.store.submit import Submission, aenqueue, enqueue
+from runnable_k8s.store.submit import AsyncEnqueuer, Enqueuer, Submission
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 # Longest single XREAD block; the loop re-arms it until the caller's deadline.
@@ -169,6 +169,7 @@ class Client:
                 Encoder("utf-8", "strict", False).encode,  # type: ignore[no-untyped-call]
             ),
         )
+        self._enqueue = Enqueuer(self._redis)
 
     def close(self) -> None:
         self._redis.close()
@@ -183,7 +184,7 @@ class Client:
             BrokerUnavailable: Redis is unreachable; nothing was enqueued.
         """
         try:
-            enqueue(self._redis, Submission(self.protocol, requests, records))
+            self._enqueue(Submission(self.protocol, requests, records))
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
         except RedisError as exc:
@@ -266,13 +267,14 @@ class AsyncClient:
         self.settings = settings
         self.protocol = protocol
         self._redis = aredis.Redis.from_url(settings.require_redis_url(), **_CONNECTION)
+        self._enqueue = AsyncEnqueuer(self._redis)
 
     async def aclose(self) -> None:
         await self._redis.aclose()
 
     async def submit(self, requests: Sequence[RunRequest]) -> None:
         try:
-            await aenqueue(self._redis, Submission(self.protocol, requests))
+            await self._enqueue(Submission(self.protocol, requests))
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
         except RedisError as exc:

@@ -77,16 +77,39 @@ class Submission:
         return keys_, args
 
 
+class Enqueuer:
+    """Writes submissions on a synchronous client (raises redis-py's errors; the caller
+    translates them). The script is registered once per client."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._script = scripts.load(client, "enqueue")
+
+    def __call__(self, submission: Submission) -> None:
+        for key, value, ttl in submission.bodies:
+            self._client.set(key, value, ex=ttl)
+        keys_, args = submission.script_call()
+        self._script(keys=keys_, args=args)
+
+
+class AsyncEnqueuer:
+    """`Enqueuer` on an asyncio client."""
+
+    def __init__(self, client: aredis.Redis) -> None:
+        self._client = client
+        self._script = scripts.aload(client, "enqueue")
+
+    async def __call__(self, submission: Submission) -> None:
+        for key, value, ttl in submission.bodies:
+            await self._client.set(key, value, ex=ttl)
+        keys_, args = submission.script_call()
+        await self._script(keys=keys_, args=args)
+
+
 def enqueue(client: redis.Redis, submission: Submission) -> None:
-    """Write `submission` (raises redis-py's errors; the caller translates them)."""
-    for key, value, ttl in submission.bodies:
-        client.set(key, value, ex=ttl)
-    keys_, args = submission.script_call()
-    scripts.load(client, "enqueue")(keys=keys_, args=args)
+    """One submission through a new `Enqueuer` (for callers without a long-lived one)."""
+    Enqueuer(client)(submission)
 
 
 async def aenqueue(client: aredis.Redis, submission: Submission) -> None:
-    for key, value, ttl in submission.bodies:
-        await client.set(key, value, ex=ttl)
-    keys_, args = submission.script_call()
-    await scripts.aload(client, "enqueue")(keys=keys_, args=args)
+    await AsyncEnqueuer(client)(submission)
