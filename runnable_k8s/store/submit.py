@@ -52,8 +52,6 @@ class Submission:
             )
             wire, beside = protocol.seal_request(request)
             self.records.append((keys.status(request.run_id), queued, ttl))
-            # Until the run ends, so a message the broker loses while pending can be pushed
-            # again, and a dead letter can be retried from it.
             life = max(1, int(request.expires_at - now) + int(settings.time_limit) + 60)
             if beside is not None:
                 self.bodies.append((keys.body(request.run_id), beside, life))
@@ -63,7 +61,12 @@ class Submission:
                 queue=settings.queue,
                 description=_description(request),
             )
-            self.records.append((keys.message(request.run_id), message.encode(), life))
+            # The copy is dropped when the run ends, so a long life costs only runs that never
+            # end: as long as the run may wait, then as long as results are kept. A claim does
+            # not touch it, and a dead letter's request is there when its run ends (within
+            # `result_ttl` of its latest start, as when claims moved it aside with that TTL).
+            kept = max(1, int(request.expires_at - now) + ttl)
+            self.records.append((keys.message(request.run_id), message.encode(), kept))
             self.runs.append((now, request.run_id, message))
         self.queue = settings.queue
 
