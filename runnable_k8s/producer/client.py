@@ -16,22 +16,23 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-import redis.asyncio as aredis
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.sentinel import MasterNotFoundError
 
+from runnable_k8s import connections
 from runnable_k8s.errors import (
     BrokerError,
     BrokerUnavailable,
     RunNotFound,
+    SentinelUnavailable,
     SignatureRejected,
     WaitTimeout,
 )
-from runnable_k8s.producer import rejections
+from runnable_k8s.producer import durable, rejections
 from runnable_k8s.protocol import rejection
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.settings import Settings
@@ -53,6 +54,12 @@ _CONNECTION: dict[str, Any] = {
     # wait for a longer run with a timeout error.
     "socket_timeout": _MAX_BLOCK_MS / 1000 + 10,
 }
+
+
+def _unavailable(doing: str, exc: BaseException) -> BrokerUnavailable:
+    if isinstance(exc, MasterNotFoundError):
+        return SentinelUnavailable(f"{doing}: no sentinel named a master: {exc}")
+    return BrokerUnavailable(f"{doing}: {exc}")
 
 
 def new_run_id() -> str:
@@ -159,7 +166,7 @@ class Client:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.protocol = Protocol(settings)
-        self._redis = redis.Redis.from_url(
+        self._redis = connections.sync_client(
             settings.require_redis_url(),
             **_CONNECTION,
             # hiredis parses replies fast, but its command packer copies every argument
@@ -183,21 +190,33 @@ class Client:
         Raises:
             BrokerUnavailable: Redis is unreachable; nothing was enqueued.
         """
+        submission = Submission(self.protocol, requests, records)
+
+        def write() -> None:
+            self._enqueue(submission)
+
         try:
-            self._enqueue(Submission(self.protocol, requests, records))
+            if self.settings.replica_acks:
+                durable.enqueue(self._redis, self.settings, write, *submission.probe)
+            else:
+                write()
         except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
+            raise _unavailable("cannot enqueue on Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
 
     def status(self, run_id: str) -> RunStatus:
         """Raises: RunNotFound for an unknown or expired id."""
-        try:
+
+        def read() -> RunStatus:
             status = _existing(self.protocol, self._redis.get(keys.status(run_id)), run_id)
             # A queued run no worker could verify is recorded as failed here too.
             return rejections.settle(self._redis, self.protocol, status)
+
+        try:
+            return durable.read(self.settings, read)
         except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot read status from Redis: {exc}") from exc
+            raise _unavailable("cannot read status from Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
 
@@ -266,27 +285,39 @@ class AsyncClient:
     def __init__(self, settings: Settings, protocol: Protocol) -> None:
         self.settings = settings
         self.protocol = protocol
-        self._redis = aredis.Redis.from_url(settings.require_redis_url(), **_CONNECTION)
+        self._redis = connections.async_client(settings.require_redis_url(), **_CONNECTION)
         self._enqueue = AsyncEnqueuer(self._redis)
 
     async def aclose(self) -> None:
         await self._redis.aclose()
 
     async def submit(self, requests: Sequence[RunRequest]) -> None:
+        submission = Submission(self.protocol, requests)
+
+        async def write() -> None:
+            await self._enqueue(submission)
+
         try:
-            await self._enqueue(Submission(self.protocol, requests))
+            if self.settings.replica_acks:
+                await durable.aenqueue(self._redis, self.settings, write, *submission.probe)
+            else:
+                await write()
         except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
+            raise _unavailable("cannot enqueue on Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
 
     async def status(self, run_id: str) -> RunStatus:
-        try:
+
+        async def read() -> RunStatus:
             raw = await self._redis.get(keys.status(run_id))
             status = _existing(self.protocol, raw, run_id)
             return await rejections.asettle(self._redis, self.protocol, status)
+
+        try:
+            return await durable.aread(self.settings, read)
         except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot read status from Redis: {exc}") from exc
+            raise _unavailable("cannot read status from Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
 

@@ -69,6 +69,10 @@ class Submission:
             self.records.append((keys.message(request.run_id), message.encode(), kept))
             self.runs.append((now, request.run_id, message))
         self.queue = settings.queue
+        # A key the script sets, and its run: whether the write survived a failover
+        # (producer/durable.py). The script is atomic: all of it survived, or none.
+        first = requests[0].run_id
+        self.probe = (keys.status(first), first)
 
     def script_call(self) -> tuple[list[str], list[Any]]:
         keys_ = [keys.pending(self.queue), self.queue, *(key for key, _, _ in self.records)]

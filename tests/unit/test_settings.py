@@ -43,6 +43,9 @@ PARSED: dict[str, tuple[str, Any]] = {
     "max_attempts": ("5", 5),
     "retry_backoff": ("0.5", 0.5),
     "retry_backoff_max": ("10", 10.0),
+    "replica_acks": ("1", 1),
+    "replica_ack_timeout": ("0.5", 0.5),
+    "failover_wait": ("45", 45.0),
 }
 NOT_FROM_ENV = {"openai_available", "redact_values", "extra"}
 
@@ -56,6 +59,8 @@ POSITIVE_FLOATS = [
     "heartbeat_interval",
     "lease",
     "rescue_after",
+    "replica_ack_timeout",
+    "failover_wait",
 ]
 
 
@@ -194,7 +199,15 @@ def test_refused_redis_url_does_not_echo_its_password() -> None:
     assert "hunter2-secret" not in str(caught.value)
 
 
-@pytest.mark.parametrize("url", ["redis://localhost", "rediss://:pw@redis.example:6380/1"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost",
+        "rediss://:pw@redis.example:6380/1",
+        "sentinel://:pw@s1:26379,s2:26379,s3/0?master_name=mymaster",
+        "sentinels://s1:26379/2?master_name=m&ssl_cert_reqs=required",
+    ],
+)
 def test_redis_schemes_accepted(url: str) -> None:
     assert Settings.from_env({"RUNNABLE_K8S_REDIS_URL": url}).redis_url == url
 
@@ -232,7 +245,7 @@ def test_non_finite_durations_refused(name: str, raw: str) -> None:
     ("name", "raw"),
     [("concurrency", "0"), ("batch_chunk_size", "0"), ("max_attempts", "0"),
      ("gc_threshold", "-1"), ("malloc_keep", "-1"), ("max_body_bytes", "1023"),
-     ("queue", "two words"), ("queue", "")],
+     ("queue", "two words"), ("queue", ""), ("replica_acks", "-1")],
 )  # fmt: skip
 def test_other_bounds(name: str, raw: str) -> None:
     with pytest.raises(ConfigurationError, match=env_name(name)):
@@ -271,6 +284,8 @@ def test_signing_key_equality_and_hash_use_the_value() -> None:
         ("redis://localhost:6379", 0),
         ("redis://localhost:6379/", 0),
         ("redis://localhost:6379/notadb", 0),
+        ("sentinel://s1:26379,s2:26379/4?master_name=m", 4),
+        ("sentinel://s1:26379?master_name=m", 0),
     ],
 )
 def test_redis_db_from_url_path(url: str, db: int) -> None:
@@ -358,3 +373,42 @@ def test_require_helpers() -> None:
     with pytest.raises(ConfigurationError, match="RUNNABLE_K8S_REDIS_URL"):
         Settings().require_redis_url()
     assert Settings(redis_url="redis://x").require_redis_url() == "redis://x"
+
+
+# -- to_env: the inverse of from_env ----------------------------------------------------------
+
+
+def _round_trip(settings: Settings) -> Settings:
+    return Settings.from_env(settings.to_env())
+
+
+def test_to_env_round_trips_every_setting() -> None:
+    env = {env_name(name): raw for name, (raw, _) in PARSED.items()}
+    env["RUNNABLE_K8S_SOMETHING_NEW"] = "kept as it is"
+    settings = Settings.from_env(env)
+    again = _round_trip(settings)
+    assert again == settings
+    for name in PARSED:
+        assert type(getattr(again, name)) is type(getattr(settings, name)), name
+    assert again.extra == {"RUNNABLE_K8S_SOMETHING_NEW": "kept as it is"}
+
+
+def test_to_env_round_trips_the_defaults() -> None:
+    assert _round_trip(Settings()) == Settings()
+    assert _round_trip(Settings()).signing_key is None
+
+
+def test_to_env_names_every_variable_and_only_those() -> None:
+    assert set(Settings().to_env()) == {env_name(name) for name in PARSED}
+
+
+def test_to_env_keeps_floats_and_empty_lists_exact() -> None:
+    settings = Settings(
+        time_limit=0.1 + 0.2, lease=1e-3, retry_on=(), allowed_classes=("a:B",), log_json=True
+    )
+    again = _round_trip(settings)
+    assert again.time_limit == 0.1 + 0.2
+    assert again.lease == 1e-3
+    assert again.retry_on == ()
+    assert again.allowed_classes == ("a:B",)
+    assert again.log_json is True
