@@ -16,6 +16,7 @@ from typing import Any
 
 from runnable_k8s import connections
 from runnable_k8s.errors import ConfigurationError
+from runnable_k8s.limits import Limit, parse_limits
 
 ENV_PREFIX = "RUNNABLE_K8S_"
 _SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
@@ -177,6 +178,15 @@ class Settings:
     retry_backoff_max: float = 60.0
     """Cap on a single retry delay in seconds."""
 
+    limits: tuple[Limit, ...] = ()
+    """Worker only: cluster-wide flow control per key, one rule per line or `;`: e.g.
+    `openai:gpt-4o-mini rpm=120 tpm=40000 concurrency=5` (README, "Flow control"). A malformed
+    rule stops the worker at start, naming the rule."""
+
+    limit_margin: float = 0.25
+    """Worker only: seconds added to every rate window, so requests that take a little longer
+    to reach the provider than others never land inside its window twice."""
+
     openai_available: bool = field(default=False, compare=False)
     """Whether `OPENAI_API_KEY` is set (the demo then uses ChatOpenAI). Only its presence is
     read here; the value stays in the environment, where ChatOpenAI reads it on the worker."""
@@ -306,6 +316,8 @@ def _parse(key: str, raw: str) -> Any:
     kind = str(_FIELD_TYPES[key])
     name = ENV_PREFIX + key.upper()
     try:
+        if key == "limits":
+            return parse_limits(raw)
         if key == "signing_key":
             return SigningKey(raw.encode()) if raw else None
         if kind.startswith("tuple"):
@@ -346,12 +358,14 @@ def _validated(settings: Settings) -> Settings:
         "rescue_after",
         "retry_backoff",
         "retry_backoff_max",
+        "limit_margin",
         "replica_ack_timeout",
         "failover_wait",
     ):
         value = getattr(settings, name)
         # NaN passes every comparison below; infinity would never expire anything.
-        if not math.isfinite(value) or value < 0 or (value == 0 and name != "visibility_timeout"):
+        zero_ok = name in ("visibility_timeout", "limit_margin")
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
             raise ConfigurationError(f"{ENV_PREFIX}{name.upper()} must be a positive number")
     if settings.effective_visibility_timeout <= settings.time_limit:
         raise ConfigurationError(

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from runnable_k8s.errors import ConfigurationError
+from runnable_k8s.limits import Limit, Rate
 from runnable_k8s.settings import Settings, SigningKey
 
 KEY = "k" * 40
@@ -43,6 +44,14 @@ PARSED: dict[str, tuple[str, Any]] = {
     "max_attempts": ("5", 5),
     "retry_backoff": ("0.5", 0.5),
     "retry_backoff_max": ("10", 10.0),
+    "limits": (
+        "openai:gpt-4o-mini rpm=120 tpm=40000 concurrency=5; tenant:* requests=40/10s",
+        (
+            Limit("openai:gpt-4o-mini", Rate(120, 60.0), Rate(40000, 60.0), 5),
+            Limit("tenant:*", requests=Rate(40, 10.0)),
+        ),
+    ),
+    "limit_margin": ("0.1", 0.1),
     "replica_acks": ("1", 1),
     "replica_ack_timeout": ("0.5", 0.5),
     "failover_wait": ("45", 45.0),
