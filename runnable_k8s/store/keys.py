@@ -74,3 +74,21 @@ def pending(queue: str) -> str:
 def rescue_lock(queue: str) -> str:
     """Held by the one worker sweeping `queue` for lost messages."""
     return f"{PREFIX}:rescue:{queue}"
+
+
+# Cluster-wide limits (store/limits.py): every key under one hash tag, so one script can take a
+# call's share of several limits at once.
+LIMITS: Final = f"{PREFIX}:{{limits}}"
+LIMIT_WAITING: Final = f"{LIMITS}:waiting"
+"""Sorted set of model calls waiting on a limit now (score: when the entry lapses). KEDA and
+`dev` read its size: calls that wait are not work more workers could do."""
+
+
+def limit(key: str, part: str) -> str:
+    """One limit's state; `part` is one of req, tok, tokn, conc, pause."""
+    return f"{LIMITS}:{key}:{part}"
+
+
+def wait_record(run_id: str) -> str:
+    """Signed record of what a run is waiting on (kept beside its status while it waits)."""
+    return f"{PREFIX}:{{{run_id}}}:waiting"
