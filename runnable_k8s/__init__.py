@@ -24,7 +24,9 @@ from runnable_k8s.errors import (
     SerializationRefused,
     SignatureRejected,
     SigningKeyMismatch,
+    ThreadBusy,
     UnknownEventId,
+    UnknownMultitaskStrategy,
     WaitTimeout,
 )
 from runnable_k8s.producer.handles import RemoteRun
@@ -57,6 +59,8 @@ __all__ = [
     "Settings",
     "SignatureRejected",
     "SigningKeyMismatch",
+    "ThreadBusy",
     "UnknownEventId",
+    "UnknownMultitaskStrategy",
     "WaitTimeout",
 ]

@@ -36,6 +36,7 @@ from runnable_k8s.protocol.allowlist import import_object
 from runnable_k8s.protocol.messages import Protocol, RunStatus
 from runnable_k8s.settings import Settings
 from runnable_k8s.store.limits import read_wait
+from runnable_k8s.store.threads import Strategy
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -129,6 +130,14 @@ def _resume_command(resume: str) -> Any:
 @click.option("--config", "config_", default=None, help="The RunnableConfig, as JSON.")
 @click.option("--stream", is_flag=True, help="Publish chunks (for `runnable-k8s stream ID`).")
 @click.option("--ref", is_flag=True, help="Run RUNNABLE by reference (worker imports it).")
+@click.option(
+    "--multitask-strategy",
+    type=click.Choice(["enqueue", "reject", "interrupt", "rollback"]),
+    default="enqueue",
+    show_default=True,
+    help="When another run of --thread is queued or running: wait (enqueue), fail "
+    "(reject), stop it keeping its checkpoints (interrupt) or discarding them (rollback).",
+)
 @_errors
 def submit(
     *,  # click passes every parameter by keyword
@@ -139,6 +148,7 @@ def submit(
     config_: str | None,
     stream: bool,
     ref: bool,
+    multitask_strategy: Strategy,
 ) -> None:
     """Submit RUNNABLE (module:attribute) with --input JSON (or --resume JSON); print the run
     id."""
@@ -152,7 +162,12 @@ def submit(
     payload = _resume_command(resume) if resume is not None else _parse_input(input_ or "")
     settings = _settings()
     remote = load_runnable(runnable, settings, ref=ref)
-    handle = remote.submit(payload, cast(RunnableConfig, config) or None, stream=stream)
+    handle = remote.submit(
+        payload,
+        cast(RunnableConfig, config) or None,
+        stream=stream,
+        multitask_strategy=multitask_strategy,
+    )
     click.echo(handle.id)
 
 
@@ -168,9 +183,13 @@ def submit(
 def status(run_id: str, as_json: bool) -> None:
     """Print a run's state, attempt and times (ISO 8601, UTC)."""
     settings = _settings()
-    fields = status_fields(RemoteRun(run_id, settings).status(), _retry_of(settings, run_id))
+    run = RemoteRun(run_id, settings)
+    fields = status_fields(run.status(), _retry_of(settings, run_id))
     if fields["state"] == "running":
         fields["waiting"] = _waiting(settings, run_id, as_json=as_json)
+    line = run.thread_position() if fields["state"] == "queued" else None
+    if line:  # waiting for its thread (0: it holds it, as any queued run)
+        fields["thread_line"] = line
     if as_json:
         click.echo(json.dumps(fields))
         return

@@ -140,3 +140,17 @@ class RunNotSucceeded(RunError):
     `celery inspect` report FAILURE instead of SUCCESS. Its text names only the run, the
     outcome and the remote error type or refusal reason. Callers never see it: they get the
     run's own error (`RemoteError`, `ExecutionTimeout`, ...)."""
+
+
+class ThreadBusy(RunError):
+    """`multitask_strategy="reject"`: another run of the same `configurable.thread_id` was
+    queued or running, so this one was refused at submission and nothing was enqueued.
+    `active_run_id` names the run that holds the thread."""
+
+    def __init__(self, message: str, *, run_id: str | None = None, active_run_id: str = "") -> None:
+        super().__init__(message, run_id=run_id)
+        self.active_run_id = active_run_id
+
+
+class UnknownMultitaskStrategy(ConfigurationError):
+    """A `multitask_strategy` other than "enqueue", "reject", "interrupt" or "rollback"."""

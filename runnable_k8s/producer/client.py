@@ -3,23 +3,25 @@
 Waiting never polls: callers block on `XREAD` of the runs' event streams, which Redis answers
 the moment a worker appends to one. Only a run with a rejection notice in its stream is looked
 at again between blocks, until the notice is settled (producer/rejections.py). The synchronous
-and the asyncio clients share every decision (`Submission`, `_parse_entries`); only the I/O differs.
+and the asyncio clients share every decision (`_Plan`, `stream_entries`); only the I/O differs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import hashlib
 import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import MasterNotFoundError
 
@@ -29,20 +31,23 @@ from runnable_k8s.errors import (
     BrokerUnavailable,
     RunNotFound,
     SentinelUnavailable,
-    SignatureRejected,
     WaitTimeout,
 )
 from runnable_k8s.producer import durable, rejections
-from runnable_k8s.protocol import rejection
-from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
+from runnable_k8s.producer.stream_entries import Event, parse_entries
+from runnable_k8s.producer.thread_submit import entered_runs, raise_busy, rollback_record
+from runnable_k8s.protocol import keys, task_message
+from runnable_k8s.protocol.messages import Protocol, RunRequest, RunStatus
 from runnable_k8s.settings import Settings
-from runnable_k8s.store import cancel as _cancel
-from runnable_k8s.store import keys
+from runnable_k8s.store import threads
+from runnable_k8s.store.cancel import queue_cancel as _queue_cancel
 from runnable_k8s.store.submit import AsyncEnqueuer, Enqueuer, Submission
+from runnable_k8s.store.threads import Strategy, TransactionThreads
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 # Longest single XREAD block; the loop re-arms it until the caller's deadline.
 _MAX_BLOCK_MS = 30_000
+_WATCH_RETRIES = 20
 # How long a wait for events keeps reconnecting to a Redis that went away (a restart that
 # reloads its append-only file, a failover) before it fails with BrokerUnavailable.
 _RECONNECT_FOR = 30.0
@@ -66,57 +71,61 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One entry of a run's event stream: an output chunk (encoded data), a callback event of
-    a model inside the remote run (encoded data), or the final outcome. `seq` is a chunk's or
-    callback's signed position in the stream (0, 1, ...): verified, so a resume point."""
-
-    run_id: str
-    chunk: bytes | None = None
-    outcome: Outcome | None = None
-    callback: bytes | None = None
-    seq: int | None = None
+def _queued_status(protocol: Protocol, request: RunRequest, now: float) -> bytes:
+    return protocol.seal_status(
+        RunStatus(request.run_id, "queued", request.name, 0, created_at=now)
+    )
 
 
-def _parse_entries(
-    protocol: Protocol,
-    response: Any,
-    cursors: dict[str, str],
-    seen: dict[str, int],
-    watch: rejections.Watch | None = None,
-) -> list[Event]:
-    """Turn an XREAD reply into verified events, advancing `cursors` (stream key -> last id)
-    and `seen` (run id -> stream entries read), and checking that no entry was dropped,
-    repeated, reordered or relabelled. Rejection notices (unsigned) go to `watch`."""
-    events: list[Event] = []
-    for stream_key, entries in response or []:
-        key = stream_key.decode() if isinstance(stream_key, bytes) else stream_key
-        run_id = key.split("{", 1)[1].split("}", 1)[0]
-        for entry_id, fields in entries:
-            cursors[key] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-            kind = fields.get(b"k")
-            wire = fields.get(b"m", b"")
-            if kind in (b"c", b"e"):
-                seq, signed_kind, data = protocol.open_chunk(wire, run_id)
-                if signed_kind.encode() != kind or seq != seen.get(run_id, 0):
-                    raise SignatureRejected(f"the stream of run {run_id} was tampered with")
-                seen[run_id] = seq + 1
-                if kind == b"c":
-                    events.append(Event(run_id, chunk=data, seq=seq))
-                else:
-                    events.append(Event(run_id, callback=data, seq=seq))
-            elif kind == b"r":
-                outcome = protocol.open_outcome(wire, run_id)
-                if outcome.chunks != seen.get(run_id, 0):
-                    raise SignatureRejected(f"the stream of run {run_id} lost entries")
-                events.append(Event(run_id, outcome=outcome))
-            elif kind == rejection.NOTICE:
-                if watch is not None:
-                    watch.noticed(run_id, fields)
-            else:
-                raise SignatureRejected(f"unknown event in the stream of run {run_id}")
-    return events
+def _description(request: RunRequest) -> str:
+    # What Flower and `celery inspect` show: never the payload.
+    return f"{request.mode} {request.name} run={request.run_id}"[:200]
+
+
+class _Plan:
+    """The Redis commands of one submission, computed once for either client."""
+
+    def __init__(self, protocol: Protocol, requests: Sequence[RunRequest]) -> None:
+        settings = protocol.settings
+        now = time.time()
+        ttl = int(settings.result_ttl)
+        self.sets: list[tuple[str, bytes, int]] = []
+        self.messages: list[str] = []
+        self.pending: dict[str, float] = {}
+        # Runs with a thread_id: queued by the thread script instead (store/threads.py).
+        self.threads: list[tuple[str, str, int]] = []
+        self.now = now
+        for original in requests:
+            queued = _queued_status(protocol, original, now)
+            # The worker starts the run by compare-and-set against this exact record, without
+            # reading it first: the request names it by digest.
+            request = dataclasses.replace(
+                original, queued_digest=hashlib.sha1(queued).hexdigest(), created_at=now
+            )
+            wire, beside = protocol.seal_request(request)
+            self.sets.append((keys.status(request.run_id), queued, ttl))
+            life = max(1, int(request.expires_at - now) + int(settings.time_limit) + 60)
+            if beside is not None:
+                self.sets.append((keys.body(request.run_id), beside, life))
+            message = task_message.build(
+                wire.decode(),
+                run_id=request.run_id,
+                queue=settings.queue,
+                description=_description(request),
+            )
+            # Kept until a worker starts the run, so a message the broker loses (Redis dying
+            # between a worker's BRPOP and kombu's bookkeeping) can be enqueued again.
+            self.sets.append((keys.message(request.run_id), message.encode(), life))
+            thread_id = threads.thread_of(request.config)
+            if thread_id is not None:
+                self.threads.append((request.run_id, thread_id, life))
+                continue
+            self.messages.append(message)
+            self.pending[request.run_id] = now
+        self.queue = settings.queue
+        self.pending_key = keys.pending(settings.queue)
+        # A key the transaction sets, and its run: whether it survived a failover.
+        self.probe = (self.sets[0][0], requests[0].run_id)
 
 
 class _Outage:
@@ -176,34 +185,85 @@ class Client:
                 Encoder("utf-8", "strict", False).encode,  # type: ignore[no-untyped-call]
             ),
         )
+        self._threads = TransactionThreads(self._redis, settings)
         self._enqueue = Enqueuer(self._redis)
 
     def close(self) -> None:
         self._redis.close()
 
     def submit(
-        self, requests: Sequence[RunRequest], *, records: Sequence[tuple[str, bytes, int]] = ()
+        self,
+        requests: Sequence[RunRequest],
+        *,
+        records: Sequence[tuple[str, bytes, int]] = (),
+        strategy: Strategy = threads.DEFAULT,
     ) -> None:
         """Enqueue runs: statuses, large bodies and messages in one transaction, with
-        `records` (key, signed value, ttl s) beside them (e.g. a retry's link).
+        `records` (key, signed value, ttl s) beside them (e.g. a retry's link). A run with a
+        `configurable.thread_id` waits for its thread as `strategy` says (store/threads.py).
 
         Raises:
             BrokerUnavailable: Redis is unreachable; nothing was enqueued.
+            ThreadBusy: strategy "reject" and a run's thread was held; none of the runs on a
+                busy thread was enqueued.
         """
-        submission = Submission(self.protocol, requests, records)
+        if not any(threads.thread_of(r.config) is not None for r in requests):
+            # The usual case, one script (store/submit.py); runs on a thread go through the
+            # thread scripts in a transaction below.
+            self._submit_plain(Submission(self.protocol, requests, records))
+            return
+        plan = _Plan(self.protocol, requests)
 
         def write() -> None:
-            self._enqueue(submission)
+            with self._redis.pipeline(transaction=True) as pipe:
+                for key, value, ttl in [*plan.sets, *records]:
+                    pipe.set(key, value, ex=ttl)
+                if plan.messages:
+                    pipe.zadd(plan.pending_key, plan.pending)
+                    pipe.lpush(plan.queue, *plan.messages)
+                for run_id, thread_id, life in plan.threads:
+                    self._threads.queue_enter(
+                        pipe, run_id, thread_id, strategy, now=plan.now, life=life
+                    )
+                replies[:] = pipe.execute()
 
+        replies: list[Any] = []
         try:
             if self.settings.replica_acks:
-                durable.enqueue(self._redis, self.settings, write, *submission.probe)
+                durable.enqueue(self._redis, self.settings, write, *plan.probe)
             else:
                 write()
         except _REDIS_ERRORS as exc:
             raise _unavailable("cannot enqueue on Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
+        for entered in entered_runs(plan.threads, replies):
+            if entered.verdict == "waiting" and strategy in ("interrupt", "rollback"):
+                self._stop_holder(entered.holder, rollback=strategy == "rollback")
+        raise_busy(plan.threads, replies)
+
+    def _submit_plain(self, submission: Submission) -> None:
+        try:
+            if self.settings.replica_acks:
+                durable.enqueue(
+                    self._redis, self.settings, lambda: self._enqueue(submission), *submission.probe
+                )
+            else:
+                self._enqueue(submission)
+        except _REDIS_ERRORS as exc:
+            raise _unavailable("cannot enqueue on Redis", exc) from exc
+        except RedisError as exc:
+            raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
+
+    def _stop_holder(self, holder: str, *, rollback: bool) -> None:
+        """Strategy interrupt / rollback: the new run is first in line; stop the one running."""
+        if rollback:
+            try:
+                self._redis.set(*rollback_record(self.protocol, holder))
+            except _REDIS_ERRORS as exc:
+                raise BrokerUnavailable(f"cannot request a rollback on Redis: {exc}") from exc
+        with contextlib.suppress(RunNotFound):
+            self.cancel(holder)
 
     def status(self, run_id: str) -> RunStatus:
         """Raises: RunNotFound for an unknown or expired id."""
@@ -219,6 +279,13 @@ class Client:
             raise _unavailable("cannot read status from Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
+
+    def thread_position(self, run_id: str) -> int | None:
+        """See `RemoteRun.thread_position`."""
+        try:
+            return threads.position(self._redis, run_id)
+        except _REDIS_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot read the thread from Redis: {exc}") from exc
 
     def events(self, run_ids: Sequence[str], *, timeout: float | None) -> Iterator[Event]:
         """Yield verified events of `run_ids` as they arrive, until each has an outcome.
@@ -249,7 +316,7 @@ class Client:
                     time.sleep(outage.pause(exc))
                     continue
                 outage.over()
-                for event in _parse_entries(self.protocol, response, cursors, seen, watch):
+                for event in parse_entries(self.protocol, response, cursors, seen, watch):
                     if event.outcome is not None:
                         cursors.pop(keys.events(event.run_id), None)
                         watch.forget(event.run_id)
@@ -267,16 +334,24 @@ class Client:
             RunNotFound: no such run.
         """
         try:
-            status = _cancel.cancel(self._redis, self.protocol, run_id)
+            with self._redis.pipeline(transaction=True) as pipe:
+                for _ in range(_WATCH_RETRIES):
+                    try:
+                        pipe.watch(keys.status(run_id))  # type: ignore[no-untyped-call]
+                        status = _existing(self.protocol, pipe.get(keys.status(run_id)), run_id)
+                        pipe.multi()
+                        _queue_cancel(pipe, self.protocol, status)
+                        if status.state == "queued":  # out of its thread's line (if any)
+                            self._threads.queue_leave(pipe, run_id, now=time.time())
+                        pipe.execute()
+                        return status
+                    except WatchError:
+                        continue
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot cancel on Redis: {exc}") from exc
         except RedisError as exc:
             raise BrokerError(f"cannot cancel on Redis: Redis refused: {exc}") from exc
-        if status == "busy":
-            raise BrokerUnavailable(f"run {run_id} changed state too often to cancel")
-        if status is None:
-            raise RunNotFound(f"no run {run_id} (never submitted, or expired)", run_id=run_id)
-        return status
+        raise BrokerUnavailable(f"run {run_id} changed state too often to cancel")
 
 
 class AsyncClient:
@@ -286,14 +361,49 @@ class AsyncClient:
         self.settings = settings
         self.protocol = protocol
         self._redis = connections.async_client(settings.require_redis_url(), **_CONNECTION)
+        self._threads = TransactionThreads(self._redis, settings)
         self._enqueue = AsyncEnqueuer(self._redis)
 
     async def aclose(self) -> None:
         await self._redis.aclose()
 
-    async def submit(self, requests: Sequence[RunRequest]) -> None:
-        submission = Submission(self.protocol, requests)
+    async def submit(
+        self, requests: Sequence[RunRequest], *, strategy: Strategy = threads.DEFAULT
+    ) -> None:
+        if not any(threads.thread_of(r.config) is not None for r in requests):
+            await self._submit_plain(Submission(self.protocol, requests))
+            return
+        plan = _Plan(self.protocol, requests)
 
+        async def write() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for key, value, ttl in plan.sets:
+                    pipe.set(key, value, ex=ttl)
+                if plan.messages:
+                    pipe.zadd(plan.pending_key, plan.pending)
+                    pipe.lpush(plan.queue, *plan.messages)
+                for run_id, thread_id, life in plan.threads:
+                    await self._threads.queue_enter(
+                        pipe, run_id, thread_id, strategy, now=plan.now, life=life
+                    )
+                replies[:] = await pipe.execute()
+
+        replies: list[Any] = []
+        try:
+            if self.settings.replica_acks:
+                await durable.aenqueue(self._redis, self.settings, write, *plan.probe)
+            else:
+                await write()
+        except _REDIS_ERRORS as exc:
+            raise _unavailable("cannot enqueue on Redis", exc) from exc
+        except RedisError as exc:
+            raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
+        for entered in entered_runs(plan.threads, replies):
+            if entered.verdict == "waiting" and strategy in ("interrupt", "rollback"):
+                await self._stop_holder(entered.holder, rollback=strategy == "rollback")
+        raise_busy(plan.threads, replies)
+
+    async def _submit_plain(self, submission: Submission) -> None:
         async def write() -> None:
             await self._enqueue(submission)
 
@@ -306,6 +416,15 @@ class AsyncClient:
             raise _unavailable("cannot enqueue on Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
+
+    async def _stop_holder(self, holder: str, *, rollback: bool) -> None:
+        if rollback:
+            try:
+                await self._redis.set(*rollback_record(self.protocol, holder))
+            except _REDIS_ERRORS as exc:
+                raise BrokerUnavailable(f"cannot request a rollback on Redis: {exc}") from exc
+        with contextlib.suppress(RunNotFound):
+            await self.cancel(holder)
 
     async def status(self, run_id: str) -> RunStatus:
 
@@ -346,7 +465,7 @@ class AsyncClient:
                     await asyncio.sleep(outage.pause(exc))
                     continue
                 outage.over()
-                for event in _parse_entries(self.protocol, response, cursors, seen, watch):
+                for event in parse_entries(self.protocol, response, cursors, seen, watch):
                     if event.outcome is not None:
                         cursors.pop(keys.events(event.run_id), None)
                         watch.forget(event.run_id)
@@ -358,16 +477,25 @@ class AsyncClient:
 
     async def cancel(self, run_id: str) -> RunStatus:
         try:
-            status = await _cancel.acancel(self._redis, self.protocol, run_id)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for _ in range(_WATCH_RETRIES):
+                    try:
+                        await pipe.watch(keys.status(run_id))
+                        raw = await pipe.get(keys.status(run_id))
+                        status = _existing(self.protocol, raw, run_id)
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        _queue_cancel(pipe, self.protocol, status)
+                        if status.state == "queued":  # out of its thread's line (if any)
+                            await self._threads.queue_leave(pipe, run_id, now=time.time())
+                        await pipe.execute()
+                        return status
+                    except WatchError:
+                        continue
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot cancel on Redis: {exc}") from exc
         except RedisError as exc:
             raise BrokerError(f"cannot cancel on Redis: Redis refused: {exc}") from exc
-        if status == "busy":
-            raise BrokerUnavailable(f"run {run_id} changed state too often to cancel")
-        if status is None:
-            raise RunNotFound(f"no run {run_id} (never submitted, or expired)", run_id=run_id)
-        return status
+        raise BrokerUnavailable(f"run {run_id} changed state too often to cancel")
 
 
 # One client per settings (and per event loop for asyncio): connection pools are shared by

@@ -35,6 +35,8 @@ from runnable_k8s.protocol.messages import COMPLETED_STATES, Mode, Outcome, RunR
 from runnable_k8s.protocol.remote_config import export_config
 from runnable_k8s.protocol.tracing import trace_headers
 from runnable_k8s.settings import Settings
+from runnable_k8s.store.threads import DEFAULT as DEFAULT_STRATEGY
+from runnable_k8s.store.threads import Strategy, check_strategy, thread_of
 
 
 class RunnableK8s(Runnable[Input, Output]):
@@ -50,10 +52,16 @@ class RunnableK8s(Runnable[Input, Output]):
         timeout: seconds a caller waits for a result (default `settings.wait_timeout`).
         time_limit: execution limit on the worker (the lower of this and the worker's own).
         name: the name callbacks and workers see (default: the bound runnable's name).
+        multitask_strategy: what a run does when another run of its `configurable.thread_id`
+            is queued or running: "enqueue" (default: wait its turn), "reject" (fail with
+            ThreadBusy), "interrupt" (stop the active run, keeping its checkpoints, then run)
+            or "rollback" (cancel the active run and discard its checkpoints, then run).
+            Per call: `invoke(..., multitask_strategy=...)` (also stream, batch, submit).
 
     Raises:
         SerializationRefused: `bound` cannot travel; the message names the object at fault.
         ConfigurationError: neither or both of `bound` and `ref`.
+        UnknownMultitaskStrategy: `multitask_strategy` is not one of the four.
 
     Not supported: callbacks inside the remote run report to the caller only as the one
     remote step (plus streamed chunks); Python objects in `config` other than the
@@ -70,7 +78,9 @@ class RunnableK8s(Runnable[Input, Output]):
         timeout: float | None = None,
         time_limit: float | None = None,
         name: str | None = None,
+        multitask_strategy: Strategy = DEFAULT_STRATEGY,
     ) -> None:
+        self.multitask_strategy = check_strategy(multitask_strategy)
         if (bound is None) == (ref is None):
             raise ConfigurationError("RunnableK8s needs exactly one of bound= or ref=")
         self.bound = bound
@@ -163,6 +173,12 @@ class RunnableK8s(Runnable[Input, Output]):
             kwargs=self._call_kwargs(kwargs),
         )
 
+    def _strategy(self, kwargs: dict[str, Any]) -> Strategy:
+        """The call's `multitask_strategy` keyword (taken out: it is not the runnable's),
+        else the instance's."""
+        value = kwargs.pop("multitask_strategy", None)
+        return self.multitask_strategy if value is None else check_strategy(value)
+
     def _call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any] | None:
         """Keyword arguments that travel as such: only for a referenced runnable."""
         if self.ref is None or not kwargs:
@@ -189,8 +205,9 @@ class RunnableK8s(Runnable[Input, Output]):
     ) -> Output:
         client = client_for(self.settings)
         remote = kwargs.pop("_remote")
+        strategy = self._strategy(kwargs)
         request = self._request("invoke", input, remote, kwargs, run_manager=run_manager)
-        client.submit([request])
+        client.submit([request], strategy=strategy)
         for event in client.events([request.run_id], timeout=self._wait):
             if event.outcome is not None:
                 return cast(Output, unwrap(client.protocol, event.outcome))
@@ -211,8 +228,9 @@ class RunnableK8s(Runnable[Input, Output]):
     ) -> Output:
         client = async_client_for(self.settings)
         remote = kwargs.pop("_remote")
+        strategy = self._strategy(kwargs)
         request = self._request("invoke", input, remote, kwargs, run_manager=run_manager)
-        await client.submit([request])
+        await client.submit([request], strategy=strategy)
         async for event in client.events([request.run_id], timeout=self._wait):
             if event.outcome is not None:
                 return cast(Output, unwrap(client.protocol, event.outcome))
@@ -223,7 +241,8 @@ class RunnableK8s(Runnable[Input, Output]):
     def _chunking(self, count: int, configs: Sequence[dict[str, Any]]) -> tuple[int, int]:
         """(inputs per task, tasks in flight) honouring `max_concurrency`."""
         limit = configs[0].get("max_concurrency") if configs else None
-        size = self.settings.batch_chunk_size
+        # A run holds one thread: inputs on threads travel one per task.
+        size = 1 if any(thread_of(c) for c in configs) else self.settings.batch_chunk_size
         if not limit:
             return size, max(1, -(-count // size))
         size = max(1, min(size, limit))
@@ -271,6 +290,7 @@ class RunnableK8s(Runnable[Input, Output]):
     ) -> list[Exception | Output]:
         client = client_for(self.settings)
         remote = kwargs.pop("_remote")
+        strategy = self._strategy(kwargs)
         requests = self._batch_requests(inputs, remote, kwargs)
         _, window = self._chunking(len(inputs), remote)
         results: list[Any] = [None] * len(inputs)
@@ -284,7 +304,7 @@ class RunnableK8s(Runnable[Input, Output]):
                     pending[request.run_id] = (start, count)
                     batch.append(request)
                 if batch:
-                    client.submit(batch)
+                    client.submit(batch, strategy=strategy)
                 for event in client.events(list(pending), timeout=self._wait):
                     if event.outcome is not None:
                         self._place(results, pending.pop(event.run_id), event.outcome)
@@ -330,6 +350,7 @@ class RunnableK8s(Runnable[Input, Output]):
     ) -> list[Exception | Output]:
         client = async_client_for(self.settings)
         remote = kwargs.pop("_remote")
+        strategy = self._strategy(kwargs)
         requests = self._batch_requests(inputs, remote, kwargs)
         _, window = self._chunking(len(inputs), remote)
         results: list[Any] = [None] * len(inputs)
@@ -338,7 +359,7 @@ class RunnableK8s(Runnable[Input, Output]):
         async def run_one(start: int, count: int, request: RunRequest) -> None:
             async with gate:
                 try:
-                    await client.submit([request])
+                    await client.submit([request], strategy=strategy)
                     async for event in client.events([request.run_id], timeout=self._wait):
                         if event.outcome is not None:
                             results[start : start + count] = unwrap_items(
@@ -370,8 +391,9 @@ class RunnableK8s(Runnable[Input, Output]):
     ) -> Iterator[Output]:
         client = client_for(self.settings)
         remote = kwargs.pop("_remote")
+        strategy = self._strategy(kwargs)
         request = self._request("stream", next(inputs), remote, kwargs, run_manager=run_manager)
-        client.submit([request])
+        client.submit([request], strategy=strategy)
         for event in client.events([request.run_id], timeout=self._wait):
             if event.chunk is not None:
                 yield cast(Output, client.protocol.data.decode_data(event.chunk))
@@ -400,12 +422,13 @@ class RunnableK8s(Runnable[Input, Output]):
     ) -> AsyncIterator[Output]:
         client = async_client_for(self.settings)
         remote = kwargs.pop("_remote")
+        strategy = self._strategy(kwargs)
         payload = await anext(inputs)
         replayer = EventReplayer(run_manager) if wants_events(run_manager) else None
         request = self._request(
             "stream", payload, remote, kwargs, run_manager=run_manager, events=replayer is not None
         )
-        await client.submit([request])
+        await client.submit([request], strategy=strategy)
         try:
             async for event in client.events([request.run_id], timeout=self._wait):
                 if event.chunk is not None:
@@ -421,27 +444,41 @@ class RunnableK8s(Runnable[Input, Output]):
     # -- fire and forget --------------------------------------------------------------------
 
     def submit(
-        self, input: Input, config: RunnableConfig | None = None, *, stream: bool = False
+        self,
+        input: Input,
+        config: RunnableConfig | None = None,
+        *,
+        stream: bool = False,
+        multitask_strategy: Strategy | None = None,
     ) -> RemoteRun:
         """Enqueue a run and return its handle at once (no waiting).
 
         Args:
             stream: publish output chunks as they are produced (for `RemoteRun.stream`).
+            multitask_strategy: overrides the instance's, for a run on a thread.
 
         Raises:
             SerializationRefused, PayloadTooLarge: before anything is enqueued.
             BrokerUnavailable: Redis is unreachable; nothing was enqueued.
+            ThreadBusy: strategy "reject" and the run's thread was busy; nothing enqueued.
         """
         mode: Mode = "stream" if stream else "invoke"
+        strategy = self._strategy({"multitask_strategy": multitask_strategy})
         request = self._request(mode, input, export_config(config), {})
-        client_for(self.settings).submit([request])
+        client_for(self.settings).submit([request], strategy=strategy)
         return RemoteRun(request.run_id, self.settings, timeout=self.timeout)
 
     async def asubmit(
-        self, input: Input, config: RunnableConfig | None = None, *, stream: bool = False
+        self,
+        input: Input,
+        config: RunnableConfig | None = None,
+        *,
+        stream: bool = False,
+        multitask_strategy: Strategy | None = None,
     ) -> RemoteRun:
         """Like `submit`, without blocking the event loop."""
         mode: Mode = "stream" if stream else "invoke"
+        strategy = self._strategy({"multitask_strategy": multitask_strategy})
         request = self._request(mode, input, export_config(config), {})
-        await async_client_for(self.settings).submit([request])
+        await async_client_for(self.settings).submit([request], strategy=strategy)
         return RemoteRun(request.run_id, self.settings, timeout=self.timeout)

@@ -12,19 +12,11 @@ receives its message finds a finished run; and a publish on the cancel channel.
 from __future__ import annotations
 
 import time
-from typing import Any, Final, Literal
+from typing import Any
 
-import redis
-import redis.asyncio as aredis
-from redis.exceptions import WatchError
-
+from runnable_k8s.protocol import stream
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
 from runnable_k8s.store import keys
-
-_WATCH_RETRIES: Final = 20
-
-Busy = Literal["busy"]
-"""The run's status changed under every one of the attempts: try again later."""
 
 
 def queue_cancel(pipe: Any, protocol: Protocol, status: RunStatus) -> None:
@@ -40,7 +32,8 @@ def queue_cancel(pipe: Any, protocol: Protocol, status: RunStatus) -> None:
         # Nobody has started it: record the outcome now, so waiters return at once even with
         # no worker running; a worker that later receives the message sees a finished run.
         outcome = Outcome(run_id, "cancelled", reason="cancelled before start", attempt=0)
-        pipe.xadd(keys.events(run_id), {"k": "r", "m": protocol.seal_outcome(outcome)})
+        sealed = protocol.seal_outcome(outcome)
+        pipe.xadd(keys.events(run_id), stream.signed_fields(stream.EntryKind.OUTCOME, sealed))
         pipe.expire(keys.events(run_id), ttl)
         cancelled = RunStatus(
             run_id,
@@ -55,46 +48,3 @@ def queue_cancel(pipe: Any, protocol: Protocol, status: RunStatus) -> None:
         pipe.zrem(keys.pending(protocol.settings.queue), run_id)
         pipe.delete(keys.message(run_id))
     pipe.publish(keys.CANCEL_CHANNEL, run_id)
-
-
-def cancel(client: redis.Redis, protocol: Protocol, run_id: str) -> RunStatus | Busy | None:
-    """Cancel `run_id` from its current status. Returns that status (None: no record, nothing
-    done), or "busy".
-
-    Raises:
-        MessageRejected: the status record is forged or of another signing key (nothing done).
-    """
-    with client.pipeline(transaction=True) as pipe:
-        for _ in range(_WATCH_RETRIES):
-            try:
-                pipe.watch(keys.status(run_id))  # type: ignore[no-untyped-call]
-                raw = pipe.get(keys.status(run_id))
-                if not isinstance(raw, bytes):
-                    return None
-                status = protocol.open_status(raw, run_id)
-                pipe.multi()
-                queue_cancel(pipe, protocol, status)
-                pipe.execute()
-                return status
-            except WatchError:
-                continue
-    return "busy"
-
-
-async def acancel(client: aredis.Redis, protocol: Protocol, run_id: str) -> RunStatus | Busy | None:
-    """`cancel` on an asyncio client."""
-    async with client.pipeline(transaction=True) as pipe:
-        for _ in range(_WATCH_RETRIES):
-            try:
-                await pipe.watch(keys.status(run_id))
-                raw = await pipe.get(keys.status(run_id))
-                if not isinstance(raw, bytes):
-                    return None
-                status = protocol.open_status(raw, run_id)
-                pipe.multi()  # type: ignore[no-untyped-call]
-                queue_cancel(pipe, protocol, status)
-                await pipe.execute()
-                return status
-            except WatchError:
-                continue
-    return "busy"

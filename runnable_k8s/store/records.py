@@ -24,7 +24,7 @@ from typing import Any, Final, Literal
 import redis.asyncio as aredis
 
 from runnable_k8s.errors import MessageRejected
-from runnable_k8s.protocol import rejection, task_message
+from runnable_k8s.protocol import rejection, stream, task_message
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
 from runnable_k8s.store import keys, scripts
 from runnable_k8s.store.dead_letters import DEAD_LETTER_STATES
@@ -187,7 +187,7 @@ class RunRecords:
             done = await self._finish(keys=keys_, args=[*args, sealed, *after])
             return bool(done == 1)
         async with self._client.pipeline(transaction=True) as pipe:
-            pipe.xadd(keys_[1], {"k": "r", "m": sealed})
+            pipe.xadd(keys_[1], stream.signed_fields(stream.EntryKind.OUTCOME, sealed))
             # EVAL, not EVALSHA: a script missing from Redis's cache (after a restart) must
             # not fail inside the transaction after the XADD went through.
             pipe.eval(scripts.source("finish"), len(keys_), *keys_, *args, "", *after)

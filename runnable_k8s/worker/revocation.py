@@ -27,17 +27,20 @@ turns every remote-control command off (Flower then only watches events).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Final, Literal
 
 from celery.signals import task_revoked
 from celery.worker.control import Panel
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from runnable_k8s import connections
 from runnable_k8s.errors import MessageRejected
+from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.messages import Protocol
 from runnable_k8s.protocol.task_message import TASK_NAME
-from runnable_k8s.store.cancel import cancel as cancel_run
+from runnable_k8s.store.cancel import queue_cancel
+from runnable_k8s.store.threads import TransactionThreads
 
 log = logging.getLogger("runnable_k8s.worker")
 
@@ -45,6 +48,7 @@ Verdict = Literal["cancelled", "cancelling", "finished", "unknown", "busy"]
 
 # A run id is 32 hex characters; a longer "id" names no run, and is not worth a round trip.
 _MAX_ID: Final = 100
+_WATCH_RETRIES: Final = 20
 _MAX_IDS: Final = 1000
 
 
@@ -56,20 +60,32 @@ class Revoker:
     def __init__(self, redis_url: str, protocol: Protocol) -> None:
         self._redis = connections.sync_client(redis_url, socket_timeout=5, socket_connect_timeout=5)
         self._protocol = protocol
+        self._threads = TransactionThreads(self._redis, protocol.settings)
 
     def cancel(self, run_id: str) -> Verdict:
         """Cancel one run as a producer's `cancel` does; say what became of it."""
-        try:
-            status = cancel_run(self._redis, self._protocol, run_id)
-        except MessageRejected:
-            return "unknown"  # forged, or a run of producers with another key
-        if status is None:
-            return "unknown"
-        if status == "busy":
-            return "busy"
-        if status.done:
-            return "finished"
-        return "cancelled" if status.state == "queued" else "cancelling"
+        with self._redis.pipeline(transaction=True) as pipe:
+            for _ in range(_WATCH_RETRIES):
+                try:
+                    pipe.watch(keys.status(run_id))  # type: ignore[no-untyped-call]
+                    raw = pipe.get(keys.status(run_id))
+                    if not isinstance(raw, bytes):
+                        return "unknown"
+                    try:
+                        status = self._protocol.open_status(raw, run_id)
+                    except MessageRejected:
+                        return "unknown"  # forged, or a run of producers with another key
+                    if status.done:
+                        return "finished"
+                    pipe.multi()
+                    queue_cancel(pipe, self._protocol, status)
+                    if status.state == "queued":  # out of its thread's line (if any)
+                        self._threads.queue_leave(pipe, run_id, now=time.time())
+                    pipe.execute()
+                    return "cancelled" if status.state == "queued" else "cancelling"
+                except WatchError:
+                    continue
+        return "busy"
 
     def _cancel_logged(self, run_id: str, why: str) -> Verdict:
         verdict = self.cancel(run_id)

@@ -13,11 +13,10 @@ import redis
 import redis.asyncio as aredis
 
 from runnable_k8s.embedded import EmbeddedRedis
-from runnable_k8s.producer.client import new_run_id
+from runnable_k8s.producer.client import client_for, new_run_id
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.settings import Settings
 from runnable_k8s.store import keys
-from runnable_k8s.store.cancel import cancel
 from runnable_k8s.store.records import RunRecords, digest
 from runnable_k8s.store.rescue import Sweeper
 from runnable_k8s.store.submit import Submission, aenqueue, enqueue
@@ -154,7 +153,7 @@ async def test_a_claim_of_a_run_cancelled_while_queued_finds_it_changed(
     run = request()
     enqueue(sync_client, Submission(protocol, [run]))
     expected = queued_digest(sync_client, run.run_id)
-    before = cancel(sync_client, protocol, run.run_id)
+    before = client_for(settings).cancel(run.run_id)
     assert isinstance(before, RunStatus) and before.state == "queued"
     verdict, _ = await records(client, settings).claim(
         run.run_id, expected, running(run.run_id), owner=OWNER, lease=LEASE, queued=True
