@@ -1,0 +1,30 @@
+-- Push back runs pending for too long whose message is neither queued nor held by a worker.
+-- KEYS: pending set, queue list, unacked hash. ARGV: cutoff score, batch, key prefix, max scan.
+-- Returns the rescued run ids. The message key is spelled by `keys.message` (PREFIX:{id}:message);
+-- store/rescue.py passes the prefix, and a unit test holds the two to the same name.
+local ids = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local rescued = {}
+for _, id in ipairs(ids) do
+  local message = redis.call('get', ARGV[3] .. '{' .. id .. '}:message')
+  if not message then
+    redis.call('zrem', KEYS[1], id)
+  else
+    -- The copy is read from Redis: check every type before use, so one hostile copy cannot
+    -- stop the sweep for every run after it.
+    local ok, decoded = pcall(cjson.decode, message)
+    local tag = nil
+    if ok and type(decoded) == 'table' and type(decoded['properties']) == 'table' then
+      tag = decoded['properties']['delivery_tag']
+    end
+    if type(tag) ~= 'string' then
+      redis.call('zrem', KEYS[1], id)
+    -- RANK -1: from the consuming end, where messages pending the longest wait (producers
+    -- LPUSH, kombu BRPOPs): a queued one is found in a few steps, not after the whole list.
+    elseif redis.call('hexists', KEYS[3], tag) == 0
+       and not redis.call('lpos', KEYS[2], message, 'RANK', -1, 'MAXLEN', ARGV[4]) then
+      redis.call('rpush', KEYS[2], message)
+      table.insert(rescued, id)
+    end
+  end
+end
+return rescued
