@@ -26,11 +26,13 @@ from runnable_k8s.errors import (
     SerializationRefused,
 )
 from runnable_k8s.producer.client import async_client_for, client_for, new_run_id
+from runnable_k8s.producer.graph_state import GraphStateAPI
 from runnable_k8s.producer.handles import RemoteRun
 from runnable_k8s.producer.replay import EventReplayer, wants_events
 from runnable_k8s.producer.results import error_for, unwrap, unwrap_items
 from runnable_k8s.protocol.allowlist import check_call_kwargs
 from runnable_k8s.protocol.codec import runnable_codec
+from runnable_k8s.protocol.graph_state import GraphCall
 from runnable_k8s.protocol.messages import COMPLETED_STATES, Mode, Outcome, RunRequest
 from runnable_k8s.protocol.remote_config import export_config
 from runnable_k8s.protocol.tracing import trace_headers
@@ -39,7 +41,7 @@ from runnable_k8s.store.threads import DEFAULT as DEFAULT_STRATEGY
 from runnable_k8s.store.threads import Strategy, check_strategy, thread_of
 
 
-class RunnableK8s(Runnable[Input, Output]):
+class RunnableK8s(GraphStateAPI, Runnable[Input, Output]):
     """Run `bound` (or the registered runnable `ref`) on runnable-k8s workers.
 
     Example:
@@ -62,6 +64,9 @@ class RunnableK8s(Runnable[Input, Output]):
         SerializationRefused: `bound` cannot travel; the message names the object at fault.
         ConfigurationError: neither or both of `bound` and `ref`.
         UnknownMultitaskStrategy: `multitask_strategy` is not one of the four.
+
+    A compiled LangGraph graph run by reference also offers its state API: `get_state`,
+    `get_state_history`, `update_state` and their async forms (see `GraphStateAPI`).
 
     Not supported: callbacks inside the remote run report to the caller only as the one
     remote step (plus streamed chunks); Python objects in `config` other than the
@@ -154,6 +159,7 @@ class RunnableK8s(Runnable[Input, Output]):
         *,
         run_manager: Any = None,
         events: bool = False,
+        graph: GraphCall | None = None,
     ) -> RunRequest:
         """Build a request. `config`/`configs` are already exported (JSON-safe)."""
         data = client_for(self.settings).protocol.data
@@ -171,6 +177,7 @@ class RunnableK8s(Runnable[Input, Output]):
             time_limit=self.time_limit,
             events=events,
             kwargs=self._call_kwargs(kwargs),
+            graph=graph,
         )
 
     def _strategy(self, kwargs: dict[str, Any]) -> Strategy:

@@ -16,6 +16,7 @@ from runnable_k8s.errors import SignatureRejected
 from runnable_k8s.protocol import envelope as env
 from runnable_k8s.protocol import stream
 from runnable_k8s.protocol.codec import data_codec, pack, runnable_codec, unpack
+from runnable_k8s.protocol.graph_state import GraphCall
 from runnable_k8s.settings import Settings
 
 Mode = Literal["invoke", "batch", "stream"]
@@ -66,6 +67,8 @@ class RunRequest:
     compare-and-set without reading the record first. Not a security measure: it is signed."""
     created_at: float | None = None
     """When the producer submitted the run."""
+    graph: GraphCall | None = None
+    """A call of the referenced graph's state API (`get_state`, ...) instead of a run of it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,8 @@ class Protocol:
             head["config"] = request.config
         if request.events:
             head["events"] = True
+        if request.graph is not None:
+            head["graph"] = request.graph.as_json()
         body = pack(head, request.runnable, request.input)
         envelope = env.Envelope(env.RUN, request.run_id, request.expires_at, body)
         if len(body) <= INLINE_BODY_LIMIT:
@@ -207,6 +212,7 @@ class Protocol:
             kwargs=kwargs,
             queued_digest=queued_digest,
             created_at=created_at,
+            graph=None if head.get("graph") is None else GraphCall.from_json(head["graph"]),
         )
 
     # -- outcomes ---------------------------------------------------------------------------
