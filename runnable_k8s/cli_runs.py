@@ -127,6 +127,13 @@ def _resume_command(resume: str) -> Any:
 @click.option("--config", "config_", default=None, help="The RunnableConfig, as JSON.")
 @click.option("--stream", is_flag=True, help="Publish chunks (for `runnable-k8s stream ID`).")
 @click.option("--ref", is_flag=True, help="Run RUNNABLE by reference (worker imports it).")
+@click.option(
+    "--priority",
+    type=click.Choice(["high", "normal", "low"]),
+    default=None,
+    help="Which queue list the run waits on (default normal).",
+)
+@click.option("--webhook", default=None, help="URL the outcome is POSTed to when the run ends.")
 @_errors
 def submit(
     *,  # click passes every parameter by keyword
@@ -137,6 +144,8 @@ def submit(
     config_: str | None,
     stream: bool,
     ref: bool,
+    priority: str | None,
+    webhook: str | None,
 ) -> None:
     """Submit RUNNABLE (module:attribute) with --input JSON (or --resume JSON); print the run
     id."""
@@ -150,7 +159,13 @@ def submit(
     payload = _resume_command(resume) if resume is not None else _parse_input(input_ or "")
     settings = _settings()
     remote = load_runnable(runnable, settings, ref=ref)
-    handle = remote.submit(payload, cast(RunnableConfig, config) or None, stream=stream)
+    handle = remote.submit(
+        payload,
+        cast(RunnableConfig, config) or None,
+        stream=stream,
+        priority=priority,
+        webhook=webhook,
+    )
     click.echo(handle.id)
 
 

@@ -129,3 +129,14 @@ class RunNotSucceeded(RunError):
     `celery inspect` report FAILURE instead of SUCCESS. Its text names only the run, the
     outcome and the remote error type or refusal reason. Callers never see it: they get the
     run's own error (`RemoteError`, `ExecutionTimeout`, ...)."""
+
+
+class UnknownPriority(ConfigurationError):
+    """A priority other than "high", "normal" or "low" was asked for (refused at submit,
+    before anything is enqueued)."""
+
+
+class WebhookRefused(ConfigurationError):
+    """A completion webhook URL is not allowed: not an http(s) URL, or outside the allowlist
+    of prefixes (`RUNNABLE_K8S_WEBHOOK_ALLOW`). Refused at submit, before anything is
+    enqueued; a worker refuses it too, and records why on the run."""

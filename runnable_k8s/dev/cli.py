@@ -17,7 +17,7 @@ import click
 import redis
 
 from runnable_k8s.errors import RunnableK8sError
-from runnable_k8s.protocol import keys
+from runnable_k8s.protocol import keys, priority
 from runnable_k8s.settings import Settings, SigningKey
 
 if TYPE_CHECKING:
@@ -227,7 +227,7 @@ def _print_scaling(config: ScalingConfig, log_dir: Path) -> None:
 
 def _left_over(client: redis.Redis, queue: str) -> int:
     with contextlib.suppress(redis.RedisError, OSError):
-        return int(client.llen(queue))
+        return sum(int(client.llen(name)) for name in priority.lists(queue).values())
     return 0
 
 

@@ -34,7 +34,7 @@ from runnable_k8s.errors import (
     WaitTimeout,
 )
 from runnable_k8s.producer import rejections
-from runnable_k8s.protocol import keys, rejection, task_message
+from runnable_k8s.protocol import keys, priority, rejection, task_message
 from runnable_k8s.protocol.cancel import queue_cancel as _queue_cancel
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.settings import Settings
@@ -92,7 +92,8 @@ class _Plan:
         now = time.time()
         ttl = int(settings.result_ttl)
         self.sets: list[tuple[str, bytes, int]] = []
-        self.messages: list[str] = []
+        # Per priority list (protocol/priority.py), each LPUSHed in the same transaction.
+        self.messages: dict[str, list[str]] = {}
         self.pending: dict[str, float] = {}
         for original in requests:
             queued = _queued_status(protocol, original, now)
@@ -106,18 +107,18 @@ class _Plan:
             life = max(1, int(request.expires_at - now) + int(settings.time_limit) + 60)
             if beside is not None:
                 self.sets.append((keys.body(request.run_id), beside, life))
+            queue = priority.list_name(settings.queue, priority.check(request.priority))
             message = task_message.build(
                 wire.decode(),
                 run_id=request.run_id,
-                queue=settings.queue,
+                queue=queue,
                 description=_description(request),
             )
-            self.messages.append(message)
+            self.messages.setdefault(queue, []).append(message)
             # Kept until a worker starts the run, so a message the broker loses (Redis dying
             # between a worker's BRPOP and kombu's bookkeeping) can be enqueued again.
             self.sets.append((keys.message(request.run_id), message.encode(), life))
             self.pending[request.run_id] = now
-        self.queue = settings.queue
         self.pending_key = keys.pending(settings.queue)
 
 
@@ -237,7 +238,8 @@ class Client:
                 for key, value, ttl in [*plan.sets, *records]:
                     pipe.set(key, value, ex=ttl)
                 pipe.zadd(plan.pending_key, plan.pending)
-                pipe.lpush(plan.queue, *plan.messages)
+                for queue, messages in plan.messages.items():
+                    pipe.lpush(queue, *messages)
                 pipe.execute()
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
@@ -338,7 +340,8 @@ class AsyncClient:
                 for key, value, ttl in plan.sets:
                     pipe.set(key, value, ex=ttl)
                 pipe.zadd(plan.pending_key, plan.pending)
-                pipe.lpush(plan.queue, *plan.messages)
+                for queue, messages in plan.messages.items():
+                    pipe.lpush(queue, *messages)
                 await pipe.execute()
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc

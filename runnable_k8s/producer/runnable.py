@@ -32,8 +32,10 @@ from runnable_k8s.producer.results import error_for, unwrap, unwrap_items
 from runnable_k8s.protocol.allowlist import check_call_kwargs
 from runnable_k8s.protocol.codec import runnable_codec
 from runnable_k8s.protocol.messages import COMPLETED_STATES, Mode, Outcome, RunRequest
+from runnable_k8s.protocol.priority import check as priority_of
 from runnable_k8s.protocol.remote_config import export_config
 from runnable_k8s.protocol.tracing import trace_headers
+from runnable_k8s.protocol.webhook import check_webhook
 from runnable_k8s.settings import Settings
 
 
@@ -50,10 +52,13 @@ class RunnableK8s(Runnable[Input, Output]):
         timeout: seconds a caller waits for a result (default `settings.wait_timeout`).
         time_limit: execution limit on the worker (the lower of this and the worker's own).
         name: the name callbacks and workers see (default: the bound runnable's name).
+        priority: "high", "normal" (default) or "low": which queue list runs wait on; each
+            call may override it with `priority=` (README, "Priorities").
 
     Raises:
         SerializationRefused: `bound` cannot travel; the message names the object at fault.
         ConfigurationError: neither or both of `bound` and `ref`.
+        UnknownPriority: `priority` is not one of the three.
 
     Not supported: callbacks inside the remote run report to the caller only as the one
     remote step (plus streamed chunks); Python objects in `config` other than the
@@ -70,6 +75,7 @@ class RunnableK8s(Runnable[Input, Output]):
         timeout: float | None = None,
         time_limit: float | None = None,
         name: str | None = None,
+        priority: str | None = None,
     ) -> None:
         if (bound is None) == (ref is None):
             raise ConfigurationError("RunnableK8s needs exactly one of bound= or ref=")
@@ -78,6 +84,7 @@ class RunnableK8s(Runnable[Input, Output]):
         self.settings = settings if settings is not None else Settings.from_env()
         self.timeout = timeout
         self.time_limit = time_limit
+        self.priority = priority_of(priority)
         self.name = name or (bound.get_name() if bound is not None else str(ref))
         # Serialized once: the runnable is immutable configuration, and dumping plus checking
         # it is the most expensive part of a call.
@@ -144,9 +151,18 @@ class RunnableK8s(Runnable[Input, Output]):
         *,
         run_manager: Any = None,
         events: bool = False,
+        webhook: str | None = None,
     ) -> RunRequest:
-        """Build a request. `config`/`configs` are already exported (JSON-safe)."""
+        """Build a request. `config`/`configs` are already exported (JSON-safe); a
+        `priority` among `kwargs` is this call's, not the runnable's.
+
+        Raises:
+            UnknownPriority, WebhookRefused: before anything is enqueued.
+        """
         data = client_for(self.settings).protocol.data
+        chosen = kwargs.get("priority")
+        if "priority" in kwargs:
+            kwargs = {k: v for k, v in kwargs.items() if k != "priority"}
         return RunRequest(
             run_id=new_run_id(),
             mode=mode,
@@ -161,6 +177,8 @@ class RunnableK8s(Runnable[Input, Output]):
             time_limit=self.time_limit,
             events=events,
             kwargs=self._call_kwargs(kwargs),
+            priority=self.priority if chosen is None else priority_of(chosen),
+            webhook=None if webhook is None else check_webhook(webhook, self.settings),
         )
 
     def _call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any] | None:
@@ -421,27 +439,45 @@ class RunnableK8s(Runnable[Input, Output]):
     # -- fire and forget --------------------------------------------------------------------
 
     def submit(
-        self, input: Input, config: RunnableConfig | None = None, *, stream: bool = False
+        self,
+        input: Input,
+        config: RunnableConfig | None = None,
+        *,
+        stream: bool = False,
+        priority: str | None = None,
+        webhook: str | None = None,
     ) -> RemoteRun:
         """Enqueue a run and return its handle at once (no waiting).
 
         Args:
             stream: publish output chunks as they are produced (for `RemoteRun.stream`).
+            priority: this run's priority (default: the runnable's).
+            webhook: an http(s) URL a worker POSTs the signed outcome to when the run ends
+                (README, "Webhooks").
 
         Raises:
             SerializationRefused, PayloadTooLarge: before anything is enqueued.
+            UnknownPriority, WebhookRefused: before anything is enqueued.
             BrokerUnavailable: Redis is unreachable; nothing was enqueued.
         """
         mode: Mode = "stream" if stream else "invoke"
-        request = self._request(mode, input, export_config(config), {})
+        call = {} if priority is None else {"priority": priority}
+        request = self._request(mode, input, export_config(config), call, webhook=webhook)
         client_for(self.settings).submit([request])
         return RemoteRun(request.run_id, self.settings, timeout=self.timeout)
 
     async def asubmit(
-        self, input: Input, config: RunnableConfig | None = None, *, stream: bool = False
+        self,
+        input: Input,
+        config: RunnableConfig | None = None,
+        *,
+        stream: bool = False,
+        priority: str | None = None,
+        webhook: str | None = None,
     ) -> RemoteRun:
         """Like `submit`, without blocking the event loop."""
         mode: Mode = "stream" if stream else "invoke"
-        request = self._request(mode, input, export_config(config), {})
+        call = {} if priority is None else {"priority": priority}
+        request = self._request(mode, input, export_config(config), call, webhook=webhook)
         await async_client_for(self.settings).submit([request])
         return RemoteRun(request.run_id, self.settings, timeout=self.timeout)

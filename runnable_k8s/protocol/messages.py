@@ -64,6 +64,11 @@ class RunRequest:
     compare-and-set without reading the record first. Not a security measure: it is signed."""
     created_at: float | None = None
     """When the producer submitted the run."""
+    priority: str = "normal"
+    """Which list the run waits on (protocol/priority.py)."""
+    webhook: str | None = None
+    """URL a worker POSTs the outcome to when the run ends (worker/webhooks.py), if the
+    worker's allowlist admits it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +145,7 @@ class Protocol:
             "kwargs",
             "queued_digest",
             "created_at",
+            "webhook",
         ):
             value = getattr(request, key)
             if value is not None:
@@ -148,6 +154,8 @@ class Protocol:
             head["config"] = request.config
         if request.events:
             head["events"] = True
+        if request.priority != "normal":
+            head["priority"] = request.priority
         body = pack(head, request.runnable, request.input)
         envelope = env.Envelope(env.RUN, request.run_id, request.expires_at, body)
         if len(body) <= INLINE_BODY_LIMIT:
@@ -176,6 +184,8 @@ class Protocol:
         kwargs = head.get("kwargs")
         queued_digest = head.get("queued_digest")
         created_at = head.get("created_at")
+        priority = head.get("priority", "normal")
+        webhook = head.get("webhook")
         if (
             mode not in MODES
             or len(segments) != 2
@@ -187,6 +197,8 @@ class Protocol:
             or not (kwargs is None or isinstance(kwargs, dict))
             or not (queued_digest is None or isinstance(queued_digest, str))
             or not (created_at is None or isinstance(created_at, int | float))
+            or priority not in ("high", "normal", "low")
+            or not (webhook is None or isinstance(webhook, str))
         ):
             raise SignatureRejected("run request head has missing or mistyped fields")
         return RunRequest(
@@ -205,6 +217,8 @@ class Protocol:
             kwargs=kwargs,
             queued_digest=queued_digest,
             created_at=created_at,
+            priority=priority,
+            webhook=webhook,
         )
 
     # -- outcomes ---------------------------------------------------------------------------

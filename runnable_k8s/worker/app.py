@@ -14,6 +14,7 @@ from celery.exceptions import Reject
 from celery.worker.request import Request
 
 from runnable_k8s.errors import RunNotSucceeded
+from runnable_k8s.protocol import priority
 from runnable_k8s.protocol.task_message import TASK_NAME
 from runnable_k8s.settings import Settings
 from runnable_k8s.worker import logs, memory, revocation, task_state, transport
@@ -22,6 +23,7 @@ from runnable_k8s.worker.execution import REDIS_ERRORS, Executor
 from runnable_k8s.worker.health import heartbeat
 from runnable_k8s.worker.loop import LoopThread
 from runnable_k8s.worker.metrics import WorkerMetrics
+from runnable_k8s.worker.priorities import watch_depth
 from runnable_k8s.worker.rescue import Rescuer
 from runnable_k8s.worker.transport import TRANSPORT
 
@@ -44,6 +46,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # found it); a restore takes milliseconds, and a second restorer only causes a
         # duplicate delivery, which the claim turns away.
         "unacked_mutex_expire": max(10, restore_every),
+        # One list per priority, fetched by weight so higher lists go first and the low one
+        # still gets its share (worker/priorities.py).
+        "queue_order_strategy": "runnable_k8s.worker.priorities:WeightedCycle",
     }
     config: dict[str, Any] = {
         # JSON only: a pickle-accepting worker executes whatever anyone writes to Redis.
@@ -160,6 +165,9 @@ def run_worker(
         loop.submit(
             heartbeat(executor.redis, settings.heartbeat_file, settings.heartbeat_interval, metrics)
         ),
+        loop.submit(
+            watch_depth(executor.redis, settings.queue, settings.heartbeat_interval, metrics)
+        ),
     ]
     app = create_app(settings, executor, loop)
     revocation.install(settings.require_redis_url(), executor.protocol)  # revoke = cancel
@@ -169,7 +177,7 @@ def run_worker(
         "worker",
         "--pool=threads",
         f"--concurrency={concurrency or settings.concurrency}",
-        f"--queues={settings.queue}",
+        f"--queues={','.join(priority.lists(settings.queue).values())}",
         f"--loglevel={loglevel or settings.log_level}",
         # Mingle and gossip cost a second at start-up and chatter on Redis; we use neither.
         "--without-mingle",

@@ -21,7 +21,7 @@ from typing import Final
 
 import redis.asyncio as aredis
 
-from runnable_k8s.protocol import keys
+from runnable_k8s.protocol import keys, priority
 
 log = logging.getLogger("runnable_k8s.worker")
 
@@ -29,8 +29,10 @@ log = logging.getLogger("runnable_k8s.worker")
 _BATCH: Final = 50
 _MAX_QUEUE_SCAN: Final = 10_000
 
-# KEYS: pending set, queue list, unacked hash. ARGV: cutoff score, batch, key prefix, max scan.
-# Returns the rescued run ids.
+# KEYS: pending set, unacked hash, then the queue's lists, highest priority first (normal is
+# KEYS[4]). ARGV: cutoff score, batch, key prefix, max scan. Returns the rescued run ids.
+# A copy goes back to the list its routing key names, if that is one of KEYS: the copy is read
+# from Redis and never chooses a key outside them (an unknown name means the normal list).
 _SWEEP: Final = """
 local ids = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local rescued = {}
@@ -43,16 +45,24 @@ for _, id in ipairs(ids) do
     -- stop the sweep for every run after it.
     local ok, decoded = pcall(cjson.decode, message)
     local tag = nil
+    local list = KEYS[4]
     if ok and type(decoded) == 'table' and type(decoded['properties']) == 'table' then
-      tag = decoded['properties']['delivery_tag']
+      local properties = decoded['properties']
+      tag = properties['delivery_tag']
+      if type(properties['delivery_info']) == 'table' then
+        local routed = properties['delivery_info']['routing_key']
+        for i = 3, #KEYS do
+          if KEYS[i] == routed then list = KEYS[i] end
+        end
+      end
     end
     if type(tag) ~= 'string' then
       redis.call('zrem', KEYS[1], id)
     -- RANK -1: from the consuming end, where messages pending the longest wait (producers
     -- LPUSH, kombu BRPOPs): a queued one is found in a few steps, not after the whole list.
-    elseif redis.call('hexists', KEYS[3], tag) == 0
-       and not redis.call('lpos', KEYS[2], message, 'RANK', -1, 'MAXLEN', ARGV[4]) then
-      redis.call('rpush', KEYS[2], message)
+    elseif redis.call('hexists', KEYS[2], tag) == 0
+       and not redis.call('lpos', list, message, 'RANK', -1, 'MAXLEN', ARGV[4]) then
+      redis.call('rpush', list, message)
       table.insert(rescued, id)
     end
   end
@@ -76,10 +86,12 @@ class Rescuer:
         )
         if not got:
             return []
-        if await self._client.llen(self._queue) > _MAX_QUEUE_SCAN:
-            return []  # a deep backlog: sweep once it drains (LPOS would scan it all)
+        lists = list(priority.lists(self._queue).values())
+        for name in lists:
+            if await self._client.llen(name) > _MAX_QUEUE_SCAN:
+                return []  # a deep backlog: sweep once it drains (LPOS would scan it all)
         raw = await self._sweep(
-            keys=[keys.pending(self._queue), self._queue, keys.UNACKED],
+            keys=[keys.pending(self._queue), keys.UNACKED, *lists],
             args=[time.time() - self._after, _BATCH, f"{keys.PREFIX}:", _MAX_QUEUE_SCAN],
         )
         rescued = [r.decode() if isinstance(r, bytes) else str(r) for r in raw or []]

@@ -52,12 +52,17 @@ def test_base_parameters_are_those_of_the_scaledobject_and_config_env() -> None:
         "queued": queue,
         "inflight": "unacked",
         "pending": keys.pending(queue),
+        "high": f"{queue}:high",
+        "low": f"{queue}:low",
     }
-    assert scaling.formula == ("queued", "inflight", "pending")
+    assert scaling.formula == ("high", "queued", "low", "inflight", "pending")
     assert scaling.divisors == {"pending": 100}
+    idle = {"high": 0, "queued": 0, "low": 0, "inflight": 0}
     # One lost run (pending, neither queued nor in flight) activates a worker on its own.
-    assert scaling.metric({"queued": 0, "inflight": 0, "pending": 1}) == 0.01
-    assert scaling.metric({"queued": 3, "inflight": 2, "pending": 3}) == 5.03
+    assert scaling.metric({**idle, "pending": 1}) == 0.01
+    assert scaling.metric({**idle, "queued": 3, "inflight": 2, "pending": 3}) == 5.03
+    # Every priority's backlog counts, as in the ScaledObject's formula.
+    assert scaling.metric({**idle, "high": 2, "low": 3, "pending": 5}) == 5.05
     assert (scaling.polling_interval, scaling.cooldown) == (15, 300)
     assert (scaling.min_replicas, scaling.max_replicas) == (0, 20)
     assert scaling.scale_down == SLOW_DOWN
