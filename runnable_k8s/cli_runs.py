@@ -181,7 +181,12 @@ def submit(
 def status(run_id: str, as_json: bool) -> None:
     """Print a run's state, attempt and times (ISO 8601, UTC)."""
     settings = _settings()
-    fields = status_fields(RemoteRun(run_id, settings).status(), _retry_of(settings, run_id))
+    run = RemoteRun(run_id, settings)
+    fields = status_fields(run.status(), _retry_of(settings, run_id))
+    hook = run.webhook()
+    if hook is not None:
+        fields["webhook"] = f"{hook.state} after {hook.attempts} attempt(s): {hook.url}"
+        fields["webhook_error"] = hook.error
     if as_json:
         click.echo(json.dumps(fields))
         return

@@ -37,7 +37,9 @@ from runnable_k8s.producer import rejections
 from runnable_k8s.protocol import keys, priority, rejection, task_message
 from runnable_k8s.protocol.cancel import queue_cancel as _queue_cancel
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
+from runnable_k8s.protocol.webhook import WebhookDelivery
 from runnable_k8s.settings import Settings
+from runnable_k8s.store import webhooks
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 # Longest single XREAD block; the loop re-arms it until the caller's deadline.
@@ -95,6 +97,7 @@ class _Plan:
         # Per priority list (protocol/priority.py), each LPUSHed in the same transaction.
         self.messages: dict[str, list[str]] = {}
         self.pending: dict[str, float] = {}
+        self.webhooks: dict[str, float] = {}
         for original in requests:
             queued = _queued_status(protocol, original, now)
             # The worker starts the run by compare-and-set against this exact record, without
@@ -119,7 +122,12 @@ class _Plan:
             # between a worker's BRPOP and kombu's bookkeeping) can be enqueued again.
             self.sets.append((keys.message(request.run_id), message.encode(), life))
             self.pending[request.run_id] = now
+            if request.webhook is not None:
+                record, look = webhooks.plan(protocol.signer, request.run_id, request.webhook, now)
+                self.sets.append((keys.webhook(request.run_id), record, ttl))
+                self.webhooks[request.run_id] = look
         self.pending_key = keys.pending(settings.queue)
+        self.webhooks_key = keys.webhooks(settings.queue)
 
 
 def _parse_entries(
@@ -240,6 +248,8 @@ class Client:
                 pipe.zadd(plan.pending_key, plan.pending)
                 for queue, messages in plan.messages.items():
                     pipe.lpush(queue, *messages)
+                if plan.webhooks:
+                    pipe.zadd(plan.webhooks_key, plan.webhooks)
                 pipe.execute()
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
@@ -256,6 +266,13 @@ class Client:
             raise BrokerUnavailable(f"cannot read status from Redis: {exc}") from exc
         except RedisError as exc:
             raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
+
+    def webhook(self, run_id: str) -> WebhookDelivery | None:
+        """The run's verified webhook record, None without one (store/webhooks.py)."""
+        try:
+            return webhooks.read(self._redis, self.protocol.signer, run_id)
+        except _REDIS_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot read webhook from Redis: {exc}") from exc
 
     def events(self, run_ids: Sequence[str], *, timeout: float | None) -> Iterator[Event]:
         """Yield verified events of `run_ids` as they arrive, until each has an outcome.
@@ -342,6 +359,8 @@ class AsyncClient:
                 pipe.zadd(plan.pending_key, plan.pending)
                 for queue, messages in plan.messages.items():
                     pipe.lpush(queue, *messages)
+                if plan.webhooks:
+                    pipe.zadd(plan.webhooks_key, plan.webhooks)
                 await pipe.execute()
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc

@@ -36,6 +36,7 @@ CHUNK: Final = "chunk"
 STATUS: Final = "status"
 CANCEL: Final = "cancel"
 RETRY_LINK: Final = "retry-of"
+WEBHOOK: Final = "webhook"
 
 # Flag: the body travels beside the message in its own Redis key (large payloads).
 FLAG_BODY_BESIDE: Final = 1

@@ -72,3 +72,13 @@ def pending(queue: str) -> str:
 def rescue_lock(queue: str) -> str:
     """Held by the one worker sweeping `queue` for lost messages."""
     return f"{PREFIX}:rescue:{queue}"
+
+
+def webhook(run_id: str) -> str:
+    """Signed record of the run's completion webhook: its URL and where delivery stands."""
+    return f"{PREFIX}:{{{run_id}}}:webhook"
+
+
+def webhooks(queue: str) -> str:
+    """Sorted set of runs of `queue` with a webhook to deliver (score: when to look next)."""
+    return f"{PREFIX}:webhooks:{queue}"

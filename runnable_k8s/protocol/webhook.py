@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from runnable_k8s.errors import SignatureRejected, WebhookRefused
+from runnable_k8s.protocol.envelope import WEBHOOK, Envelope, Signer
 from runnable_k8s.settings import Settings, SigningKey
 
 SIGNATURE_HEADER: Final = "X-RunnableK8s-Signature"
@@ -108,3 +111,59 @@ def verify_webhook(
     expected = sign(SigningKey(key), body, timestamp).split("v1=", 1)[1]
     if not hmac.compare_digest(expected, given):
         raise SignatureRejected("webhook signature does not match its body")
+
+
+WebhookState = Literal["pending", "delivered", "failed", "refused"]
+_STATES: Final = ("pending", "delivered", "failed", "refused")
+_FOREVER: Final = 10 * 365 * 86400.0  # the record's Redis TTL bounds its life, not this
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """Where a run's completion webhook stands (`RemoteRun.webhook()`, `runnable-k8s status`).
+
+    `state`: "pending" (the run goes on, or a retry is due), "delivered" (the receiver
+    answered 2xx), "failed" (every attempt failed; `error` says how the last one did) or
+    "refused" (the worker would not call the URL; `error` says why: no byte was sent)."""
+
+    url: str
+    state: WebhookState = "pending"
+    attempts: int = 0
+    error: str = ""
+    updated_at: float | None = None
+
+
+def seal_delivery(signer: Signer, run_id: str, delivery: WebhookDelivery) -> bytes:
+    body = json.dumps(
+        {
+            "url": delivery.url,
+            "state": delivery.state,
+            "attempts": delivery.attempts,
+            "error": delivery.error,
+            "updated_at": delivery.updated_at,
+        },
+        separators=(",", ":"),
+    ).encode()
+    return signer.seal(Envelope(WEBHOOK, run_id, time.time() + _FOREVER, body))
+
+
+def open_delivery(signer: Signer, wire: bytes, run_id: str) -> WebhookDelivery:
+    """Raises: SignatureRejected (forged, tampered, another run's, or malformed)."""
+    envelope = signer.open(wire, kind=WEBHOOK)
+    if envelope.run_id != run_id:
+        raise SignatureRejected("webhook record of another run")
+    try:
+        raw = json.loads(envelope.body)
+        url, state, attempts = raw["url"], raw["state"], raw["attempts"]
+        error, updated = raw.get("error", ""), raw.get("updated_at")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SignatureRejected("malformed webhook record") from exc
+    if (
+        not isinstance(url, str)
+        or state not in _STATES
+        or not isinstance(attempts, int)
+        or not isinstance(error, str)
+        or not (updated is None or isinstance(updated, int | float))
+    ):
+        raise SignatureRejected("webhook record has mistyped fields")
+    return WebhookDelivery(url, state, attempts, error, updated)

@@ -26,6 +26,7 @@ from runnable_k8s.worker.metrics import WorkerMetrics
 from runnable_k8s.worker.priorities import watch_depth
 from runnable_k8s.worker.rescue import Rescuer
 from runnable_k8s.worker.transport import TRANSPORT
+from runnable_k8s.worker.webhooks import Deliverer
 
 log = logging.getLogger("runnable_k8s.worker")
 
@@ -159,7 +160,10 @@ def run_worker(
         after=settings.rescue_after,
         every=settings.rescue_every,
     )
+    deliverer = Deliverer(executor.redis, executor.protocol, settings, metrics)
+    executor.on_ended = deliverer.due.due_now
     background = [
+        loop.submit(deliverer.forever()),
         loop.submit(executor.listen_for_cancellations()),
         loop.submit(rescuer.forever()),
         loop.submit(
