@@ -19,7 +19,7 @@ from runnable_k8s import RunnableK8s, Settings, SignatureRejected, WebhookRefuse
 from runnable_k8s.protocol import keys, priority
 from runnable_k8s.protocol.webhook import SIGNATURE_HEADER
 from tests.conftest import make_settings
-from tests.support.workers import WorkerProcess
+from tests.support.workers import WorkerProcess, cli
 
 SLOW = "tests.support.refs:slow"
 SECRET = "webhook-secret-for-tests-0123456789abcdef"
@@ -41,7 +41,11 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 receiver.posts.append((self.path, dict(self.headers.items()), body))
-                self.send_response(204)
+                if self.path.endswith("/redirect"):
+                    self.send_response(307)  # 307 keeps the method and body if followed
+                    self.send_header("Location", "/elsewhere")
+                else:
+                    self.send_response(204)
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
@@ -132,6 +136,8 @@ def test_delivery_is_signed_and_verifies(
     hook = _settled(run)
     assert (hook.state, hook.attempts, hook.error) == ("delivered", 1, "")
     assert len(receiver.posts) == 1
+    shown = cli(hooked, "status", run.id).stdout
+    assert f"webhook:     delivered after 1 attempt(s): http://127.0.0.1:{port}/hooks/a" in shown
 
 
 def test_a_receiver_down_for_ten_seconds_still_gets_it(
@@ -202,3 +208,53 @@ def test_the_producers_allowlist_refuses_at_submit(
     assert redis_client.zcard(keys.webhooks(strict.queue)) == 0
     remote.submit(0, webhook="https://hooks.example.com/in/x?y=1")
     assert redis_client.zcard(keys.webhooks(strict.queue)) == 1
+
+
+def test_redirects_are_not_followed(
+    hooked: Settings, port: int, hook_worker: WorkerProcess
+) -> None:
+    receiver = Receiver(port)
+    receiver.start()
+    try:
+        url = f"http://127.0.0.1:{port}/hooks/redirect"
+        run = RunnableK8s(ref=SLOW, settings=hooked).submit(0, webhook=url)
+        assert run.result(timeout=60) == "slept 0"
+        receiver.wait_posts(1, timeout=30)
+        time.sleep(1.0)  # the next retry is 0.5 s later: long enough to see one follow
+    finally:
+        receiver.stop()
+    hook = run.webhook()
+    assert hook is not None and "HTTP 307 (redirects are not followed)" in hook.error, hook
+    assert [path for path, _, _ in receiver.posts if not path.endswith("/redirect")] == []
+
+
+def test_a_delivery_survives_the_worker_that_finished_the_run(
+    hooked: Settings, port: int, logs_dir: Path
+) -> None:
+    env = {
+        "RUNNABLE_K8S_WEBHOOK_ALLOW": f"http://127.0.0.1:{port}/hooks/",
+        "RUNNABLE_K8S_WEBHOOK_SECRET": SECRET,
+        "RUNNABLE_K8S_WEBHOOK_BACKOFF": "2",
+    }
+    first = WorkerProcess(hooked, logs_dir, concurrency=2, env=env, name="hooks-first")
+    try:
+        first.wait_ready()
+        run = RunnableK8s(ref=SLOW, settings=hooked).submit(
+            0, webhook=f"http://127.0.0.1:{port}/hooks/orphan"
+        )
+        assert run.result(timeout=60) == "slept 0"
+        first.wait_for_log(f"webhook of run={run.id} attempt=1", timeout=30)
+    finally:
+        first.kill()  # SIGKILL: nothing of it runs after this
+    receiver = Receiver(port)
+    receiver.start()
+    second = WorkerProcess(hooked, logs_dir, concurrency=2, env=env, name="hooks-second")
+    try:
+        second.wait_ready()
+        hook = _settled(run, timeout=60)
+    finally:
+        second.stop()
+        receiver.stop()
+    # The first worker was gone before anything listened: only the second could deliver.
+    assert hook.state == "delivered" and hook.attempts >= 2
+    assert [path for path, _, _ in receiver.posts] == ["/hooks/orphan"]
