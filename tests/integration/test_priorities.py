@@ -12,7 +12,8 @@ import redis.asyncio as aredis
 
 from runnable_k8s import RemoteRun, RunnableK8s, Settings, UnknownPriority, WaitTimeout
 from runnable_k8s.protocol import keys, priority
-from runnable_k8s.worker.priorities import WeightedCycle
+from runnable_k8s.worker.metrics import WorkerMetrics
+from runnable_k8s.worker.priorities import WeightedCycle, watch_depth
 from runnable_k8s.worker.rescue import Rescuer
 from tests.conftest import make_settings
 from tests.support.workers import WorkerProcess
@@ -117,3 +118,27 @@ def test_high_runs_overtake_a_low_backlog_and_every_low_run_finishes(
     # ...and the low list still gets its turn meanwhile (strict priority would give it none).
     assert order[:last_high].count("low") >= 3, order[:80]
     assert order.count("low") == 500
+
+
+def test_queue_depth_is_exported_per_priority(idle: Settings) -> None:
+    remote = RunnableK8s(ref=SLOW, settings=idle)
+    for level, count in (("high", 2), ("low", 3)):
+        for _ in range(count):
+            remote.submit(0, priority=level)
+    metrics = WorkerMetrics()
+
+    async def one_turn() -> None:
+        client = aredis.Redis.from_url(idle.require_redis_url())
+        try:
+            task = asyncio.ensure_future(watch_depth(client, idle.queue, 60.0, metrics))
+            await asyncio.sleep(0.5)
+            task.cancel()
+        finally:
+            await client.aclose()
+
+    asyncio.run(one_turn())
+    depth = {
+        level: metrics.registry.get_sample_value("runnable_k8s_queue_depth", {"priority": level})
+        for level in priority.PRIORITIES
+    }
+    assert depth == {"high": 2.0, "normal": 0.0, "low": 3.0}
