@@ -69,10 +69,11 @@ def dev(**options: Any) -> None:
 
     Reads the ScaledObject and config.env of the kustomize tree (pollingInterval,
     cooldownPeriod, min/max replicas, target, activation, HPA behaviour), counts queued plus
-    in-flight runs (LLEN queue + HLEN unacked) every polling interval, and starts workers or
-    stops them warmly (SIGTERM). Without RUNNABLE_K8S_REDIS_URL it starts an embedded
-    Redis-protocol server. Ctrl-C stops cleanly: with the embedded server it first finishes
-    queued runs (Ctrl-C again to stop at once); with your own Redis queued runs stay there.
+    in-flight runs (LLEN of each priority's list + HLEN unacked, by the ScaledObject's
+    formula) every polling interval, and starts workers or stops them warmly (SIGTERM).
+    Without RUNNABLE_K8S_REDIS_URL it starts an embedded Redis-protocol server. Ctrl-C stops
+    cleanly: with the embedded server it first finishes queued runs (Ctrl-C again to stop at
+    once); with your own Redis queued runs stay there.
     """
     from runnable_k8s.dev import scaling
 
