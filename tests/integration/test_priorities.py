@@ -16,7 +16,7 @@ from runnable_k8s.worker.metrics import WorkerMetrics
 from runnable_k8s.worker.priorities import WeightedCycle, watch_depth
 from runnable_k8s.worker.rescue import Rescuer
 from tests.conftest import make_settings
-from tests.support.workers import WorkerProcess
+from tests.support.workers import WorkerProcess, cli
 
 SLOW = "tests.support.refs:slow"
 
@@ -142,3 +142,13 @@ def test_queue_depth_is_exported_per_priority(idle: Settings) -> None:
         for level in priority.PRIORITIES
     }
     assert depth == {"high": 2.0, "normal": 0.0, "low": 3.0}
+
+
+def test_cli_submit_takes_a_priority(idle: Settings, redis_client: redis.Redis) -> None:
+    done = cli(idle, "submit", "--ref", SLOW, "--input", "0", "--priority", "low")
+    assert RemoteRun.attach(done.stdout.strip(), idle).status().state == "queued"
+    refused = cli(
+        idle, "submit", "--ref", SLOW, "--input", "0", "--priority", "urgent", check=False
+    )
+    assert refused.returncode != 0 and "'urgent' is not one of" in refused.stderr
+    assert _depths(redis_client, idle) == {"high": 0, "normal": 0, "low": 1}
