@@ -51,6 +51,17 @@ class BrokerUnavailable(BrokerError):
     """Redis could not be reached; nothing was enqueued by the failing call."""
 
 
+class SentinelUnavailable(BrokerUnavailable):
+    """No sentinel of a `sentinel://` URL could be reached, or none named a master for its
+    `master_name` (a wrong name, or a failover still under way)."""
+
+
+class NotReplicated(BrokerError):
+    """Redis took a write, but fewer replicas than `RUNNABLE_K8S_REPLICA_ACKS` acknowledged it
+    within `RUNNABLE_K8S_FAILOVER_WAIT`: it holds on the master, and a failover now could lose
+    it. The run may still run; its handle can be awaited."""
+
+
 class RunError(RunnableK8sError):
     """Base of errors about one run. `run_id` names it."""
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from runnable_k8s import connections
 from runnable_k8s.errors import ConfigurationError
 
 ENV_PREFIX = "RUNNABLE_K8S_"
@@ -58,7 +59,22 @@ class Settings:
 
     redis_url: str | None = field(default=None, repr=False)
     """`redis://[:password@]host:port/db` or `rediss://...` (TLS). Broker and result store.
-    `None` means "not configured" (the demo and `dev` then start an embedded server)."""
+    With Redis Sentinel: `sentinel://[:password@]h1:26379,h2:26379/db?master_name=NAME` (or
+    `sentinels://` for TLS; see `runnable_k8s/connections.py`). `None` means "not configured"
+    (the demo and `dev` then start an embedded server)."""
+
+    replica_acks: int = 0
+    """Replicas that must acknowledge an enqueue (producer) and a recorded outcome (worker)
+    before either counts as done (Redis `WAIT`), so a failover cannot lose it. 0 waits for
+    none (plain Redis). With Sentinel, 1 or more: the README's "High availability"."""
+
+    replica_ack_timeout: float = 2.0
+    """Seconds one `WAIT` for `replica_acks` replicas may block."""
+
+    failover_wait: float = 30.0
+    """With `replica_acks`: seconds a producer keeps retrying an enqueue that Redis lost or
+    could not confirm (a failover under way) before it raises `BrokerUnavailable`. Keep above
+    the sentinels' down-after-milliseconds plus the failover's duration."""
 
     queue: str = "runnable-k8s"
     """Celery queue (a Redis list of this name). KEDA's trigger `listName` must equal it."""
@@ -211,10 +227,7 @@ class Settings:
     @property
     def redis_db(self) -> int:
         """The database index of `redis_url` (0 when the URL names none)."""
-        if not self.redis_url:
-            return 0
-        path = urlsplit(self.redis_url).path.strip("/")
-        return int(path) if path.isdigit() else 0
+        return connections.database(self.redis_url) if self.redis_url else 0
 
     def require_signing_key(self) -> SigningKey:
         if self.signing_key is None:
@@ -311,11 +324,9 @@ def _validated(settings: Settings) -> Settings:
     if settings.signing_key is not None and len(settings.signing_key.reveal()) < 32:
         raise ConfigurationError("RUNNABLE_K8S_SIGNING_KEY must be at least 32 bytes long")
     if settings.redis_url is not None:
-        scheme = urlsplit(settings.redis_url).scheme
-        if scheme not in {"redis", "rediss"}:
-            raise ConfigurationError(
-                f"RUNNABLE_K8S_REDIS_URL must start with redis:// or rediss://, not {scheme}://"
-            )
+        connections.check_url(settings.redis_url)
+    if settings.replica_acks < 0:
+        raise ConfigurationError("RUNNABLE_K8S_REPLICA_ACKS must be 0 (no WAIT) or more")
     if not settings.queue or any(c.isspace() for c in settings.queue):
         raise ConfigurationError("RUNNABLE_K8S_QUEUE must be a non-empty name without spaces")
     for name in (
@@ -331,6 +342,8 @@ def _validated(settings: Settings) -> Settings:
         "retry_backoff_max",
         "webhook_backoff",
         "webhook_timeout",
+        "replica_ack_timeout",
+        "failover_wait",
     ):
         value = getattr(settings, name)
         # NaN passes every comparison below; infinity would never expire anything.

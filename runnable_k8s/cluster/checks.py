@@ -14,6 +14,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from runnable_k8s import connections
+from runnable_k8s.cluster import sentinel_checks
 from runnable_k8s.cluster.manifests import WORKER, WORKER_CONTAINER, Manifest
 from runnable_k8s.errors import ConfigurationError
 from runnable_k8s.protocol import keys, priority
@@ -27,6 +29,7 @@ EXTERNAL_SECRETS_ANNOTATION = "runnable-k8s.dev/external-secrets"
 
 # Long enough to pass the signing key length check; never a real value.
 _SECRET_PLACEHOLDER = "secret-value-not-known-offline-" + "0" * 16
+_REDIS_TRIGGERS = {"redis", "redis-sentinel"}
 _POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
@@ -224,7 +227,7 @@ def _scaler_problems(
     target = spec.get("scaleTargetRef", {})
     if target.get("name") != WORKER or target.get("kind", "Deployment") != "Deployment":
         problems.append(f"ScaledObject {WORKER} does not target Deployment {WORKER}")
-    triggers = [t for t in spec.get("triggers", []) if t.get("type") == "redis"]
+    triggers = [t for t in spec.get("triggers", []) if t.get("type") in _REDIS_TRIGGERS]
     names = [str(t["metadata"].get("listName", "")) for t in triggers]
     for trigger, list_name in zip(triggers, names, strict=True):
         label = f"trigger {trigger.get('name', '?')!r}"
@@ -234,7 +237,13 @@ def _scaler_problems(
                 f"{label} counts Redis key {list_name!r}, but the workers consume "
                 f"{settings.queue!r} (RUNNABLE_K8S_QUEUE)"
             )
-        problems += _connection_problems(label, trigger["metadata"], settings, env)
+        if trigger["type"] == sentinel_checks.TRIGGER or connections.is_sentinel(
+            settings.redis_url or ""
+        ):
+            url = settings.redis_url or ""
+            problems += sentinel_checks.problems(label, trigger["type"], trigger["metadata"], url)
+        else:
+            problems += _connection_problems(label, trigger["metadata"], settings, env)
         auth = trigger.get("authenticationRef", {}).get("name")
         if (
             auth

@@ -188,6 +188,11 @@ def render(
     return objects
 
 
+# Components that rewrite what single-source copies values into (sentinel turns the redis
+# triggers' host and port into addresses): they come after it.
+_AFTER_SINGLE_SOURCE = frozenset({"sentinel"})
+
+
 def _write_wrapper(
     folder: Path,
     root: Path,
@@ -203,8 +208,14 @@ def _write_wrapper(
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "resources": [f"{rel}/overlays/{overlay}"],
-        "components": [f"{rel}/components/{name}" for name in extra_components]
-        + [f"{rel}/components/single-source"],
+        "components": [
+            f"{rel}/components/{name}"
+            for name in [
+                *(n for n in extra_components if n not in _AFTER_SINGLE_SOURCE),
+                "single-source",
+                *(n for n in extra_components if n in _AFTER_SINGLE_SOURCE),
+            ]
+        ],
     }
     if overrides:
         kustomization["configMapGenerator"] = [

@@ -110,7 +110,7 @@ def _scaler(scaled: dict[str, Any]) -> Scaler:
         name = str(metadata.get("listName", ""))
         # The queue list: not kombu's hash, not the pending set (which follows the queue).
         if (
-            trigger.get("type") == "redis"
+            trigger.get("type") in {"redis", "redis-sentinel"}
             and name != INFLIGHT_KEY
             and not name.startswith(keys.pending(""))
         ):
@@ -140,10 +140,13 @@ def read_queue(redis_url: str, queue: str, *, timeout: float = 5.0) -> Queue:
     of the pending set, in the URL's database."""
     import redis
 
+    from runnable_k8s import connections
     from runnable_k8s.settings import Settings
 
     database = Settings(redis_url=redis_url).redis_db
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    client = connections.sync_client(
+        redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
+    )
     try:
         # Every priority's list (<queue>, <queue>:high, <queue>:low).
         queued = sum(int(client.llen(name)) for name in priority.lists(queue).values())

@@ -62,7 +62,15 @@ _REDIS_CONNECTION = {
     "portFromEnv",
     "usernameFromEnv",
     "passwordFromEnv",
+    # redis-sentinel triggers (dev reaches Redis through RUNNABLE_K8S_REDIS_URL, not these).
+    "sentinelMaster",
+    "sentinelMasterFromEnv",
+    "sentinelUsername",
+    "sentinelUsernameFromEnv",
+    "sentinelPassword",
+    "sentinelPasswordFromEnv",
 }
+_TRIGGER_TYPES = ("redis", "redis-sentinel")
 _KEDA_ANNOTATIONS = "autoscaling.keda.sh/"
 """paused, paused-replicas, paused-scale-in, paused-scale-out, force-activation
 (apis/keda/v1alpha1/scaledobject_types.go): none is modelled."""
@@ -129,10 +137,10 @@ def _from_manifests(scaled_object: Mapping[str, Any], source: str) -> ScalingCon
     for i, trigger in enumerate(spec["triggers"]):
         where = f"{source}: spec.triggers[{i}]"
         _refuse_unknown(trigger, _TRIGGER, where)
-        if trigger.get("type") != "redis":
+        if trigger.get("type") not in _TRIGGER_TYPES:
             raise ConfigurationError(
                 f"{where}: type {trigger.get('type')!r} not supported by runnable-k8s dev "
-                "(only redis)"
+                "(only redis and redis-sentinel)"
             )
         _average_value(trigger, where)
         metadata = trigger["metadata"]

@@ -11,8 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 
-import redis
-
+from runnable_k8s import connections
 from runnable_k8s.dev.controller import Controller, Sample
 from runnable_k8s.dev.scaling import ScalingConfig
 from runnable_k8s.dev.supervisor import PoolEvent, WorkerPool, worker_environment
@@ -70,7 +69,7 @@ class DevSession:
             grace_period=grace_period,
             on_event=on_event,
         )
-        self.client = redis.Redis.from_url(
+        self.client = connections.sync_client(
             settings.require_redis_url(), socket_timeout=5, socket_connect_timeout=2
         )
         self.controller = Controller(self.client, scaling, self.pool, on_sample=on_sample)

@@ -18,22 +18,23 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-import redis.asyncio as aredis
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.sentinel import MasterNotFoundError
 
+from runnable_k8s import connections
 from runnable_k8s.errors import (
     BrokerError,
     BrokerUnavailable,
     RunNotFound,
+    SentinelUnavailable,
     SignatureRejected,
     WaitTimeout,
 )
-from runnable_k8s.producer import rejections
+from runnable_k8s.producer import durable, rejections
 from runnable_k8s.protocol import keys, priority, rejection, task_message
 from runnable_k8s.protocol.cancel import queue_cancel as _queue_cancel
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
@@ -56,6 +57,12 @@ _CONNECTION: dict[str, Any] = {
     # wait for a longer run with a timeout error.
     "socket_timeout": _MAX_BLOCK_MS / 1000 + 10,
 }
+
+
+def _unavailable(doing: str, exc: BaseException) -> BrokerUnavailable:
+    if isinstance(exc, MasterNotFoundError):
+        return SentinelUnavailable(f"{doing}: no sentinel named a master: {exc}")
+    return BrokerUnavailable(f"{doing}: {exc}")
 
 
 def new_run_id() -> str:
@@ -128,6 +135,8 @@ class _Plan:
                 self.webhooks[request.run_id] = look
         self.pending_key = keys.pending(settings.queue)
         self.webhooks_key = keys.webhooks(settings.queue)
+        # A key the transaction sets, and its run: whether it survived a failover.
+        self.probe = (self.sets[0][0], requests[0].run_id)
 
 
 def _parse_entries(
@@ -217,7 +226,7 @@ class Client:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.protocol = Protocol(settings)
-        self._redis = redis.Redis.from_url(
+        self._redis = connections.sync_client(
             settings.require_redis_url(),
             **_CONNECTION,
             # hiredis parses replies fast, but its command packer copies every argument
@@ -241,7 +250,8 @@ class Client:
             BrokerUnavailable: Redis is unreachable; nothing was enqueued.
         """
         plan = _Plan(self.protocol, requests)
-        try:
+
+        def write() -> None:
             with self._redis.pipeline(transaction=True) as pipe:
                 for key, value, ttl in [*plan.sets, *records]:
                     pipe.set(key, value, ex=ttl)
@@ -251,19 +261,29 @@ class Client:
                 if plan.webhooks:
                     pipe.zadd(plan.webhooks_key, plan.webhooks)
                 pipe.execute()
+
+        try:
+            if self.settings.replica_acks:
+                durable.enqueue(self._redis, self.settings, write, *plan.probe)
+            else:
+                write()
         except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
+            raise _unavailable("cannot enqueue on Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
 
     def status(self, run_id: str) -> RunStatus:
         """Raises: RunNotFound for an unknown or expired id."""
-        try:
+
+        def read() -> RunStatus:
             status = _existing(self.protocol, self._redis.get(keys.status(run_id)), run_id)
             # A queued run no worker could verify is recorded as failed here too.
             return rejections.settle(self._redis, self.protocol, status)
+
+        try:
+            return durable.read(self.settings, read)
         except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot read status from Redis: {exc}") from exc
+            raise _unavailable("cannot read status from Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
 
@@ -345,14 +365,15 @@ class AsyncClient:
     def __init__(self, settings: Settings, protocol: Protocol) -> None:
         self.settings = settings
         self.protocol = protocol
-        self._redis = aredis.Redis.from_url(settings.require_redis_url(), **_CONNECTION)
+        self._redis = connections.async_client(settings.require_redis_url(), **_CONNECTION)
 
     async def aclose(self) -> None:
         await self._redis.aclose()
 
     async def submit(self, requests: Sequence[RunRequest]) -> None:
         plan = _Plan(self.protocol, requests)
-        try:
+
+        async def write() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
                 for key, value, ttl in plan.sets:
                     pipe.set(key, value, ex=ttl)
@@ -362,18 +383,28 @@ class AsyncClient:
                 if plan.webhooks:
                     pipe.zadd(plan.webhooks_key, plan.webhooks)
                 await pipe.execute()
+
+        try:
+            if self.settings.replica_acks:
+                await durable.aenqueue(self._redis, self.settings, write, *plan.probe)
+            else:
+                await write()
         except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot enqueue on Redis: {exc}") from exc
+            raise _unavailable("cannot enqueue on Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
 
     async def status(self, run_id: str) -> RunStatus:
-        try:
+
+        async def read() -> RunStatus:
             raw = await self._redis.get(keys.status(run_id))
             status = _existing(self.protocol, raw, run_id)
             return await rejections.asettle(self._redis, self.protocol, status)
+
+        try:
+            return await durable.aread(self.settings, read)
         except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot read status from Redis: {exc}") from exc
+            raise _unavailable("cannot read status from Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
 

@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from runnable_k8s import connections
 from runnable_k8s.errors import (
     BrokerError,
     BrokerUnavailable,
@@ -85,7 +85,7 @@ class DeadLetters:
         self.settings = settings
         self._client = client_for(settings)
         self.protocol = self._client.protocol
-        self._redis = redis.Redis.from_url(
+        self._redis = connections.sync_client(
             settings.require_redis_url(), socket_connect_timeout=5, socket_timeout=30
         )
         self._index = keys.dead_letters(settings.queue)

@@ -13,11 +13,12 @@ from celery import Celery
 from celery.exceptions import Reject
 from celery.worker.request import Request
 
+from runnable_k8s import connections
 from runnable_k8s.errors import RunNotSucceeded
 from runnable_k8s.protocol import priority
 from runnable_k8s.protocol.task_message import TASK_NAME
 from runnable_k8s.settings import Settings
-from runnable_k8s.worker import logs, memory, revocation, task_state, transport
+from runnable_k8s.worker import durability, logs, memory, revocation, task_state, transport
 from runnable_k8s.worker.consumer import guarded_consumer
 from runnable_k8s.worker.execution import REDIS_ERRORS, Executor
 from runnable_k8s.worker.health import heartbeat
@@ -25,7 +26,7 @@ from runnable_k8s.worker.loop import LoopThread
 from runnable_k8s.worker.metrics import WorkerMetrics
 from runnable_k8s.worker.priorities import watch_depth
 from runnable_k8s.worker.rescue import Rescuer
-from runnable_k8s.worker.transport import TRANSPORT
+from runnable_k8s.worker.transport import SENTINEL_TRANSPORT, TRANSPORT
 from runnable_k8s.worker.webhooks import Deliverer
 
 log = logging.getLogger("runnable_k8s.worker")
@@ -35,7 +36,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from ours. Each choice matters for not losing runs."""
     visibility = settings.effective_visibility_timeout
     restore_every = max(1, min(60, int(visibility / 10)))
+    _, sentinel_options = connections.kombu_broker(settings.require_redis_url())
     transport: dict[str, Any] = {
+        **sentinel_options,
         "visibility_timeout": visibility,
         # How often a live worker looks for messages a dead one held (and hands back those
         # older than the visibility timeout). kombu scans only every 10th sweep by default,
@@ -70,7 +73,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": transport,
         "task_default_queue": settings.queue,
         # kombu's Redis transport, minus the crash on queue items that are not messages.
-        "broker_transport": TRANSPORT,
+        "broker_transport": SENTINEL_TRANSPORT if sentinel_options else TRANSPORT,
         "task_ignore_result": True,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
@@ -83,7 +86,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": settings.task_events,
         "worker_enable_remote_control": settings.remote_control,
     }
-    if urlsplit(settings.require_redis_url()).scheme == "rediss":
+    if urlsplit(settings.require_redis_url()).scheme in {"rediss", "sentinels"}:
         query = parse_qs(urlsplit(settings.require_redis_url()).query)
         if "ssl_cert_reqs" not in query:
             config["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
@@ -101,7 +104,8 @@ class DescribedRequest(Request):  # type: ignore[misc]
 
 def create_app(settings: Settings, executor: Executor, loop: LoopThread) -> Celery:
     """Build the Celery app whose one task hands each message to `executor` on `loop`."""
-    app = Celery("runnable_k8s", broker=settings.require_redis_url(), set_as_current=False)
+    broker, _ = connections.kombu_broker(settings.require_redis_url())
+    app = Celery("runnable_k8s", broker=broker, set_as_current=False)
     app.conf.update(celery_config(settings))
     # Nothing but our own task, as our producer writes it, becomes a request (see the module);
     # the size bound is the executor's own first check (body limit plus header and MAC).
@@ -119,6 +123,8 @@ def create_app(settings: Settings, executor: Executor, loop: LoopThread) -> Cele
         # Blocks this pool thread until the run is over, so the message is acked only then.
         try:
             handled = loop.run(executor.handle(wire, executor.fetch_beside(wire)))
+            if settings.replica_acks:  # before the ack: see durability.confirm
+                loop.run(durability.confirm(executor.redis, settings))
         except REDIS_ERRORS as exc:
             # Not the message's fault: hand it back (or, with Redis still away, leave it
             # unacknowledged for redelivery) instead of acknowledging a run never recorded.

@@ -24,10 +24,10 @@ from typing import Any, Final, TypeVar
 
 import redis.asyncio as aredis
 from langchain_core.runnables import Runnable, RunnableConfig
-from redis import BlockingConnectionPool
 from redis import Redis as SyncRedis
 from redis.exceptions import ResponseError
 
+from runnable_k8s import connections
 from runnable_k8s.errors import (
     DisallowedObject,
     MessageRejected,
@@ -117,27 +117,26 @@ class Executor:
             # run holds one connection at a time, so a pool a little larger than the
             # concurrency, that waits for a free connection instead of raising, never lacks
             # one for long.
-            pool = aredis.BlockingConnectionPool.from_url(
+            self._redis = connections.async_client(
                 self.settings.require_redis_url(),
+                blocking=True,
                 max_connections=self.settings.concurrency + _SPARE_CONNECTIONS,
                 timeout=_CONNECTION_WAIT,
                 health_check_interval=30,
                 socket_read_size=1024 * 1024,
             )
-            self._redis = aredis.Redis.from_pool(pool)
         return self._redis
 
     @property
     def sync_redis(self) -> SyncRedis:
         """A blocking client, for pool threads (see `fetch_beside`)."""
         if self._sync_redis is None:
-            self._sync_redis = SyncRedis.from_pool(
-                BlockingConnectionPool.from_url(
-                    self.settings.require_redis_url(),
-                    max_connections=self.settings.concurrency + _SPARE_CONNECTIONS,
-                    timeout=_CONNECTION_WAIT,
-                    health_check_interval=30,
-                )
+            self._sync_redis = connections.sync_client(
+                self.settings.require_redis_url(),
+                blocking=True,
+                max_connections=self.settings.concurrency + _SPARE_CONNECTIONS,
+                timeout=_CONNECTION_WAIT,
+                health_check_interval=30,
             )
         return self._sync_redis
 

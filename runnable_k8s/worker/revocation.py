@@ -31,9 +31,9 @@ from typing import Any, Final, Literal
 
 from celery.signals import task_revoked
 from celery.worker.control import Panel
-from redis import Redis
 from redis.exceptions import RedisError, WatchError
 
+from runnable_k8s import connections
 from runnable_k8s.errors import MessageRejected
 from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.cancel import queue_cancel
@@ -56,7 +56,7 @@ class Revoker:
     whose timeouts keep a Redis outage from wedging that thread."""
 
     def __init__(self, redis_url: str, protocol: Protocol) -> None:
-        self._redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self._redis = connections.sync_client(redis_url, socket_timeout=5, socket_connect_timeout=5)
         self._protocol = protocol
 
     def cancel(self, run_id: str) -> Verdict:

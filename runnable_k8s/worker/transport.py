@@ -122,4 +122,15 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """The same hardened channel, on a pool kombu's Sentinel channel builds: it asks the
+    sentinels for the master on every new connection, so a reconnect after a failover
+    reaches the new master."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
 TRANSPORT = f"{__name__}:Transport"
+SENTINEL_TRANSPORT = f"{__name__}:SentinelTransport"

@@ -24,6 +24,7 @@ KUBERNETES_VERSIONS = ("1.33.0", "1.37.0")
 KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
 # Operator CRDs without an offline schema here; checked by shape in their own test.
 OTHER_CRDS = {"ServiceMonitor"}
+SENTINEL_TLS = {"SENTINEL_SCHEME": "sentinels"}  # production's Redis speaks TLS
 VENDORED_SCHEMAS = {"scaledobject.strict.json", "triggerauthentication.strict.json"}
 
 
@@ -31,6 +32,10 @@ def _all_variants(rendered: dict[str, list[dict[str, Any]]]) -> list[tuple[str, 
     variants = [(name, obj) for name, objects in rendered.items() for obj in objects]
     extra = manifests.render("production", extra_components=["servicemonitor"], root=K8S)
     variants += [("production+servicemonitor", obj) for obj in extra]
+    sentinel = manifests.render(
+        "production", extra_components=["sentinel"], sets=SENTINEL_TLS, root=K8S
+    )
+    variants += [("production+sentinel", obj) for obj in sentinel]
     return variants
 
 
@@ -82,7 +87,7 @@ def test_every_keda_object_passes_the_strict_schema(
         errors = [e.message for e in validator.iter_errors(obj)]
         assert not errors, f"{variant}: {obj['kind']}: {errors}"
         seen.add((variant, obj["kind"]))
-    assert len(seen) == 6
+    assert len(seen) == 8
 
 
 @pytest.mark.parametrize(

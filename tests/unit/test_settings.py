@@ -51,6 +51,9 @@ PARSED: dict[str, tuple[str, Any]] = {
     "webhook_attempts": ("5", 5),
     "webhook_backoff": ("0.25", 0.25),
     "webhook_timeout": ("3", 3.0),
+    "replica_acks": ("1", 1),
+    "replica_ack_timeout": ("0.5", 0.5),
+    "failover_wait": ("45", 45.0),
 }
 NOT_FROM_ENV = {"openai_available", "redact_values", "extra"}
 
@@ -64,6 +67,8 @@ POSITIVE_FLOATS = [
     "heartbeat_interval",
     "lease",
     "rescue_after",
+    "replica_ack_timeout",
+    "failover_wait",
 ]
 
 
@@ -202,7 +207,15 @@ def test_refused_redis_url_does_not_echo_its_password() -> None:
     assert "hunter2-secret" not in str(caught.value)
 
 
-@pytest.mark.parametrize("url", ["redis://localhost", "rediss://:pw@redis.example:6380/1"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost",
+        "rediss://:pw@redis.example:6380/1",
+        "sentinel://:pw@s1:26379,s2:26379,s3/0?master_name=mymaster",
+        "sentinels://s1:26379/2?master_name=m&ssl_cert_reqs=required",
+    ],
+)
 def test_redis_schemes_accepted(url: str) -> None:
     assert Settings.from_env({"RUNNABLE_K8S_REDIS_URL": url}).redis_url == url
 
@@ -240,7 +253,7 @@ def test_non_finite_durations_refused(name: str, raw: str) -> None:
     ("name", "raw"),
     [("concurrency", "0"), ("batch_chunk_size", "0"), ("max_attempts", "0"),
      ("gc_threshold", "-1"), ("malloc_keep", "-1"), ("max_body_bytes", "1023"),
-     ("queue", "two words"), ("queue", "")],
+     ("queue", "two words"), ("queue", ""), ("replica_acks", "-1")],
 )  # fmt: skip
 def test_other_bounds(name: str, raw: str) -> None:
     with pytest.raises(ConfigurationError, match=env_name(name)):
@@ -279,6 +292,8 @@ def test_signing_key_equality_and_hash_use_the_value() -> None:
         ("redis://localhost:6379", 0),
         ("redis://localhost:6379/", 0),
         ("redis://localhost:6379/notadb", 0),
+        ("sentinel://s1:26379,s2:26379/4?master_name=m", 4),
+        ("sentinel://s1:26379?master_name=m", 0),
     ],
 )
 def test_redis_db_from_url_path(url: str, db: int) -> None:

@@ -1,0 +1,244 @@
+"""Every Redis client of runnable-k8s is built here, from `RUNNABLE_K8S_REDIS_URL`.
+
+Two URL forms are accepted:
+
+- `redis://[[user]:password@]host:port/db` (or `rediss://` for TLS): one Redis server.
+- `sentinel://[[user]:password@]h1:26379,h2:26379,h3:26379/db?master_name=NAME` (or
+  `sentinels://` for TLS to the sentinels and the data nodes): Redis Sentinel. Every sentinel
+  is listed; the credentials are those of the master and its replicas; `sentinel_password`
+  (and `sentinel_username`) in the query authenticate to the sentinels when they need it.
+  Other query parameters (`ssl_cert_reqs`, `ssl_ca_certs`, ...) are passed to redis-py.
+
+Producers (redis-py, sync and asyncio), workers (their own clients and kombu's Sentinel
+transport) and the CLI all call these functions, so one URL means the same servers to each.
+A Sentinel-managed client asks the sentinels for the master on every new connection: after a
+failover, the next reconnection reaches the new master without anyone restarting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
+from redis.sentinel import Sentinel, SentinelConnectionPool
+
+from runnable_k8s.errors import ConfigurationError
+
+SENTINEL_SCHEMES = ("sentinel", "sentinels")
+PLAIN_SCHEMES = ("redis", "rediss")
+_DEFAULT_SENTINEL_PORT = 26379
+# Query parameters that describe the sentinels themselves, not the data nodes.
+_SENTINEL_ONLY = ("master_name", "sentinel_password", "sentinel_username")
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """A parsed `sentinel://` URL."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master_name: str
+    db: int
+    tls: bool
+    username: str | None = dataclasses.field(default=None, repr=False)
+    password: str | None = dataclasses.field(default=None, repr=False)
+    sentinel_username: str | None = dataclasses.field(default=None, repr=False)
+    sentinel_password: str | None = dataclasses.field(default=None, repr=False)
+    options: tuple[tuple[str, str], ...] = ()
+    """Other query parameters, for redis-py's connections (e.g. `ssl_cert_reqs`)."""
+
+    def node_kwargs(self) -> dict[str, Any]:
+        """Connection arguments for the master (and replicas)."""
+        kwargs: dict[str, Any] = {"db": self.db, **_typed(self.options)}
+        if self.username:
+            kwargs["username"] = self.username
+        if self.password:
+            kwargs["password"] = self.password
+        if self.tls:
+            kwargs["ssl"] = True
+        return kwargs
+
+    def sentinel_kwargs(self, **socket: Any) -> dict[str, Any]:
+        """Connection arguments for the sentinels."""
+        kwargs: dict[str, Any] = {
+            k: v for k, v in socket.items() if k.startswith("socket_") or k == "retry"
+        }
+        if self.sentinel_username:
+            kwargs["username"] = self.sentinel_username
+        if self.sentinel_password:
+            kwargs["password"] = self.sentinel_password
+        if self.tls:
+            kwargs.update({"ssl": True, **_typed(self.options)})
+        return kwargs
+
+
+def is_sentinel(url: str) -> bool:
+    return urlsplit(url).scheme in SENTINEL_SCHEMES
+
+
+def parse_sentinel(url: str) -> SentinelUrl:
+    """Parse a `sentinel://` URL.
+
+    Raises:
+        ConfigurationError: no sentinel address, no `master_name`, or a malformed part.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in SENTINEL_SCHEMES:
+        raise ConfigurationError(f"not a sentinel:// URL (scheme {parts.scheme}://)")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
+    sentinels: list[tuple[str, int]] = []
+    for address in hosts.split(","):
+        host, _, port = address.strip().rpartition(":") if ":" in address else (address, "", "")
+        host = host.strip("[]")
+        if not host:
+            raise ConfigurationError(
+                "RUNNABLE_K8S_REDIS_URL: a sentinel:// URL lists every sentinel as host:port, "
+                "separated by commas (sentinel://:pw@h1:26379,h2:26379/0?master_name=mymaster)"
+            )
+        try:
+            sentinels.append((host, int(port) if port else _DEFAULT_SENTINEL_PORT))
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"RUNNABLE_K8S_REDIS_URL: sentinel port is not a number: {port!r}"
+            ) from exc
+    query = dict(parse_qsl(parts.query))
+    master_name = query.get("master_name", "").strip()
+    if not master_name:
+        raise ConfigurationError(
+            "RUNNABLE_K8S_REDIS_URL: a sentinel:// URL needs ?master_name=NAME (the name the "
+            "sentinels monitor, `sentinel monitor NAME host port quorum`)"
+        )
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ConfigurationError(f"RUNNABLE_K8S_REDIS_URL: database is not a number: {path!r}")
+    return SentinelUrl(
+        sentinels=tuple(sentinels),
+        master_name=master_name,
+        db=int(path) if path else 0,
+        tls=parts.scheme == "sentinels",
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        sentinel_username=query.get("sentinel_username") or None,
+        sentinel_password=query.get("sentinel_password") or None,
+        options=tuple(sorted((k, v) for k, v in query.items() if k not in _SENTINEL_ONLY)),
+    )
+
+
+def check_url(url: str) -> None:
+    """Raises: ConfigurationError for a URL no client here can use."""
+    scheme = urlsplit(url).scheme
+    if scheme in SENTINEL_SCHEMES:
+        parse_sentinel(url)
+    elif scheme not in PLAIN_SCHEMES:
+        raise ConfigurationError(
+            "RUNNABLE_K8S_REDIS_URL must start with redis://, rediss://, sentinel:// or "
+            f"sentinels://, not {scheme}://"
+        )
+
+
+def database(url: str) -> int:
+    """The database index a URL names (0 when it names none)."""
+    if is_sentinel(url):
+        return parse_sentinel(url).db
+    path = urlsplit(url).path.strip("/")
+    return int(path) if path.isdigit() else 0
+
+
+def redacted(url: str) -> str:
+    """The URL's servers, for logs: no credentials, no query."""
+    return urlsplit(url).netloc.rpartition("@")[2]
+
+
+def sync_client(url: str, *, blocking: bool = False, **kwargs: Any) -> redis.Redis:
+    """A redis-py client. `blocking`: its pool waits for a free connection (`timeout`
+    seconds) instead of raising when `max_connections` are taken.
+
+    Raises:
+        ConfigurationError: a malformed URL.
+    """
+    if not is_sentinel(url):
+        if blocking:
+            return redis.Redis.from_pool(redis.BlockingConnectionPool.from_url(url, **kwargs))
+        return redis.Redis.from_url(url, **kwargs)
+    target = parse_sentinel(url)
+    manager = Sentinel(list(target.sentinels), sentinel_kwargs=target.sentinel_kwargs(**kwargs))
+    pool_class = _BlockingSentinelPool if blocking else SentinelConnectionPool
+    client: redis.Redis = manager.master_for(
+        target.master_name,
+        redis_class=redis.Redis,
+        connection_pool_class=pool_class,
+        **target.node_kwargs(),
+        **kwargs,
+    )
+    return client
+
+
+def async_client(url: str, *, blocking: bool = False, **kwargs: Any) -> aredis.Redis:
+    """The asyncio twin of `sync_client`."""
+    if not is_sentinel(url):
+        if blocking:
+            return aredis.Redis.from_pool(aredis.BlockingConnectionPool.from_url(url, **kwargs))
+        return aredis.Redis.from_url(url, **kwargs)
+    target = parse_sentinel(url)
+    manager = AsyncSentinel(
+        list(target.sentinels), sentinel_kwargs=target.sentinel_kwargs(**kwargs)
+    )
+    pool_class = _AsyncBlockingSentinelPool if blocking else AsyncSentinelPool
+    aclient: aredis.Redis = manager.master_for(
+        target.master_name,
+        redis_class=aredis.Redis,
+        connection_pool_class=pool_class,
+        **target.node_kwargs(),
+        **kwargs,
+    )
+    return aclient
+
+
+def kombu_broker(url: str) -> tuple[str, dict[str, Any]]:
+    """kombu's broker URL and the transport options it needs beside it.
+
+    kombu's Sentinel transport takes `sentinel://h1:p;sentinel://h2:p` (every sentinel a URL of
+    its own, credentials and database on the first) and the master's name as a transport
+    option; a plain URL passes through.
+    """
+    if not is_sentinel(url):
+        return url, {}
+    target = parse_sentinel(url)
+    auth = ""
+    if target.username or target.password:
+        auth = f"{quote(target.username or '', safe='')}:{quote(target.password or '', safe='')}@"
+    urls = [f"sentinel://{auth}{host}:{port}/{target.db}" for host, port in target.sentinels]
+    options: dict[str, Any] = {"master_name": target.master_name}
+    sentinel_kwargs = target.sentinel_kwargs()
+    if sentinel_kwargs:
+        options["sentinel_kwargs"] = sentinel_kwargs
+    return ";".join(urls), options
+
+
+def _typed(options: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    # redis-py's from_url converts query strings itself; here they arrive as keyword
+    # arguments, so numbers and booleans are converted the same way.
+    typed: dict[str, Any] = {}
+    for key, value in options:
+        lowered = value.lower()
+        if lowered in {"true", "false"}:
+            typed[key] = lowered == "true"
+        elif value.isdigit():
+            typed[key] = int(value)
+        else:
+            typed[key] = value
+    return typed
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """A Sentinel-managed pool that waits for a free connection (as the worker's pools do)."""
+
+
+class _AsyncBlockingSentinelPool(AsyncSentinelPool, aredis.BlockingConnectionPool):
+    """The asyncio twin of `_BlockingSentinelPool`."""

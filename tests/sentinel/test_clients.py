@@ -1,0 +1,43 @@
+"""One `sentinel://` URL serves every client: the asyncio producer, the CLI and a worker; after
+a failover an asyncio caller blocked on a result keeps waiting and gets it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from runnable_k8s import RunnableK8s
+from tests.conftest import make_settings
+from tests.support.models import SlowModel
+from tests.support.sentinel import SentinelGroup
+from tests.support.workers import WorkerProcess, cli
+
+
+@pytest.mark.timeout(240)
+async def test_async_callers_and_the_cli_use_the_sentinels_and_wait_through_a_failover(
+    sentinel_group: SentinelGroup, logs_dir: Path, workers: list[WorkerProcess]
+) -> None:
+    settings = make_settings(sentinel_group.url, replica_acks=1, failover_wait=60.0, time_limit=6.0)
+    env = {"RUNNABLE_K8S_REPLICA_ACKS": "1", "RUNNABLE_K8S_VISIBILITY_TIMEOUT": "8"}
+    worker = WorkerProcess(settings, logs_dir, concurrency=4, env=env, name="clients")
+    workers.append(worker)
+    worker.wait_ready(60)
+    remote = RunnableK8s(bound=SlowModel(delay=0.05), settings=settings)
+    assert (await remote.ainvoke("a")).content == "echo: a"
+    assert [c.content async for c in remote.astream("b")] == ["part0 ", "part1 ", "part2 ", ""]
+    run = await asyncio.to_thread(remote.submit, "c")
+    status = json.loads(cli(settings, "status", run.id, "--json").stdout)
+    assert status["id"] == run.id
+    # A slow run in flight while the master dies: its caller, already waiting, gets the result.
+    slow = RunnableK8s(bound=SlowModel(delay=4.0), settings=settings)
+    waiting = asyncio.ensure_future(slow.ainvoke("through"))
+    await asyncio.sleep(1.0)
+    old = sentinel_group.master()
+    old.kill()
+    result = await asyncio.wait_for(waiting, 120)
+    assert result.content == "echo: through"
+    assert sentinel_group.master() is not old
+    assert worker.process.poll() is None
