@@ -30,6 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks.held import held_by_langchain
 from benchmarks.processes import our_settings, start_baseline, start_langserve, start_ours
 from benchmarks.report import figures, json_report, machine, table
 from benchmarks.sides import Baseline, InProcess, LangServe, Ours, Side
@@ -84,6 +85,9 @@ def memory(
     log(f"S3: {sizes.memory_runs} streaming runs on one worker process")
     s3(ours, worker, held, sizes, out)
     worker.stop()
+    tokens = round(sizes.memory_seconds / sizes.memory_interval)
+    log(f"S3 floor: what LangChain holds for a run of {tokens} tokens, in-process")
+    out.s3_langchain_mib = held_by_langchain(tokens, sizes.memory_runs).runs_mib
 
 
 def report(

@@ -172,10 +172,7 @@ def start_ours(
     env = _base_env()
     env.update(
         {
-            "RUNNABLE_K8S_REDIS_URL": settings.require_redis_url(),
-            "RUNNABLE_K8S_SIGNING_KEY": settings.require_signing_key().reveal().decode(),
-            "RUNNABLE_K8S_QUEUE": settings.queue,
-            "RUNNABLE_K8S_ALLOWED_CLASSES": ",".join(settings.allowed_classes),
+            **settings.to_env(),
             "RUNNABLE_K8S_HEARTBEAT_FILE": str(log_dir / f"{name}.heartbeat"),
             "RUNNABLE_K8S_LOG_LEVEL": loglevel,
             **(extra_env or {}),

@@ -44,6 +44,9 @@ class Results:
     s3_rss_idle_mb: float = math.nan
     s3_rss_peak_mb: float = math.nan
     """`--memory`: one worker process holding `memory_runs` streaming runs."""
+    s3_langchain_mib: float = math.nan
+    """What LangChain alone keeps alive for that many runs at their last token (in-process,
+    traced Python objects): the floor under S3's RSS (benchmarks/held.py)."""
 
 
 def question(i: int) -> dict[str, str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import click
+import redis
 from langchain_core.runnables import Runnable, RunnableConfig
 
 from runnable_k8s.errors import (
@@ -32,8 +33,9 @@ from runnable_k8s.producer.results import unwrap
 from runnable_k8s.producer.runnable import RunnableK8s
 from runnable_k8s.protocol import interrupts
 from runnable_k8s.protocol.allowlist import import_object
-from runnable_k8s.protocol.messages import RunStatus
+from runnable_k8s.protocol.messages import Protocol, RunStatus
 from runnable_k8s.settings import Settings
+from runnable_k8s.store.limits import read_wait
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -187,6 +189,8 @@ def status(run_id: str, as_json: bool) -> None:
     if hook is not None:
         fields["webhook"] = f"{hook.state} after {hook.attempts} attempt(s): {hook.url}"
         fields["webhook_error"] = hook.error
+    if fields["state"] == "running":
+        fields["waiting"] = _waiting(settings, run_id, as_json=as_json)
     if as_json:
         click.echo(json.dumps(fields))
         return
@@ -213,6 +217,19 @@ def echo_fields(fields: dict[str, Any]) -> None:
     for key, value in fields.items():
         shown = iso_time(value) if key.endswith("_at") else value
         click.echo(f"{key + ':':<13}{'-' if shown in (None, '') else shown}")
+
+
+def _waiting(settings: Settings, run_id: str, *, as_json: bool) -> Any:
+    """What the run's model call waits on (flow control), if anything."""
+    client = redis.Redis.from_url(settings.require_redis_url())
+    try:
+        found = read_wait(client, Protocol(settings).signer, run_id)
+    finally:
+        client.close()
+    if found is None or as_json:
+        return found
+    until = iso_time(found.get("until")) if isinstance(found.get("until"), float) else "?"
+    return f"{found.get('key')} ({found.get('reason')}) until {until}"
 
 
 def _retry_of(settings: Settings, run_id: str) -> str | None:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from runnable_k8s import connections
 from runnable_k8s.errors import ConfigurationError
+from runnable_k8s.limits import Limit, parse_limits
 
 ENV_PREFIX = "RUNNABLE_K8S_"
 _SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
@@ -196,6 +197,15 @@ class Settings:
     webhook_timeout: float = 10.0
     """Worker only: seconds one webhook POST may take (connect and response)."""
 
+    limits: tuple[Limit, ...] = ()
+    """Worker only: cluster-wide flow control per key, one rule per line or `;`: e.g.
+    `openai:gpt-4o-mini rpm=120 tpm=40000 concurrency=5` (README, "Flow control"). A malformed
+    rule stops the worker at start, naming the rule."""
+
+    limit_margin: float = 0.25
+    """Worker only: seconds added to every rate window, so requests that take a little longer
+    to reach the provider than others never land inside its window twice."""
+
     openai_available: bool = field(default=False, compare=False)
     """Whether `OPENAI_API_KEY` is set (the demo then uses ChatOpenAI). Only its presence is
     read here; the value stays in the environment, where ChatOpenAI reads it on the worker."""
@@ -257,11 +267,7 @@ class Settings:
             ConfigurationError: a variable is malformed or values contradict each other.
         """
         env = os.environ if environ is None else environ
-        known = {f.name for f in dataclasses.fields(cls)} - {
-            "extra",
-            "redact_values",
-            "openai_available",
-        }
+        known = {f.name for f in dataclasses.fields(cls)} - _DERIVED
         kwargs: dict[str, Any] = {}
         extra: dict[str, str] = {}
         for name, raw in env.items():
@@ -292,14 +298,45 @@ class Settings:
             )
         )
 
+    def to_env(self) -> dict[str, str]:
+        """The `RUNNABLE_K8S_*` variables `from_env` reads back into these settings (every
+        field, defaults included, plus `extra`): the environment of a process started with
+        them, such as a worker. It holds the signing key and the Redis URL's password in
+        clear: hand it to a child process only, never log it or write it anywhere."""
+        env = dict(self.extra)
+        for name in _FIELD_TYPES:
+            if name not in _DERIVED:
+                env[ENV_PREFIX + name.upper()] = _unparse(getattr(self, name))
+        return env
 
+
+# Not read from a variable of their own: from other variables (secrets, OpenAI's key), or the
+# unknown `RUNNABLE_K8S_*` ones.
+_DERIVED = frozenset({"extra", "redact_values", "openai_available"})
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
+
+
+def _unparse(value: Any) -> str:
+    """What `_parse` reads back as `value`."""
+    if value is None:
+        return ""
+    if isinstance(value, SigningKey):
+        return value.reveal().decode()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, float):
+        return repr(value)  # the shortest text that reads back as the same float
+    return str(value)
 
 
 def _parse(key: str, raw: str) -> Any:
     kind = str(_FIELD_TYPES[key])
     name = ENV_PREFIX + key.upper()
     try:
+        if key == "limits":
+            return parse_limits(raw)
         if key in ("signing_key", "webhook_secret"):
             return SigningKey(raw.encode()) if raw else None
         if kind.startswith("tuple"):
@@ -342,12 +379,14 @@ def _validated(settings: Settings) -> Settings:
         "retry_backoff_max",
         "webhook_backoff",
         "webhook_timeout",
+        "limit_margin",
         "replica_ack_timeout",
         "failover_wait",
     ):
         value = getattr(settings, name)
         # NaN passes every comparison below; infinity would never expire anything.
-        if not math.isfinite(value) or value < 0 or (value == 0 and name != "visibility_timeout"):
+        zero_ok = name in ("visibility_timeout", "limit_margin")
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
             raise ConfigurationError(f"{ENV_PREFIX}{name.upper()} must be a positive number")
     if settings.effective_visibility_timeout <= settings.time_limit:
         raise ConfigurationError(

@@ -20,6 +20,7 @@ from runnable_k8s.cluster.manifests import WORKER, WORKER_CONTAINER, Manifest
 from runnable_k8s.errors import ConfigurationError
 from runnable_k8s.protocol import keys, priority
 from runnable_k8s.settings import ENV_PREFIX, Settings
+from runnable_k8s.store.limits import WAITING as LIMITS_WAITING
 
 INFLIGHT_KEY = "unacked"
 """kombu's hash of delivered, unacknowledged messages (same database as the queue)."""
@@ -232,7 +233,8 @@ def _scaler_problems(
     for trigger, list_name in zip(triggers, names, strict=True):
         label = f"trigger {trigger.get('name', '?')!r}"
         lists = set(priority.lists(settings.queue).values())
-        if list_name not in {*lists, INFLIGHT_KEY, keys.pending(settings.queue)}:
+        known = {*lists, INFLIGHT_KEY, keys.pending(settings.queue), LIMITS_WAITING}
+        if list_name not in known:
             problems.append(
                 f"{label} counts Redis key {list_name!r}, but the workers consume "
                 f"{settings.queue!r} (RUNNABLE_K8S_QUEUE)"

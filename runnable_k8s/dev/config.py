@@ -77,6 +77,11 @@ class ScalingConfig:
     """Trigger names summed by `scalingModifiers.formula`."""
     divisors: Mapping[str, float] = field(default_factory=dict)
     """The N of formula terms written `name / N`; a plain name is not divided."""
+    hold_when: tuple[str, ...] = ()
+    """Triggers that, all above 0, switch the formula to the sum of `hold_with` (flow control:
+    `waiting > 0 && inflight > 0 ? inflight : ...` keeps the replicas there are while model
+    calls wait on cluster-wide limits, since more workers would only wait too)."""
+    hold_with: tuple[str, ...] = ()
     modifiers: bool = True
     """Whether the ScaledObject has `scalingModifiers`. Without, KEDA gives the HPA one metric
     per trigger (`trigger_targets`) and any one trigger activates (`trigger_activations`)."""
@@ -107,6 +112,8 @@ class ScalingConfig:
         # Evaluated left to right as expr-lang does (`pending / 100` a float division), then
         # kept in thousandths, truncated: modifiers/formula.go calculateScalingModifiersFormula,
         # `ret.Value.SetMilli(int64(out * 1000))`.
+        if self.hold_when and all(lengths[name] > 0 for name in self.hold_when):
+            return int(sum(lengths[name] for name in self.hold_with) * 1000)
         value = 0.0
         for name in self.formula:
             divisor = self.divisors.get(name)
@@ -142,10 +149,15 @@ class ScalingConfig:
                 f"{name} ({key}) / {self.trigger_targets[name]:g}"
                 for name, key in self.triggers.items()
             )
-        return " + ".join(
+        summed = " + ".join(
             f"{name} ({self.triggers[name]})"
             + (f" / {self.divisors[name]:g}" if name in self.divisors else "")
             for name in self.formula
+        )
+        if not self.hold_when:
+            return summed
+        return f"{summed}; held at {' + '.join(self.hold_with)} while " + " and ".join(
+            f"{name} ({self.triggers[name]}) > 0" for name in self.hold_when
         )
 
     def with_overrides(
@@ -214,7 +226,8 @@ class ScalingConfig:
         activations = [self.activation, *self.trigger_activations.values()]
         if min(targets) <= 0 or min(activations) < 0:
             raise ConfigurationError("the target must be > 0 and the activation target >= 0")
-        unknown = [name for name in self.formula if name not in self.triggers]
+        named = (*self.formula, *self.hold_when, *self.hold_with)
+        unknown = [name for name in named if name not in self.triggers]
         if unknown:
             raise ConfigurationError(f"the formula names unknown triggers: {unknown}")
         if not self.modifiers and (

@@ -157,9 +157,12 @@ def _from_manifests(scaled_object: Mapping[str, Any], source: str) -> ScalingCon
     modifiers = advanced.get("scalingModifiers") or {}
     _refuse_unknown(modifiers, _MODIFIERS, f"{source}: scalingModifiers")
     divisors: dict[str, float] = {}
+    hold_when: tuple[str, ...] = ()
+    hold_with: tuple[str, ...] = ()
     if modifiers:
         _average_value(modifiers, f"{source}: scalingModifiers")
-        names, divisors = parse_formula(str(modifiers["formula"]))
+        hold_when, hold_with, rest = split_hold(str(modifiers["formula"]))
+        names, divisors = parse_formula(rest)
         target = float(modifiers["target"])
         activation = float(modifiers.get("activationTarget") or "0")
     else:
@@ -182,6 +185,8 @@ def _from_manifests(scaled_object: Mapping[str, Any], source: str) -> ScalingCon
         triggers=triggers,
         formula=names,
         divisors=divisors,
+        hold_when=hold_when,
+        hold_with=hold_with,
         modifiers=bool(modifiers),
         trigger_targets={} if modifiers else targets,
         trigger_activations={} if modifiers else activations,
@@ -194,6 +199,32 @@ def _from_manifests(scaled_object: Mapping[str, Any], source: str) -> ScalingCon
     )
     config.validate()
     return config
+
+
+def split_hold(formula: str) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """`a > 0 && b > 0 ? b : REST` (flow control's hold, see README "Flow control"): the names
+    that must all be above 0, the names summed then, and REST. A formula without `?` is all
+    REST.
+
+    Raises:
+        ConfigurationError: a condition other than names compared `> 0` joined by `&&`, or a
+            held value other than a plain sum of names.
+    """
+    match = re.fullmatch(r"\s*([^?:]+)\?([^?:]+):([^?:]+)", formula)
+    if "?" not in formula:
+        return (), (), formula
+    if match is None:
+        raise ConfigurationError(f"only `a > 0 && b > 0 ? a : sum` is supported, not {formula!r}")
+    when: list[str] = []
+    for clause in match.group(1).split("&&"):
+        name = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_-]*)\s*>\s*0\s*", clause)
+        if name is None:
+            raise ConfigurationError(f"only `name > 0` conditions are supported, not {clause!r}")
+        when.append(name.group(1))
+    held, divisors = parse_formula(match.group(2))
+    if divisors:
+        raise ConfigurationError(f"the held value must be a plain sum, not {match.group(2)!r}")
+    return tuple(when), held, match.group(3)
 
 
 def parse_formula(formula: str) -> tuple[tuple[str, ...], dict[str, float]]:

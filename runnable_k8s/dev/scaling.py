@@ -38,6 +38,7 @@ from runnable_k8s.dev.scaledobject import (
     load_base,
     parse_formula,
     read_env_file,
+    split_hold,
 )
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "load_base",
     "parse_formula",
     "read_env_file",
+    "split_hold",
 ]
 
 

@@ -37,6 +37,7 @@ STATUS: Final = "status"
 CANCEL: Final = "cancel"
 RETRY_LINK: Final = "retry-of"
 WEBHOOK: Final = "webhook"
+WAITING: Final = "waiting"
 
 # Flag: the body travels beside the message in its own Redis key (large payloads).
 FLAG_BODY_BESIDE: Final = 1

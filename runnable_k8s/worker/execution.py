@@ -51,6 +51,7 @@ from runnable_k8s.worker.failures import (
     reject_reason,
     short_reason,
 )
+from runnable_k8s.worker.flow import FlowControl
 from runnable_k8s.worker.graphs import graph_stream
 from runnable_k8s.worker.logs import RunEvent, run_event
 from runnable_k8s.worker.metrics import RejectReason, WorkerMetrics
@@ -62,6 +63,7 @@ from runnable_k8s.worker.streaming import Progress as _Progress
 from runnable_k8s.worker.streaming import StreamInterrupted as _StreamInterrupted
 from runnable_k8s.worker.streaming import StreamPublisher as _StreamPublisher
 from runnable_k8s.worker.task_state import Handled, already_ended
+from runnable_k8s.worker.waits import WaitRecords
 
 log = logging.getLogger("runnable_k8s.worker")
 
@@ -105,8 +107,10 @@ class Executor:
         self.on_ended: Callable[[str], Awaitable[None]] | None = None
         self._background: set[asyncio.Future[None]] = set()
         self._retry_types = exception_types(settings.retry_on)
+        waits = WaitRecords(lambda: self.redis, self.protocol.signer, settings.result_ttl)
+        self.flow = FlowControl(settings, lambda: self.redis, self.metrics, waits)
         self.runnables = RunnableSource(
-            self.protocol, Registry(settings.allowed_refs), self.metrics
+            self.protocol, Registry(settings.allowed_refs), self.metrics, self.flow.attach
         )
 
     @property
@@ -624,7 +628,7 @@ class Executor:
         """The encoded output, and whether a graph stopped at `interrupt()`."""
         data = self.protocol.data
         call = request.kwargs or {}  # validated in _run
-        with remote_parent(sanitize(request.trace)):
+        with remote_parent(sanitize(request.trace)), self.flow.run(request.run_id):
             if request.mode == "invoke":
                 output = await runnable.ainvoke(payload, config, **call)
                 return data.encode_data(output, what="output"), has_interrupts(output)

@@ -131,6 +131,26 @@ class WorkerMetrics:
         self.in_flight = Gauge(
             "runnable_k8s_runs_in_flight", "Runs executing on this worker now.", registry=r
         )
+        # Flow control (README, "Flow control"): labelled by the limit's rule key as
+        # configured (`tenant:*`, not each tenant), so the label set stays the spec's size.
+        self.limit_waiting = Gauge(
+            "runnable_k8s_limit_waiting_calls",
+            "Model calls on this worker waiting on a cluster-wide limit now.",
+            ["key", "reason"],
+            registry=r,
+        )
+        self.limit_wait_seconds = Counter(
+            "runnable_k8s_limit_wait_seconds",
+            "Seconds model calls spent waiting on a cluster-wide limit.",
+            ["key", "reason"],
+            registry=r,
+        )
+        self.limit_pauses = Counter(
+            "runnable_k8s_limit_pauses",
+            "Answers of 429 that paused a key for every worker.",
+            ["key"],
+            registry=r,
+        )
         self.cache_hits = Counter(
             "runnable_k8s_runnable_cache_hits",
             "Runnables taken from the deserialization cache.",

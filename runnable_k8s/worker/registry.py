@@ -14,6 +14,7 @@ import inspect
 import re
 import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Final
 
 from langchain_core.runnables import Runnable
@@ -101,10 +102,19 @@ class RunnableSource:
     digest (rebuilding costs more than running a small chain); references come from the
     registry."""
 
-    def __init__(self, protocol: Protocol, registry: Registry, metrics: WorkerMetrics) -> None:
+    def __init__(
+        self,
+        protocol: Protocol,
+        registry: Registry,
+        metrics: WorkerMetrics,
+        prepare: Callable[[Runnable[Any, Any]], None] = lambda runnable: None,
+    ) -> None:
         self._protocol = protocol
         self._registry = registry
         self._metrics = metrics
+        # Called once per runnable loaded (e.g. to set the flow-control limiter on its models).
+        self._prepare = prepare
+        self._prepared: set[int] = set()
         self._cache: OrderedDict[str, Runnable[Any, Any]] = OrderedDict()
 
     async def load(self, request: RunRequest) -> Runnable[Any, Any]:
@@ -112,6 +122,9 @@ class RunnableSource:
         allowlist) become metric labels."""
         if request.ref is not None:
             loaded = await self._registry.load(request.ref)
+            if id(loaded) not in self._prepared:  # the registry keeps each for the process
+                self._prepare(loaded)
+                self._prepared.add(id(loaded))
             self._metrics.names.admit(request.name)
             return loaded
         digest = hashlib.sha256(request.runnable).hexdigest()
@@ -122,6 +135,7 @@ class RunnableSource:
         else:
             self._metrics.cache_misses.inc()
             cached = self._protocol.runnables.decode_runnable(request.runnable)
+            self._prepare(cached)
             self._cache[digest] = cached
             if len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)

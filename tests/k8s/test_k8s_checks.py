@@ -127,7 +127,8 @@ def _drop_pending(objects: Objects) -> None:
     """Without the pending set's trigger only the cooldown keeps a worker up for a lost run."""
     spec = _scaled(objects)["spec"]
     spec["triggers"] = [t for t in spec["triggers"] if t["name"] != "pending"]
-    spec["advanced"]["scalingModifiers"]["formula"] = "high + queued + low + inflight"
+    formula = "waiting > 0 && inflight > 0 ? inflight : high + queued + low + inflight"
+    spec["advanced"]["scalingModifiers"]["formula"] = formula
 
 
 def _short_cooldown(objects: Objects) -> None:

@@ -180,11 +180,17 @@ def test_scaler_policy_and_disruption_budget(
     assert scaled is not None
     spec = scaled["spec"]
     assert spec["minReplicaCount"] == 0
-    assert (
-        spec["advanced"]["scalingModifiers"]["formula"]
-        == "high + queued + low + inflight + pending / 100"
+    assert spec["advanced"]["scalingModifiers"]["formula"] == (
+        "waiting > 0 && inflight > 0 ? inflight : high + queued + low + inflight + pending / 100"
     )
-    assert [t["name"] for t in spec["triggers"]] == ["queued", "inflight", "pending", "high", "low"]
+    assert [t["name"] for t in spec["triggers"]] == [
+        "queued",
+        "inflight",
+        "pending",
+        "waiting",
+        "high",
+        "low",
+    ]
     assert all(t["authenticationRef"]["name"] == "runnable-k8s-redis" for t in spec["triggers"])
     scale_down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
     assert scale_down["stabilizationWindowSeconds"] >= 300

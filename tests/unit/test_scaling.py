@@ -19,9 +19,11 @@ from runnable_k8s.dev.scaling import (
     load_base,
     parse_formula,
     read_env_file,
+    split_hold,
 )
 from runnable_k8s.errors import ConfigurationError
 from runnable_k8s.protocol import keys
+from runnable_k8s.store.limits import WAITING
 
 FAST_UP = Rules(0.0, (Policy("Percent", 100, 30.0), Policy("Pods", 4, 30.0)), "Max")
 SLOW_DOWN = Rules(600.0, (Policy("Pods", 1, 120.0),), "Min")
@@ -52,12 +54,14 @@ def test_base_parameters_are_those_of_the_scaledobject_and_config_env() -> None:
         "queued": queue,
         "inflight": "unacked",
         "pending": keys.pending(queue),
+        "waiting": WAITING,
         "high": f"{queue}:high",
         "low": f"{queue}:low",
     }
     assert scaling.formula == ("high", "queued", "low", "inflight", "pending")
+    assert (scaling.hold_when, scaling.hold_with) == (("waiting", "inflight"), ("inflight",))
     assert scaling.divisors == {"pending": 100}
-    idle = {"high": 0, "queued": 0, "low": 0, "inflight": 0}
+    idle = {"high": 0, "queued": 0, "low": 0, "inflight": 0, "waiting": 0}
     # One lost run (pending, neither queued nor in flight) activates a worker on its own.
     assert scaling.metric({**idle, "pending": 1}) == 0.01
     assert scaling.metric({**idle, "queued": 3, "inflight": 2, "pending": 3}) == 5.03
@@ -87,6 +91,38 @@ def test_formula_terms_may_be_divided(
 def test_other_formulas_are_refused(formula: str) -> None:
     with pytest.raises(ConfigurationError, match="only sums of trigger names"):
         parse_formula(formula)
+
+
+def test_calls_waiting_on_limits_hold_the_replicas_the_in_flight_runs_need() -> None:
+    scaling = load_base(default_root())
+    autoscaler = Autoscaler(scaling)
+    backlog = {"high": 0, "queued": 1000, "low": 0, "inflight": 200, "pending": 1000}
+    # Without waits the backlog scales out; with calls waiting on a limit, two replicas stay
+    # two: more would only wait.
+    assert autoscaler.decide(0.0, {**backlog, "waiting": 0}, 2).desired > 2
+    held = Autoscaler(scaling).decide(0.0, {**backlog, "waiting": 150}, 2)
+    assert (held.metric, held.desired) == (200.0, 2)
+    # Waiting entries with nothing in flight (a dead worker's, not yet lapsed) hold nothing.
+    assert Autoscaler(scaling).decide(0.0, {**backlog, "inflight": 0, "waiting": 5}, 0).desired
+
+
+@pytest.mark.parametrize(
+    ("formula", "held"),
+    [
+        ("a > 0 && b > 0 ? b : a + b", (("a", "b"), ("b",), " a + b")),
+        ("queued + inflight", ((), (), "queued + inflight")),
+    ],
+)
+def test_a_hold_splits_off_the_formula(
+    formula: str, held: tuple[tuple[str, ...], tuple[str, ...], str]
+) -> None:
+    assert split_hold(formula) == held
+
+
+@pytest.mark.parametrize("formula", ["a >= 1 ? a : b", "a > 0 ? a / 2 : b", "a > 0 ? b"])
+def test_other_holds_are_refused(formula: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"supported|plain sum"):
+        split_hold(formula)
 
 
 def test_a_dev_queue_renames_the_keys_that_follow_it() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from runnable_k8s.errors import ConfigurationError
+from runnable_k8s.limits import Limit, Rate
 from runnable_k8s.settings import Settings, SigningKey
 
 KEY = "k" * 40
@@ -51,6 +52,14 @@ PARSED: dict[str, tuple[str, Any]] = {
     "webhook_attempts": ("5", 5),
     "webhook_backoff": ("0.25", 0.25),
     "webhook_timeout": ("3", 3.0),
+    "limits": (
+        "openai:gpt-4o-mini rpm=120 tpm=40000 concurrency=5; tenant:* requests=40/10s",
+        (
+            Limit("openai:gpt-4o-mini", Rate(120, 60.0), Rate(40000, 60.0), 5),
+            Limit("tenant:*", requests=Rate(40, 10.0)),
+        ),
+    ),
+    "limit_margin": ("0.1", 0.1),
     "replica_acks": ("1", 1),
     "replica_ack_timeout": ("0.5", 0.5),
     "failover_wait": ("45", 45.0),
@@ -394,3 +403,42 @@ def test_the_webhook_secret_is_redacted_and_never_shown() -> None:
     settings = Settings.from_env({"RUNNABLE_K8S_WEBHOOK_SECRET": secret})
     assert secret in settings.redact_values
     assert secret not in repr(settings)
+
+
+# -- to_env: the inverse of from_env ----------------------------------------------------------
+
+
+def _round_trip(settings: Settings) -> Settings:
+    return Settings.from_env(settings.to_env())
+
+
+def test_to_env_round_trips_every_setting() -> None:
+    env = {env_name(name): raw for name, (raw, _) in PARSED.items()}
+    env["RUNNABLE_K8S_SOMETHING_NEW"] = "kept as it is"
+    settings = Settings.from_env(env)
+    again = _round_trip(settings)
+    assert again == settings
+    for name in PARSED:
+        assert type(getattr(again, name)) is type(getattr(settings, name)), name
+    assert again.extra == {"RUNNABLE_K8S_SOMETHING_NEW": "kept as it is"}
+
+
+def test_to_env_round_trips_the_defaults() -> None:
+    assert _round_trip(Settings()) == Settings()
+    assert _round_trip(Settings()).signing_key is None
+
+
+def test_to_env_names_every_variable_and_only_those() -> None:
+    assert set(Settings().to_env()) == {env_name(name) for name in PARSED}
+
+
+def test_to_env_keeps_floats_and_empty_lists_exact() -> None:
+    settings = Settings(
+        time_limit=0.1 + 0.2, lease=1e-3, retry_on=(), allowed_classes=("a:B",), log_json=True
+    )
+    again = _round_trip(settings)
+    assert again.time_limit == 0.1 + 0.2
+    assert again.lease == 1e-3
+    assert again.retry_on == ()
+    assert again.allowed_classes == ("a:B",)
+    assert again.log_json is True
