@@ -36,6 +36,7 @@ from runnable_k8s.protocol.allowlist import import_object
 from runnable_k8s.protocol.messages import Protocol, RunStatus
 from runnable_k8s.settings import Settings
 from runnable_k8s.store.limits import read_wait
+from runnable_k8s.store.threads import Strategy
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -130,6 +131,14 @@ def _resume_command(resume: str) -> Any:
 @click.option("--stream", is_flag=True, help="Publish chunks (for `runnable-k8s stream ID`).")
 @click.option("--ref", is_flag=True, help="Run RUNNABLE by reference (worker imports it).")
 @click.option(
+    "--multitask-strategy",
+    type=click.Choice(["enqueue", "reject", "interrupt", "rollback"]),
+    default="enqueue",
+    show_default=True,
+    help="When another run of --thread is queued or running: wait (enqueue), fail "
+    "(reject), stop it keeping its checkpoints (interrupt) or discarding them (rollback).",
+)
+@click.option(
     "--priority",
     type=click.Choice(["high", "normal", "low"]),
     default=None,
@@ -146,6 +155,7 @@ def submit(
     config_: str | None,
     stream: bool,
     ref: bool,
+    multitask_strategy: Strategy,
     priority: str | None,
     webhook: str | None,
 ) -> None:
@@ -165,6 +175,7 @@ def submit(
         payload,
         cast(RunnableConfig, config) or None,
         stream=stream,
+        multitask_strategy=multitask_strategy,
         priority=priority,
         webhook=webhook,
     )
@@ -191,6 +202,9 @@ def status(run_id: str, as_json: bool) -> None:
         fields["webhook_error"] = hook.error
     if fields["state"] == "running":
         fields["waiting"] = _waiting(settings, run_id, as_json=as_json)
+    line = run.thread_position() if fields["state"] == "queued" else None
+    if line:  # waiting for its thread (0: it holds it, as any queued run)
+        fields["thread_line"] = line
     if as_json:
         click.echo(json.dumps(fields))
         return

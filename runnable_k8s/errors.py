@@ -142,6 +142,20 @@ class RunNotSucceeded(RunError):
     run's own error (`RemoteError`, `ExecutionTimeout`, ...)."""
 
 
+class ThreadBusy(RunError):
+    """`multitask_strategy="reject"`: another run of the same `configurable.thread_id` was
+    queued or running, so this one was refused at submission and nothing was enqueued.
+    `active_run_id` names the run that holds the thread."""
+
+    def __init__(self, message: str, *, run_id: str | None = None, active_run_id: str = "") -> None:
+        super().__init__(message, run_id=run_id)
+        self.active_run_id = active_run_id
+
+
+class UnknownMultitaskStrategy(ConfigurationError):
+    """A `multitask_strategy` other than "enqueue", "reject", "interrupt" or "rollback"."""
+
+
 class UnknownPriority(ConfigurationError):
     """A priority other than "high", "normal" or "low" was asked for (refused at submit,
     before anything is enqueued)."""

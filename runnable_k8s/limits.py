@@ -44,6 +44,16 @@ class Limit:
     concurrency: int = 0
     """Calls in flight at once across the cluster; 0 means no concurrency limit."""
 
+    def rule(self) -> str:
+        """This limit as one rule of the spec (what `parse_limits` reads back as it)."""
+        parts = [self.key]
+        for name, rate in (("requests", self.requests), ("tokens", self.tokens)):
+            if rate is not None:
+                parts.append(f"{name}={rate.amount}/{rate.period!r}s")
+        if self.concurrency:
+            parts.append(f"concurrency={self.concurrency}")
+        return " ".join(parts)
+
     def matches(self, key: str) -> bool:
         if self.key.endswith(":*"):
             return key.startswith(self.key[:-1]) and len(key) > len(self.key) - 1

@@ -324,6 +324,8 @@ def _unparse(value: Any) -> str:
         return value.reveal().decode()
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple) and all(isinstance(item, Limit) for item in value):
+        return "; ".join(limit.rule() for limit in value)
     if isinstance(value, tuple):
         return ",".join(value)
     if isinstance(value, float):

@@ -3,19 +3,19 @@
 Waiting never polls: callers block on `XREAD` of the runs' event streams, which Redis answers
 the moment a worker appends to one. Only a run with a rejection notice in its stream is looked
 at again between blocks, until the notice is settled (producer/rejections.py). The synchronous
-and the asyncio clients share every decision (`_Plan`, `_parse_entries`); only the I/O differs.
+and the asyncio clients share every decision (`_Plan`, `stream_entries`); only the I/O differs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from redis._parsers.encoders import Encoder
@@ -31,16 +31,18 @@ from runnable_k8s.errors import (
     BrokerUnavailable,
     RunNotFound,
     SentinelUnavailable,
-    SignatureRejected,
     WaitTimeout,
 )
 from runnable_k8s.producer import durable, rejections
-from runnable_k8s.protocol import keys, priority, rejection, task_message
+from runnable_k8s.producer.stream_entries import Event, parse_entries
+from runnable_k8s.producer.thread_submit import entered_runs, raise_busy, rollback_record
+from runnable_k8s.protocol import keys, priority, task_message
 from runnable_k8s.protocol.cancel import queue_cancel as _queue_cancel
-from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
+from runnable_k8s.protocol.messages import Protocol, RunRequest, RunStatus
 from runnable_k8s.protocol.webhook import WebhookDelivery
 from runnable_k8s.settings import Settings
-from runnable_k8s.store import webhooks
+from runnable_k8s.store import threads, webhooks
+from runnable_k8s.store.threads import Strategy, TransactionThreads
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 # Longest single XREAD block; the loop re-arms it until the caller's deadline.
@@ -69,19 +71,6 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One entry of a run's event stream: an output chunk (encoded data), a callback event of
-    a model inside the remote run (encoded data), or the final outcome. `seq` is a chunk's or
-    callback's signed position in the stream (0, 1, ...): verified, so a resume point."""
-
-    run_id: str
-    chunk: bytes | None = None
-    outcome: Outcome | None = None
-    callback: bytes | None = None
-    seq: int | None = None
-
-
 def _queued_status(protocol: Protocol, request: RunRequest, now: float) -> bytes:
     return protocol.seal_status(
         RunStatus(request.run_id, "queued", request.name, 0, created_at=now)
@@ -105,6 +94,9 @@ class _Plan:
         self.messages: dict[str, list[str]] = {}
         self.pending: dict[str, float] = {}
         self.webhooks: dict[str, float] = {}
+        # Runs with a thread_id: queued by the thread script instead (store/threads.py).
+        self.threads: list[tuple[str, str, int]] = []
+        self.now = now
         for original in requests:
             queued = _queued_status(protocol, original, now)
             # The worker starts the run by compare-and-set against this exact record, without
@@ -124,59 +116,24 @@ class _Plan:
                 queue=queue,
                 description=_description(request),
             )
-            self.messages.setdefault(queue, []).append(message)
             # Kept until a worker starts the run, so a message the broker loses (Redis dying
             # between a worker's BRPOP and kombu's bookkeeping) can be enqueued again.
             self.sets.append((keys.message(request.run_id), message.encode(), life))
-            self.pending[request.run_id] = now
             if request.webhook is not None:
                 record, look = webhooks.plan(protocol.signer, request.run_id, request.webhook, now)
                 self.sets.append((keys.webhook(request.run_id), record, ttl))
                 self.webhooks[request.run_id] = look
+            thread_id = threads.thread_of(request.config)
+            if thread_id is not None:
+                self.threads.append((request.run_id, thread_id, life))
+                continue
+            self.messages.setdefault(queue, []).append(message)
+            self.pending[request.run_id] = now
+        self.queue = settings.queue
         self.pending_key = keys.pending(settings.queue)
         self.webhooks_key = keys.webhooks(settings.queue)
         # A key the transaction sets, and its run: whether it survived a failover.
         self.probe = (self.sets[0][0], requests[0].run_id)
-
-
-def _parse_entries(
-    protocol: Protocol,
-    response: Any,
-    cursors: dict[str, str],
-    seen: dict[str, int],
-    watch: rejections.Watch | None = None,
-) -> list[Event]:
-    """Turn an XREAD reply into verified events, advancing `cursors` (stream key -> last id)
-    and `seen` (run id -> stream entries read), and checking that no entry was dropped,
-    repeated, reordered or relabelled. Rejection notices (unsigned) go to `watch`."""
-    events: list[Event] = []
-    for stream_key, entries in response or []:
-        key = stream_key.decode() if isinstance(stream_key, bytes) else stream_key
-        run_id = key.split("{", 1)[1].split("}", 1)[0]
-        for entry_id, fields in entries:
-            cursors[key] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-            kind = fields.get(b"k")
-            wire = fields.get(b"m", b"")
-            if kind in (b"c", b"e"):
-                seq, signed_kind, data = protocol.open_chunk(wire, run_id)
-                if signed_kind.encode() != kind or seq != seen.get(run_id, 0):
-                    raise SignatureRejected(f"the stream of run {run_id} was tampered with")
-                seen[run_id] = seq + 1
-                if kind == b"c":
-                    events.append(Event(run_id, chunk=data, seq=seq))
-                else:
-                    events.append(Event(run_id, callback=data, seq=seq))
-            elif kind == b"r":
-                outcome = protocol.open_outcome(wire, run_id)
-                if outcome.chunks != seen.get(run_id, 0):
-                    raise SignatureRejected(f"the stream of run {run_id} lost entries")
-                events.append(Event(run_id, outcome=outcome))
-            elif kind == rejection.NOTICE:
-                if watch is not None:
-                    watch.noticed(run_id, fields)
-            else:
-                raise SignatureRejected(f"unknown event in the stream of run {run_id}")
-    return events
 
 
 class _Outage:
@@ -236,18 +193,26 @@ class Client:
                 Encoder("utf-8", "strict", False).encode,  # type: ignore[no-untyped-call]
             ),
         )
+        self._threads = TransactionThreads(self._redis, settings)
 
     def close(self) -> None:
         self._redis.close()
 
     def submit(
-        self, requests: Sequence[RunRequest], *, records: Sequence[tuple[str, bytes, int]] = ()
+        self,
+        requests: Sequence[RunRequest],
+        *,
+        records: Sequence[tuple[str, bytes, int]] = (),
+        strategy: Strategy = threads.DEFAULT,
     ) -> None:
         """Enqueue runs: statuses, large bodies and messages in one transaction, with
-        `records` (key, signed value, ttl s) beside them (e.g. a retry's link).
+        `records` (key, signed value, ttl s) beside them (e.g. a retry's link). A run with a
+        `configurable.thread_id` waits for its thread as `strategy` says (store/threads.py).
 
         Raises:
             BrokerUnavailable: Redis is unreachable; nothing was enqueued.
+            ThreadBusy: strategy "reject" and a run's thread was held; none of the runs on a
+                busy thread was enqueued.
         """
         plan = _Plan(self.protocol, requests)
 
@@ -255,13 +220,19 @@ class Client:
             with self._redis.pipeline(transaction=True) as pipe:
                 for key, value, ttl in [*plan.sets, *records]:
                     pipe.set(key, value, ex=ttl)
-                pipe.zadd(plan.pending_key, plan.pending)
-                for queue, messages in plan.messages.items():
-                    pipe.lpush(queue, *messages)
+                if plan.messages:
+                    pipe.zadd(plan.pending_key, plan.pending)
+                    for queue, messages in plan.messages.items():
+                        pipe.lpush(queue, *messages)
                 if plan.webhooks:
                     pipe.zadd(plan.webhooks_key, plan.webhooks)
-                pipe.execute()
+                for run_id, thread_id, life in plan.threads:
+                    self._threads.queue_enter(
+                        pipe, run_id, thread_id, strategy, now=plan.now, life=life
+                    )
+                replies[:] = pipe.execute()
 
+        replies: list[Any] = []
         try:
             if self.settings.replica_acks:
                 durable.enqueue(self._redis, self.settings, write, *plan.probe)
@@ -271,6 +242,20 @@ class Client:
             raise _unavailable("cannot enqueue on Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
+        for entered in entered_runs(plan.threads, replies):
+            if entered.verdict == "waiting" and strategy in ("interrupt", "rollback"):
+                self._stop_holder(entered.holder, rollback=strategy == "rollback")
+        raise_busy(plan.threads, replies)
+
+    def _stop_holder(self, holder: str, *, rollback: bool) -> None:
+        """Strategy interrupt / rollback: the new run is first in line; stop the one running."""
+        if rollback:
+            try:
+                self._redis.set(*rollback_record(self.protocol, holder))
+            except _REDIS_ERRORS as exc:
+                raise BrokerUnavailable(f"cannot request a rollback on Redis: {exc}") from exc
+        with contextlib.suppress(RunNotFound):
+            self.cancel(holder)
 
     def status(self, run_id: str) -> RunStatus:
         """Raises: RunNotFound for an unknown or expired id."""
@@ -293,6 +278,13 @@ class Client:
             return webhooks.read(self._redis, self.protocol.signer, run_id)
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot read webhook from Redis: {exc}") from exc
+
+    def thread_position(self, run_id: str) -> int | None:
+        """See `RemoteRun.thread_position`."""
+        try:
+            return threads.position(self._redis, run_id)
+        except _REDIS_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot read the thread from Redis: {exc}") from exc
 
     def events(self, run_ids: Sequence[str], *, timeout: float | None) -> Iterator[Event]:
         """Yield verified events of `run_ids` as they arrive, until each has an outcome.
@@ -323,7 +315,7 @@ class Client:
                     time.sleep(outage.pause(exc))
                     continue
                 outage.over()
-                for event in _parse_entries(self.protocol, response, cursors, seen, watch):
+                for event in parse_entries(self.protocol, response, cursors, seen, watch):
                     if event.outcome is not None:
                         cursors.pop(keys.events(event.run_id), None)
                         watch.forget(event.run_id)
@@ -348,6 +340,8 @@ class Client:
                         status = _existing(self.protocol, pipe.get(keys.status(run_id)), run_id)
                         pipe.multi()
                         _queue_cancel(pipe, self.protocol, status)
+                        if status.state == "queued":  # out of its thread's line (if any)
+                            self._threads.queue_leave(pipe, run_id, now=time.time())
                         pipe.execute()
                         return status
                     except WatchError:
@@ -366,24 +360,33 @@ class AsyncClient:
         self.settings = settings
         self.protocol = protocol
         self._redis = connections.async_client(settings.require_redis_url(), **_CONNECTION)
+        self._threads = TransactionThreads(self._redis, settings)
 
     async def aclose(self) -> None:
         await self._redis.aclose()
 
-    async def submit(self, requests: Sequence[RunRequest]) -> None:
+    async def submit(
+        self, requests: Sequence[RunRequest], *, strategy: Strategy = threads.DEFAULT
+    ) -> None:
         plan = _Plan(self.protocol, requests)
 
         async def write() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
                 for key, value, ttl in plan.sets:
                     pipe.set(key, value, ex=ttl)
-                pipe.zadd(plan.pending_key, plan.pending)
-                for queue, messages in plan.messages.items():
-                    pipe.lpush(queue, *messages)
+                if plan.messages:
+                    pipe.zadd(plan.pending_key, plan.pending)
+                    for queue, messages in plan.messages.items():
+                        pipe.lpush(queue, *messages)
                 if plan.webhooks:
                     pipe.zadd(plan.webhooks_key, plan.webhooks)
-                await pipe.execute()
+                for run_id, thread_id, life in plan.threads:
+                    await self._threads.queue_enter(
+                        pipe, run_id, thread_id, strategy, now=plan.now, life=life
+                    )
+                replies[:] = await pipe.execute()
 
+        replies: list[Any] = []
         try:
             if self.settings.replica_acks:
                 await durable.aenqueue(self._redis, self.settings, write, *plan.probe)
@@ -393,6 +396,19 @@ class AsyncClient:
             raise _unavailable("cannot enqueue on Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
+        for entered in entered_runs(plan.threads, replies):
+            if entered.verdict == "waiting" and strategy in ("interrupt", "rollback"):
+                await self._stop_holder(entered.holder, rollback=strategy == "rollback")
+        raise_busy(plan.threads, replies)
+
+    async def _stop_holder(self, holder: str, *, rollback: bool) -> None:
+        if rollback:
+            try:
+                await self._redis.set(*rollback_record(self.protocol, holder))
+            except _REDIS_ERRORS as exc:
+                raise BrokerUnavailable(f"cannot request a rollback on Redis: {exc}") from exc
+        with contextlib.suppress(RunNotFound):
+            await self.cancel(holder)
 
     async def status(self, run_id: str) -> RunStatus:
 
@@ -433,7 +449,7 @@ class AsyncClient:
                     await asyncio.sleep(outage.pause(exc))
                     continue
                 outage.over()
-                for event in _parse_entries(self.protocol, response, cursors, seen, watch):
+                for event in parse_entries(self.protocol, response, cursors, seen, watch):
                     if event.outcome is not None:
                         cursors.pop(keys.events(event.run_id), None)
                         watch.forget(event.run_id)
@@ -453,6 +469,8 @@ class AsyncClient:
                         status = _existing(self.protocol, raw, run_id)
                         pipe.multi()  # type: ignore[no-untyped-call]
                         _queue_cancel(pipe, self.protocol, status)
+                        if status.state == "queued":  # out of its thread's line (if any)
+                            await self._threads.queue_leave(pipe, run_id, now=time.time())
                         await pipe.execute()
                         return status
                     except WatchError:

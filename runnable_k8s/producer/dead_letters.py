@@ -30,7 +30,7 @@ from runnable_k8s.errors import (
 )
 from runnable_k8s.producer.client import client_for, new_run_id
 from runnable_k8s.protocol import envelope as env
-from runnable_k8s.protocol import keys, task_message
+from runnable_k8s.protocol import keys, stream, task_message
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
 from runnable_k8s.settings import Settings
 
@@ -166,9 +166,9 @@ class DeadLetters:
     def _outcome(self, run_id: str) -> Outcome | None:
         entries = self._call(lambda: self._redis.xrevrange(keys.events(run_id), count=8))
         for _, fields in entries or []:
-            if fields.get(b"k") == b"r":
+            if stream.entry_kind(fields) == stream.EntryKind.OUTCOME.wire:
                 try:
-                    return self.protocol.open_outcome(fields.get(b"m", b""), run_id)
+                    return self.protocol.open_outcome(stream.entry_message(fields), run_id)
                 except MessageRejected as exc:
                     raise SignatureRejected(
                         f"refused dead letter {run_id}: its outcome is not signed: {exc}"

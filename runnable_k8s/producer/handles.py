@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from runnable_k8s.errors import RunnableK8sError, UnknownEventId
-from runnable_k8s.producer.client import Event, async_client_for, client_for
+from runnable_k8s.producer.client import async_client_for, client_for
 from runnable_k8s.producer.results import error_for, unwrap
+from runnable_k8s.producer.stream_entries import Event
 from runnable_k8s.protocol.messages import COMPLETED_STATES, Protocol, RunStatus
 from runnable_k8s.protocol.webhook import WebhookDelivery
 from runnable_k8s.settings import Settings
@@ -100,6 +101,11 @@ class RemoteRun:
         for event in client.events([self.id], timeout=self._wait(timeout)):
             for event_id, chunk in reader.take(event):
                 yield (event_id, chunk) if with_ids else chunk
+
+    def thread_position(self) -> int | None:
+        """For a run on a LangGraph thread: 0 while it holds its thread (queued or running),
+        n >= 1 while it is n-th in the thread's line; None otherwise (no thread, or done)."""
+        return client_for(self.settings).thread_position(self.id)
 
     def cancel(self) -> RunStatus:
         """Cancel the run. Queued: it never starts. Running: its worker cancels it within about

@@ -19,7 +19,7 @@ import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
 from runnable_k8s.errors import MessageRejected
-from runnable_k8s.protocol import envelope, keys, priority, rejection, task_message
+from runnable_k8s.protocol import envelope, keys, priority, rejection, stream, task_message
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
 
 GRACE: Final = 1.0
@@ -130,7 +130,8 @@ class Watch:
 
     def noticed(self, run_id: str, fields: dict[Any, Any]) -> None:
         """A notice entry (its stream fields) in the stream of `run_id`."""
-        digest, label = fields.get(b"d"), fields.get(b"r")
+        digest = fields.get(stream.FIELD_DIGEST.encode())
+        label = fields.get(stream.FIELD_REASON.encode())
         if not isinstance(digest, bytes) or len(digest) != 64:
             return
         reason = label.decode(errors="replace") if isinstance(label, bytes) else ""
@@ -259,7 +260,7 @@ class Watch:
 
 def _notices(watch: Watch, run_id: str, entries: Any) -> None:
     for _, fields in entries or []:
-        if fields.get(b"k") == rejection.NOTICE:
+        if stream.entry_kind(fields) == stream.EntryKind.NOTICE.wire:
             watch.noticed(run_id, fields)
 
 

@@ -37,6 +37,8 @@ from runnable_k8s.protocol.remote_config import export_config
 from runnable_k8s.protocol.tracing import trace_headers
 from runnable_k8s.protocol.webhook import check_webhook
 from runnable_k8s.settings import Settings
+from runnable_k8s.store.threads import DEFAULT as DEFAULT_STRATEGY
+from runnable_k8s.store.threads import Strategy, check_strategy, thread_of
 
 
 class RunnableK8s(Runnable[Input, Output]):
@@ -52,12 +54,18 @@ class RunnableK8s(Runnable[Input, Output]):
         timeout: seconds a caller waits for a result (default `settings.wait_timeout`).
         time_limit: execution limit on the worker (the lower of this and the worker's own).
         name: the name callbacks and workers see (default: the bound runnable's name).
+        multitask_strategy: what a run does when another run of its `configurable.thread_id`
+            is queued or running: "enqueue" (default: wait its turn), "reject" (fail with
+            ThreadBusy), "interrupt" (stop the active run, keeping its checkpoints, then run)
+            or "rollback" (cancel the active run and discard its checkpoints, then run).
+            Per call: `invoke(..., multitask_strategy=...)` (also stream, batch, submit).
         priority: "high", "normal" (default) or "low": which queue list runs wait on; each
             call may override it with `priority=` (README, "Priorities").
 
     Raises:
         SerializationRefused: `bound` cannot travel; the message names the object at fault.
         ConfigurationError: neither or both of `bound` and `ref`.
+        UnknownMultitaskStrategy: `multitask_strategy` is not one of the four.
         UnknownPriority: `priority` is not one of the three.
 
     Not supported: callbacks inside the remote run report to the caller only as the one
@@ -75,8 +83,10 @@ class RunnableK8s(Runnable[Input, Output]):
         timeout: float | None = None,
         time_limit: float | None = None,
         name: str | None = None,
+        multitask_strategy: Strategy = DEFAULT_STRATEGY,
         priority: str | None = None,
     ) -> None:
+        self.multitask_strategy = check_strategy(multitask_strategy)
         if (bound is None) == (ref is None):
             raise ConfigurationError("RunnableK8s needs exactly one of bound= or ref=")
         self.bound = bound
@@ -181,6 +191,12 @@ class RunnableK8s(Runnable[Input, Output]):
             webhook=None if webhook is None else check_webhook(webhook, self.settings),
         )
 
+    def _strategy(self, kwargs: dict[str, Any]) -> Strategy:
+        """The call's `multitask_strategy` keyword (taken out: it is not the runnable's),
+        else the instance's."""
+        value = kwargs.pop("multitask_strategy", None)
+        return self.multitask_strategy if value is None else check_strategy(value)
+
     def _call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any] | None:
         """Keyword arguments that travel as such: only for a referenced runnable."""
         if self.ref is None or not kwargs:
@@ -207,8 +223,9 @@ class RunnableK8s(Runnable[Input, Output]):
     ) -> Output:
         client = client_for(self.settings)
         remote = kwargs.pop("_remote")
+        strategy = self._strategy(kwargs)
         request = self._request("invoke", input, remote, kwargs, run_manager=run_manager)
-        client.submit([request])
+        client.submit([request], strategy=strategy)
         for event in client.events([request.run_id], timeout=self._wait):
             if event.outcome is not None:
                 return cast(Output, unwrap(client.protocol, event.outcome))
@@ -229,8 +246,9 @@ class RunnableK8s(Runnable[Input, Output]):
     ) -> Output:
         client = async_client_for(self.settings)
         remote = kwargs.pop("_remote")
+        strategy = self._strategy(kwargs)
         request = self._request("invoke", input, remote, kwargs, run_manager=run_manager)
-        await client.submit([request])
+        await client.submit([request], strategy=strategy)
         async for event in client.events([request.run_id], timeout=self._wait):
             if event.outcome is not None:
                 return cast(Output, unwrap(client.protocol, event.outcome))
@@ -241,7 +259,8 @@ class RunnableK8s(Runnable[Input, Output]):
     def _chunking(self, count: int, configs: Sequence[dict[str, Any]]) -> tuple[int, int]:
         """(inputs per task, tasks in flight) honouring `max_concurrency`."""
         limit = configs[0].get("max_concurrency") if configs else None
-        size = self.settings.batch_chunk_size
+        # A run holds one thread: inputs on threads travel one per task.
+        size = 1 if any(thread_of(c) for c in configs) else self.settings.batch_chunk_size
         if not limit:
             return size, max(1, -(-count // size))
         size = max(1, min(size, limit))
@@ -289,6 +308,7 @@ class RunnableK8s(Runnable[Input, Output]):
     ) -> list[Exception | Output]:
         client = client_for(self.settings)
         remote = kwargs.pop("_remote")
+        strategy = self._strategy(kwargs)
         requests = self._batch_requests(inputs, remote, kwargs)
         _, window = self._chunking(len(inputs), remote)
         results: list[Any] = [None] * len(inputs)
@@ -302,7 +322,7 @@ class RunnableK8s(Runnable[Input, Output]):
                     pending[request.run_id] = (start, count)
                     batch.append(request)
                 if batch:
-                    client.submit(batch)
+                    client.submit(batch, strategy=strategy)
                 for event in client.events(list(pending), timeout=self._wait):
                     if event.outcome is not None:
                         self._place(results, pending.pop(event.run_id), event.outcome)
@@ -348,6 +368,7 @@ class RunnableK8s(Runnable[Input, Output]):
     ) -> list[Exception | Output]:
         client = async_client_for(self.settings)
         remote = kwargs.pop("_remote")
+        strategy = self._strategy(kwargs)
         requests = self._batch_requests(inputs, remote, kwargs)
         _, window = self._chunking(len(inputs), remote)
         results: list[Any] = [None] * len(inputs)
@@ -356,7 +377,7 @@ class RunnableK8s(Runnable[Input, Output]):
         async def run_one(start: int, count: int, request: RunRequest) -> None:
             async with gate:
                 try:
-                    await client.submit([request])
+                    await client.submit([request], strategy=strategy)
                     async for event in client.events([request.run_id], timeout=self._wait):
                         if event.outcome is not None:
                             results[start : start + count] = unwrap_items(
@@ -388,8 +409,9 @@ class RunnableK8s(Runnable[Input, Output]):
     ) -> Iterator[Output]:
         client = client_for(self.settings)
         remote = kwargs.pop("_remote")
+        strategy = self._strategy(kwargs)
         request = self._request("stream", next(inputs), remote, kwargs, run_manager=run_manager)
-        client.submit([request])
+        client.submit([request], strategy=strategy)
         for event in client.events([request.run_id], timeout=self._wait):
             if event.chunk is not None:
                 yield cast(Output, client.protocol.data.decode_data(event.chunk))
@@ -418,12 +440,13 @@ class RunnableK8s(Runnable[Input, Output]):
     ) -> AsyncIterator[Output]:
         client = async_client_for(self.settings)
         remote = kwargs.pop("_remote")
+        strategy = self._strategy(kwargs)
         payload = await anext(inputs)
         replayer = EventReplayer(run_manager) if wants_events(run_manager) else None
         request = self._request(
             "stream", payload, remote, kwargs, run_manager=run_manager, events=replayer is not None
         )
-        await client.submit([request])
+        await client.submit([request], strategy=strategy)
         try:
             async for event in client.events([request.run_id], timeout=self._wait):
                 if event.chunk is not None:
@@ -444,6 +467,7 @@ class RunnableK8s(Runnable[Input, Output]):
         config: RunnableConfig | None = None,
         *,
         stream: bool = False,
+        multitask_strategy: Strategy | None = None,
         priority: str | None = None,
         webhook: str | None = None,
     ) -> RemoteRun:
@@ -451,6 +475,7 @@ class RunnableK8s(Runnable[Input, Output]):
 
         Args:
             stream: publish output chunks as they are produced (for `RemoteRun.stream`).
+            multitask_strategy: overrides the instance's, for a run on a thread.
             priority: this run's priority (default: the runnable's).
             webhook: an http(s) URL a worker POSTs the signed outcome to when the run ends
                 (README, "Webhooks").
@@ -459,11 +484,13 @@ class RunnableK8s(Runnable[Input, Output]):
             SerializationRefused, PayloadTooLarge: before anything is enqueued.
             UnknownPriority, WebhookRefused: before anything is enqueued.
             BrokerUnavailable: Redis is unreachable; nothing was enqueued.
+            ThreadBusy: strategy "reject" and the run's thread was busy; nothing enqueued.
         """
         mode: Mode = "stream" if stream else "invoke"
+        strategy = self._strategy({"multitask_strategy": multitask_strategy})
         call = {} if priority is None else {"priority": priority}
         request = self._request(mode, input, export_config(config), call, webhook=webhook)
-        client_for(self.settings).submit([request])
+        client_for(self.settings).submit([request], strategy=strategy)
         return RemoteRun(request.run_id, self.settings, timeout=self.timeout)
 
     async def asubmit(
@@ -472,12 +499,14 @@ class RunnableK8s(Runnable[Input, Output]):
         config: RunnableConfig | None = None,
         *,
         stream: bool = False,
+        multitask_strategy: Strategy | None = None,
         priority: str | None = None,
         webhook: str | None = None,
     ) -> RemoteRun:
         """Like `submit`, without blocking the event loop."""
         mode: Mode = "stream" if stream else "invoke"
+        strategy = self._strategy({"multitask_strategy": multitask_strategy})
         call = {} if priority is None else {"priority": priority}
         request = self._request(mode, input, export_config(config), call, webhook=webhook)
-        await async_client_for(self.settings).submit([request])
+        await async_client_for(self.settings).submit([request], strategy=strategy)
         return RemoteRun(request.run_id, self.settings, timeout=self.timeout)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from runnable_k8s.protocol import keys
+from runnable_k8s.protocol import keys, stream
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
 
 
@@ -29,7 +29,8 @@ def queue_cancel(pipe: Any, protocol: Protocol, status: RunStatus) -> None:
         # Nobody has started it: record the outcome now, so waiters return at once even with
         # no worker running; a worker that later receives the message sees a finished run.
         outcome = Outcome(run_id, "cancelled", reason="cancelled before start", attempt=0)
-        pipe.xadd(keys.events(run_id), {"k": "r", "m": protocol.seal_outcome(outcome)})
+        sealed = protocol.seal_outcome(outcome)
+        pipe.xadd(keys.events(run_id), stream.signed_fields(stream.EntryKind.OUTCOME, sealed))
         pipe.expire(keys.events(run_id), ttl)
         cancelled = RunStatus(
             run_id,

@@ -19,7 +19,7 @@ from langchain_core.runnables import Runnable
 from pydantic import BaseModel, ValidationError
 
 from runnable_k8s.errors import DisallowedObject, SerializationRefused, SignatureRejected
-from runnable_k8s.protocol import interrupts
+from runnable_k8s.protocol import compact, interrupts
 from runnable_k8s.protocol.allowlist import (
     Allowlist,
     data_allowlist,
@@ -120,6 +120,9 @@ class Codec:
             except UnicodeEncodeError as exc:  # lone surrogates: JSON can escape them
                 if len(value) > _TEXT_FALLBACK_LIMIT:
                     raise SerializationRefused(f"{what} is not valid Unicode") from exc
+        packed = compact.encode(value)  # the common message types, without LangChain's dump
+        if packed is not None:
+            return packed
         try:
             text = dumps(value)
         except (TypeError, ValueError, RecursionError) as exc:
@@ -150,6 +153,8 @@ class Codec:
                 return raw[len(_TEXT) :].decode()
             except UnicodeDecodeError as exc:
                 raise DisallowedObject("malformed text data") from exc
+        if raw.startswith(compact.MARK):
+            return compact.decode(raw, self._paths, self._validator)
         try:
             text = raw.decode()
             obj = json.loads(text)

@@ -39,6 +39,10 @@ RETRY_LINK: Final = "retry-of"
 WEBHOOK: Final = "webhook"
 WAITING: Final = "waiting"
 
+# Results, chunks and statuses do not expire by signature; Redis TTLs bound their life, and
+# the run id in the header binds them to one run.
+FAR_FUTURE: Final = 4102444800.0  # 2100-01-01
+
 # Flag: the body travels beside the message in its own Redis key (large payloads).
 FLAG_BODY_BESIDE: Final = 1
 

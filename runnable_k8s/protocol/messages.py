@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
 from runnable_k8s.errors import SignatureRejected
 from runnable_k8s.protocol import envelope as env
+from runnable_k8s.protocol import stream
 from runnable_k8s.protocol.codec import data_codec, pack, runnable_codec, unpack
 from runnable_k8s.settings import Settings
 
@@ -264,20 +266,27 @@ class Protocol:
     # -- stream chunks ----------------------------------------------------------------------
 
     def seal_chunk(self, run_id: str, data: bytes, *, seq: int, kind: str) -> bytes:
-        """A stream entry: its position and kind ("c" output chunk, "e" callback event) are
-        signed with it, so entries cannot be dropped, repeated, reordered or relabelled."""
-        body = pack({"n": seq, "k": kind}, data)
-        return self.signer.seal(env.Envelope(env.CHUNK, run_id, _far_future(), body))
+        """A stream entry of one item (see protocol/stream.py): its position and kind ("c"
+        output chunk, "e" callback event) are signed with it, so entries cannot be dropped,
+        repeated, reordered or relabelled."""
+        return stream.seal_batch(self.signer, run_id, seq, [(stream.ItemKind(kind), data)])
 
     def open_chunk(self, wire: bytes, run_id: str) -> tuple[int, str, bytes]:
-        """Returns (position, kind, data)."""
-        envelope = self.signer.open(wire, kind=env.CHUNK)
-        _same_run(envelope, run_id)
-        head, segments = unpack(envelope.body)
-        seq, kind = head.get("n"), head.get("k")
-        if not isinstance(seq, int) or kind not in ("c", "e") or len(segments) != 1:
+        """Returns (position, kind, data) of an entry of one item."""
+        items = stream.open_batch(self.signer, wire, run_id)
+        if len(items) != 1:
             raise SignatureRejected("malformed stream entry")
-        return seq, kind, segments[0]
+        return items[0].seq, items[0].kind.value, items[0].data
+
+    def seal_batch(
+        self, run_id: str, first: int, items: Sequence[tuple[stream.ItemKind, bytes]]
+    ) -> bytes:
+        """A stream entry of items published together (see protocol/stream.py)."""
+        return stream.seal_batch(self.signer, run_id, first, items)
+
+    def open_batch(self, wire: bytes, run_id: str) -> list[stream.Item]:
+        """The verified items of a stream entry, each with its signed position and kind."""
+        return stream.open_batch(self.signer, wire, run_id)
 
     # -- statuses ---------------------------------------------------------------------------
 
@@ -337,4 +346,4 @@ def _same_run(envelope: env.Envelope, run_id: str) -> None:
 def _far_future() -> float:
     # Results, chunks and statuses do not expire by signature; Redis TTLs bound their life,
     # and `_same_run` binds them to one run.
-    return 4102444800.0  # 2100-01-01
+    return env.FAR_FUTURE

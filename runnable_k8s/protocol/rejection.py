@@ -41,7 +41,9 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
-NOTICE: Final = b"x"
+from runnable_k8s.protocol import stream
+
+NOTICE: Final = stream.EntryKind.NOTICE.wire
 """The `k` field of a notice entry in a run's event stream."""
 
 REASONS: Final = ("bad_signature", "too_large", "malformed")

@@ -59,10 +59,11 @@ from runnable_k8s.worker.outage import REDIS_ERRORS as _REDIS_ERRORS
 from runnable_k8s.worker.outage import ride_out
 from runnable_k8s.worker.records import RunRecords
 from runnable_k8s.worker.registry import Registry, RunnableSource
+from runnable_k8s.worker.stream_writer import StreamInterrupted as _StreamInterrupted
 from runnable_k8s.worker.streaming import Progress as _Progress
-from runnable_k8s.worker.streaming import StreamInterrupted as _StreamInterrupted
 from runnable_k8s.worker.streaming import StreamPublisher as _StreamPublisher
 from runnable_k8s.worker.task_state import Handled, already_ended
+from runnable_k8s.worker.thread_runs import ThreadRuns
 from runnable_k8s.worker.waits import WaitRecords
 
 log = logging.getLogger("runnable_k8s.worker")
@@ -102,6 +103,7 @@ class Executor:
         self._sync_redis: SyncRedis | None = None
         self._records: RunRecords | None = None
         self._leases: LeaseKeeper | None = None
+        self._thread_runs: ThreadRuns | None = None
         self.cancellations = Cancellations()
         # Called with the run id once a run with a webhook has its outcome (worker/webhooks.py).
         self.on_ended: Callable[[str], Awaitable[None]] | None = None
@@ -157,6 +159,12 @@ class Executor:
         return self._leases
 
     @property
+    def thread_runs(self) -> ThreadRuns:
+        if self._thread_runs is None:
+            self._thread_runs = ThreadRuns(self.redis, self.settings, self.protocol, self.runnables)
+        return self._thread_runs
+
+    @property
     def records(self) -> RunRecords:
         if self._records is None:
             self._records = RunRecords(
@@ -204,7 +212,8 @@ class Executor:
             request.name,
             request.mode,
         )
-        return await self._execute(request)
+        # Runs on a LangGraph thread take turns (worker/thread_runs.py).
+        return await self.thread_runs.run(request, self._execute)
 
     async def _verify(self, raw: bytes, beside: bytes | _NotRead | None) -> RunRequest:
         if len(raw) > self.protocol.signer.max_body_bytes + 1024:

@@ -22,7 +22,7 @@ from typing import Any, Final, Literal
 import redis.asyncio as aredis
 
 from runnable_k8s.errors import MessageRejected
-from runnable_k8s.protocol import keys, rejection, task_message
+from runnable_k8s.protocol import keys, rejection, stream, task_message
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
 
 Claim = Literal["ok", "locked", "changed", "cancelled"]
@@ -285,7 +285,7 @@ class RunRecords:
             done = await self._finish(keys=keys_, args=[*args, sealed, *after])
             return bool(done == 1)
         async with self._client.pipeline(transaction=True) as pipe:
-            pipe.xadd(keys_[1], {"k": "r", "m": sealed})
+            pipe.xadd(keys_[1], stream.signed_fields(stream.EntryKind.OUTCOME, sealed))
             # EVAL, not EVALSHA: a script missing from Redis's cache (after a restart) must
             # not fail inside the transaction after the XADD went through.
             pipe.eval(_FINISH, len(keys_), *keys_, *args, "", *after)

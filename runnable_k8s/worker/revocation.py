@@ -27,6 +27,7 @@ turns every remote-control command off (Flower then only watches events).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Final, Literal
 
 from celery.signals import task_revoked
@@ -39,6 +40,7 @@ from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.cancel import queue_cancel
 from runnable_k8s.protocol.messages import Protocol
 from runnable_k8s.protocol.task_message import TASK_NAME
+from runnable_k8s.store.threads import TransactionThreads
 
 log = logging.getLogger("runnable_k8s.worker")
 
@@ -58,6 +60,7 @@ class Revoker:
     def __init__(self, redis_url: str, protocol: Protocol) -> None:
         self._redis = connections.sync_client(redis_url, socket_timeout=5, socket_connect_timeout=5)
         self._protocol = protocol
+        self._threads = TransactionThreads(self._redis, protocol.settings)
 
     def cancel(self, run_id: str) -> Verdict:
         """Cancel one run as a producer's `cancel` does; say what became of it."""
@@ -76,6 +79,8 @@ class Revoker:
                         return "finished"
                     pipe.multi()
                     queue_cancel(pipe, self._protocol, status)
+                    if status.state == "queued":  # out of its thread's line (if any)
+                        self._threads.queue_leave(pipe, run_id, now=time.time())
                     pipe.execute()
                     return "cancelled" if status.state == "queued" else "cancelling"
                 except WatchError:

@@ -60,4 +60,6 @@ def test_quick_benchmark_runs(redis_url: str, tmp_path: Path) -> None:
     ours = report["samples"]["ours"]
     # A streamed token costs a fraction of what a whole run does.
     assert 0 < ours["commands_per_token"] < ours["commands_per_invoke"]
-    assert ours["token_commands"]["xadd"] >= 1.0
+    # Tokens share stream entries when they come faster than entries leave: at most one XADD
+    # each, and some (the first entry is a script's).
+    assert 0 < ours["token_commands"]["xadd"] <= 1.0

@@ -122,7 +122,10 @@ def test_a_rebuilt_chunk_stream_is_rejected(
     settings: Settings, worker: WorkerProcess, redis_client: redis.Redis, tampering: str
 ) -> None:
     rebuild, rejection = TAMPERINGS[tampering]
-    run = RunnableK8s(bound=DemoChatModel(), settings=settings).submit(QUESTION, stream=True)
+    # A token every 10 ms: one entry each (a faster model's tokens share entries, see
+    # test_batched_streams.py for tampering inside one).
+    model = DemoChatModel(chunk_delay=0.01)
+    run = RunnableK8s(bound=model, settings=settings).submit(QUESTION, stream=True)
     honest = "".join(c.content for c in RemoteRun(run.id, settings).stream(timeout=30))
     assert "Pichu" in honest
     key = keys.events(run.id)

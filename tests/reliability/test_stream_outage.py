@@ -16,7 +16,8 @@ import pytest
 import redis
 
 from runnable_k8s import RemoteError, RemoteRun, RunnableK8s
-from runnable_k8s.protocol import keys, rejection
+from runnable_k8s.protocol import keys, rejection, stream
+from runnable_k8s.protocol.messages import Protocol
 from tests.conftest import make_settings
 from tests.reliability.conftest import (
     DurableRedis,
@@ -152,23 +153,33 @@ def test_stream_entry_whose_reply_was_lost_is_not_sent_twice(
     settings = make_settings(own_redis_url)
     port = urlsplit(own_redis_url).port
     assert port is not None
-    proxy = ReplyDropper(port, drop={3, 7})
+    # Entries carry several chunks when a write was slow (a retried one is): plenty of
+    # chunks, so that a 6th XADD comes after the retry of the 3rd.
+    proxy = ReplyDropper(port, drop={3, 6})
     try:
         behind = settings.replace(redis_url=f"redis://127.0.0.1:{proxy.port}/0")
         worker = WorkerProcess(behind, logs_dir, name="lost-replies")
         workers.append(worker)
         worker.wait_ready()
-        remote = RunnableK8s(bound=SlowModel(delay=0.05, chunks=10), settings=settings)
+        remote = RunnableK8s(bound=SlowModel(delay=0.05, chunks=20), settings=settings)
         run = remote.submit("x", stream=True)
-        expected = "".join(f"part{i} " for i in range(10))
+        expected = "".join(f"part{i} " for i in range(20))
         assert run.result(timeout=30).content == expected
         assert proxy.dropped == 2
         # Each chunk once: the reader refuses a repeated position, and the count matches.
         chunks = list(RemoteRun(run.id, settings).stream(timeout=10))
         assert "".join(c.content for c in chunks) == expected
         client = redis.Redis.from_url(own_redis_url)
+        protocol = Protocol(settings)
         try:
-            assert client.xlen(keys.events(run.id)) == len(chunks) + 1
+            entries = client.xrange(keys.events(run.id))
+            items = [
+                len(protocol.open_batch(fields[b"m"], run.id))
+                for _, fields in entries
+                if fields[b"k"] in stream.BATCH_KINDS
+            ]
+            assert sum(items) == len(chunks)
+            assert len(entries) == len(items) + 1  # and one outcome
         finally:
             client.close()
         assert "Redis unavailable while streaming" in worker.log()

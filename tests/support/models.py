@@ -70,6 +70,30 @@ class SlowModel(_Serializable, BaseChatModel):
             yield ChatGenerationChunk(message=AIMessageChunk(content=token))
 
 
+class BurstModel(_Serializable, BaseChatModel):
+    """Streams `tokens` chunks (`"b0 "`, `"b1 "`, ...) as fast as it can, never waiting, as a
+    model whose tokens are all buffered would; with `fail_after`, raises ValueError after that
+    many chunks."""
+
+    tokens: int = 1000
+    fail_after: int | None = None
+
+    @property
+    def _llm_type(self) -> str:
+        return "burst-test"
+
+    def _generate(self, *args: Any, **kw: Any) -> ChatResult:
+        raise NotImplementedError("stream only")
+
+    async def _astream(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        for index in range(self.tokens):
+            if index == self.fail_after:
+                raise ValueError(f"the burst broke after {index} chunks")
+            yield ChatGenerationChunk(message=AIMessageChunk(content=f"b{index} "))
+
+
 class FailingModel(_Serializable, BaseChatModel):
     """Raises `ValueError(message)` from a nested helper (so the traceback has depth)."""
 
@@ -148,6 +172,7 @@ TEST_CLASSES = ",".join(
     f"tests.support.models:{name}"
     for name in (
         "SlowModel",
+        "BurstModel",
         "FailingModel",
         "ConfigProbe",
         "FlakyModel",

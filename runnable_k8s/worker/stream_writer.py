@@ -1,0 +1,283 @@
+"""Writing a run's stream: signed batches appended exactly once, several chunks per entry.
+
+`Batcher` takes items (encoded chunks and events) as the runnable produces them. The first
+goes out at once; those produced while a write is in flight, or within `_SPACING_S` (2 ms) of
+the last entry, go out together in the next entry, so a slow model gets each token out as it
+comes and a fast one fills entries. Each item keeps its own signed position inside its entry
+(protocol/stream.py).
+
+`EntryWriter` appends one sealed batch: across a Redis blip the write is retried, and a retry
+first looks for the entry the try before may have appended, so no batch is ever appended twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+from runnable_k8s.errors import MessageRejected, RunnableK8sError
+from runnable_k8s.protocol import keys, stream
+from runnable_k8s.store import scripts
+from runnable_k8s.worker.outage import REDIS_ERRORS, ride_out
+
+if TYPE_CHECKING:
+    from runnable_k8s.worker.execution import Executor
+    from runnable_k8s.worker.streaming import Progress
+
+# Rounds of "forged entries removed, first entry tried again" before giving up.
+_FIRST_TRIES: Final = 3
+# Items in one entry at most: bounds what one reader parses per entry and the first entry's
+# XRANGE scan of a stream a lost delivery left behind.
+_MAX_ITEMS: Final = 512
+# Past this many items waiting (or twice the body limit in bytes), the runnable waits for the
+# write in flight: a model far faster than Redis must not buffer without bound.
+_MAX_PENDING: Final = 4 * _MAX_ITEMS
+# How long a runnable that never awaits (a model yielding buffered tokens, a CPU-bound
+# step) keeps the event loop while a write is in flight, before `put` gives the loop a turn
+# to finish that write and send the next. Not a wait: nothing is delayed while the runnable
+# awaits anything, and the first item of a burst goes out at once. Without it, such a runnable
+# would give the loop a turn per item, each reply would be read before the next item existed,
+# and every item would cost a write of its own (worker, Redis and reader CPU alike).
+_TURN_S: Final = 0.001
+# Entries of one run leave at most this often. Why not only "everything produced while a write
+# is in flight": LangChain's `astream` gives the event loop about a dozen turns per chunk (tee,
+# callbacks), so a write's reply is read before the next chunk exists, and every chunk went
+# alone (measured: 1,836 entries for 2,000 tokens), each costing the worker a write, Redis a
+# command and every reader an XREAD. An item that comes more than this after the last entry
+# left (the first token; a real model's token every 5 to 20 ms) goes at once; only the items
+# of a burst wait, at most this long, and share an entry.
+_SPACING_S: Final = 0.002
+# How long a cancelled run waits for its write in flight (so the outcome counts exactly the
+# entries in Redis) before abandoning it.
+_SETTLE_S: Final = 5.0
+
+Batch = list[tuple[stream.ItemKind, bytes]]
+
+
+class StreamInterrupted(RunnableK8sError):
+    """This run's stream already holds another delivery's entries: the run ends "interrupted"
+    after the `entries` (items) the reader has (never the runnable's failure)."""
+
+    def __init__(self, entries: int) -> None:
+        super().__init__(f"the stream already holds {entries} entries of an earlier delivery")
+        self.entries = entries
+
+
+def _id(raw: Any) -> bytes:
+    return raw if isinstance(raw, bytes) else str(raw).encode()
+
+
+class EntryWriter:
+    """Appends sealed batches to one run's stream, counting items in `progress`."""
+
+    def __init__(self, executor: Executor, run_id: str, progress: Progress) -> None:
+        self._executor = executor
+        self._run_id = run_id
+        self._progress = progress
+        self._stream = keys.events(run_id)
+        self._last: bytes | None = None  # id of the last entry appended
+
+    async def append(self, items: Batch) -> None:
+        seq = self._progress.published
+        sealed = self._executor.protocol.seal_batch(self._run_id, seq, items)
+        kind = stream.EntryKind(items[0][0].value)
+        tries = 0
+
+        async def append_once() -> bytes:
+            nonlocal tries
+            tries += 1
+            if tries > 1:
+                # The try before may have been applied, its reply lost: never append twice.
+                found = await self._find(sealed, seq)
+                if found is not None:
+                    return found
+            return await self._add(kind, sealed, seq)
+
+        try:
+            # Across a Redis blip the run waits for Redis, as its outcome would.
+            self._last = await ride_out(
+                append_once,
+                within=self._executor.settings.effective_visibility_timeout,
+                what="streaming",
+                run_id=self._run_id,
+            )
+        except (*REDIS_ERRORS, StreamInterrupted) as exc:
+            self._progress.own_error = exc
+            raise
+        self._progress.published += len(items)
+
+    async def _add(self, kind: stream.EntryKind, sealed: bytes, seq: int) -> bytes:
+        redis = self._executor.redis
+        if seq > 0:  # the usual case: one plain XADD
+            return _id(await redis.xadd(self._stream, stream.signed_fields(kind, sealed)))
+        ttl = int(self._executor.settings.result_ttl)
+        # Loaded again by redis-py if Redis restarted and forgot it.
+        first = scripts.aload(redis, "stream_first")
+        args = [
+            kind.value,
+            sealed,
+            ttl,
+            stream.EntryKind.CHUNK.value,
+            stream.EntryKind.EVENT.value,
+            stream.FIELD_KIND,
+            stream.FIELD_MESSAGE,
+        ]
+        for _ in range(_FIRST_TRIES):
+            reply = await first(keys=[self._stream], args=args)
+            if not isinstance(reply, int):
+                return _id(reply)
+            # Redis cannot check signatures: the script counted chunk-like entries, which
+            # anyone who can write to Redis can add. Only signed entries of this run are an
+            # earlier delivery's (its worker was lost mid-stream: going on, or starting over,
+            # would show the reader chunks twice); the rest go, and the first entry is tried
+            # again.
+            earlier = await self._earlier()
+            if earlier:
+                raise StreamInterrupted(earlier)
+        raise StreamInterrupted(0)
+
+    def _items(self, fields: Any) -> int:
+        """How many signed items of this run a stream entry (its fields) holds; 0 for anything
+        that is not a signed batch of this run."""
+        if stream.entry_kind(fields) not in stream.BATCH_KINDS:
+            return 0
+        try:
+            items = self._executor.protocol.open_batch(stream.entry_message(fields), self._run_id)
+        except MessageRejected:
+            return 0
+        return len(items)
+
+    async def _earlier(self) -> int:
+        """The signed items of this run already in its stream; unsigned chunk-like entries
+        (forged: no worker writes them) are deleted by this lease holder."""
+        redis = self._executor.redis
+        genuine, forged = 0, []
+        entries: list[Any] = await redis.xrange(self._stream, "-", "+") or []
+        for entry, fields in entries:
+            if stream.entry_kind(fields) not in stream.BATCH_KINDS:
+                continue  # a rejection notice, or an outcome: not a chunk
+            items = self._items(fields)
+            if items:
+                genuine += items
+            else:
+                forged.append(_id(entry))
+        if forged:
+            await redis.xdel(self._stream, *forged)
+        return genuine
+
+    async def _find(self, sealed: bytes, seq: int) -> bytes | None:
+        """The id of the entry holding `sealed`, if the try before appended it: then it is the
+        one signed entry of this run after the last one this publisher knows it appended (only
+        the run's lease holder appends; unsigned entries are anyone's). None if there is none;
+        any other finding means another delivery streams here too."""
+        start = b"-" if self._last is None else b"(" + self._last
+        found = [
+            (entry, fields, items)
+            for entry, fields in await self._executor.redis.xrange(self._stream, start, "+") or []
+            if (items := self._items(fields))
+        ]
+        if not found:
+            return None
+        if len(found) == 1 and stream.entry_message(found[0][1]) == sealed:
+            return _id(found[0][0])
+        raise StreamInterrupted(seq + sum(items for _, _, items in found))
+
+
+class Batcher:
+    """Items out as soon as possible: one write in flight at a time, and everything produced
+    meanwhile in the next one. `close` (or `abandon`) must follow the last `put`."""
+
+    def __init__(self, writer: EntryWriter, max_body_bytes: int) -> None:
+        self._writer = writer
+        self._max_body = max_body_bytes
+        self._pending: Batch = []
+        self._pending_bytes = 0
+        self._task: asyncio.Task[None] | None = None
+        self._turn = time.perf_counter()  # when the event loop last had a turn from `put`
+        self._sent = -_SPACING_S  # when the last entry left
+
+    async def put(self, kind: stream.ItemKind, data: bytes) -> None:
+        """Queue one encoded item; raises the error that made an earlier write give up."""
+        task = self._task
+        if task is not None and task.done():
+            self._task = None
+            _raise_failure(task)
+        self._pending.append((kind, data))
+        self._pending_bytes += len(data)
+        if self._task is None:
+            # Nothing in flight: this item goes out now (the first token never waits).
+            self._task = asyncio.create_task(self._drain())
+        elif len(self._pending) >= _MAX_PENDING or self._pending_bytes >= 2 * self._max_body:
+            await asyncio.wait({self._task})
+            self._turn = time.perf_counter()
+            return
+        elif time.perf_counter() - self._turn < _TURN_S:
+            # A write is in flight and the runnable has had the loop for less than a turn:
+            # it goes on producing, and what it produces joins the next entry.
+            return
+        # One turn of the event loop: the write gets on the wire, or its reply is read and
+        # the next entry (everything produced meanwhile) sent, even when the runnable never
+        # awaits anything itself. A runnable that awaits (a model on the network) gives the
+        # loop its turns anyway.
+        await asyncio.sleep(0)
+        self._turn = time.perf_counter()
+
+    async def close(self) -> None:
+        """Publish everything queued; raises the error that made a write give up."""
+        while self._task is not None or self._pending:
+            if self._task is None:
+                self._task = asyncio.create_task(self._drain())
+            task = self._task
+            await asyncio.wait({task})
+            self._task = None
+            _raise_failure(task)
+
+    async def abandon(self) -> None:
+        """The run ends without its queued items (cancelled, or a write gave up): the write in
+        flight, if any, is waited for a moment so the published count matches Redis."""
+        self._pending.clear()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        try:
+            await asyncio.wait({task}, timeout=_SETTLE_S)
+        finally:
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def _drain(self) -> None:
+        while self._pending:
+            # An entry left less than a spacing ago: this one leaves one spacing after it,
+            # with everything produced by then (see `_SPACING_S`).
+            rest = self._sent + _SPACING_S - time.perf_counter()
+            if rest > 0:
+                await asyncio.sleep(rest)
+            batch = self._take()
+            self._sent = time.perf_counter()
+            await self._writer.append(batch)
+
+    def _take(self) -> Batch:
+        """The next entry's items: as many queued ones as fit one signed body (at least one:
+        an item too large on its own is refused by the signer)."""
+        budget = self._max_body - stream.batch_overhead(_MAX_ITEMS)
+        count, size = 0, 0
+        for _, data in self._pending[:_MAX_ITEMS]:
+            if count and size + len(data) > budget:
+                break
+            count += 1
+            size += len(data)
+        batch, self._pending = self._pending[:count], self._pending[count:]
+        self._pending_bytes -= size
+        return batch
+
+
+def _raise_failure(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        raise asyncio.CancelledError
+    exc = task.exception()
+    if exc is not None:
+        raise exc
