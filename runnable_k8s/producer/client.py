@@ -37,11 +37,12 @@ from runnable_k8s.producer import durable, rejections
 from runnable_k8s.producer.stream_entries import Event, parse_entries
 from runnable_k8s.producer.thread_submit import entered_runs, raise_busy, rollback_record
 from runnable_k8s.protocol import keys, priority, task_message
-from runnable_k8s.protocol.cancel import queue_cancel as _queue_cancel
 from runnable_k8s.protocol.messages import Protocol, RunRequest, RunStatus
 from runnable_k8s.protocol.webhook import WebhookDelivery
 from runnable_k8s.settings import Settings
 from runnable_k8s.store import threads, webhooks
+from runnable_k8s.store.cancel import queue_cancel as _queue_cancel
+from runnable_k8s.store.submit import AsyncEnqueuer, Enqueuer, Submission
 from runnable_k8s.store.threads import Strategy, TransactionThreads
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -194,6 +195,7 @@ class Client:
             ),
         )
         self._threads = TransactionThreads(self._redis, settings)
+        self._enqueue = Enqueuer(self._redis)
 
     def close(self) -> None:
         self._redis.close()
@@ -214,6 +216,11 @@ class Client:
             ThreadBusy: strategy "reject" and a run's thread was held; none of the runs on a
                 busy thread was enqueued.
         """
+        if not any(threads.thread_of(r.config) is not None for r in requests):
+            # The usual case, one script (store/submit.py); runs on a thread go through the
+            # thread scripts in a transaction below.
+            self._submit_plain(Submission(self.protocol, requests, records))
+            return
         plan = _Plan(self.protocol, requests)
 
         def write() -> None:
@@ -246,6 +253,19 @@ class Client:
             if entered.verdict == "waiting" and strategy in ("interrupt", "rollback"):
                 self._stop_holder(entered.holder, rollback=strategy == "rollback")
         raise_busy(plan.threads, replies)
+
+    def _submit_plain(self, submission: Submission) -> None:
+        try:
+            if self.settings.replica_acks:
+                durable.enqueue(
+                    self._redis, self.settings, lambda: self._enqueue(submission), *submission.probe
+                )
+            else:
+                self._enqueue(submission)
+        except _REDIS_ERRORS as exc:
+            raise _unavailable("cannot enqueue on Redis", exc) from exc
+        except RedisError as exc:
+            raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
 
     def _stop_holder(self, holder: str, *, rollback: bool) -> None:
         """Strategy interrupt / rollback: the new run is first in line; stop the one running."""
@@ -361,6 +381,7 @@ class AsyncClient:
         self.protocol = protocol
         self._redis = connections.async_client(settings.require_redis_url(), **_CONNECTION)
         self._threads = TransactionThreads(self._redis, settings)
+        self._enqueue = AsyncEnqueuer(self._redis)
 
     async def aclose(self) -> None:
         await self._redis.aclose()
@@ -368,6 +389,9 @@ class AsyncClient:
     async def submit(
         self, requests: Sequence[RunRequest], *, strategy: Strategy = threads.DEFAULT
     ) -> None:
+        if not any(threads.thread_of(r.config) is not None for r in requests):
+            await self._submit_plain(Submission(self.protocol, requests))
+            return
         plan = _Plan(self.protocol, requests)
 
         async def write() -> None:
@@ -400,6 +424,20 @@ class AsyncClient:
             if entered.verdict == "waiting" and strategy in ("interrupt", "rollback"):
                 await self._stop_holder(entered.holder, rollback=strategy == "rollback")
         raise_busy(plan.threads, replies)
+
+    async def _submit_plain(self, submission: Submission) -> None:
+        async def write() -> None:
+            await self._enqueue(submission)
+
+        try:
+            if self.settings.replica_acks:
+                await durable.aenqueue(self._redis, self.settings, write, *submission.probe)
+            else:
+                await write()
+        except _REDIS_ERRORS as exc:
+            raise _unavailable("cannot enqueue on Redis", exc) from exc
+        except RedisError as exc:
+            raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
 
     async def _stop_holder(self, holder: str, *, rollback: bool) -> None:
         if rollback:

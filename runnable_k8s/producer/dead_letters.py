@@ -1,7 +1,8 @@
 """Dead letters: runs that failed after their last attempt, were refused after verification,
 or expired, kept for `dead_letter_ttl` seconds to be inspected and retried.
 
-The worker indexes them (worker/records.py `finish`); this module reads that index, which is
+The worker indexes them (store/records.py `finish`); this module reads that index
+(store/dead_letters.py), which is
 only a list of run ids: everything shown is the run's signed status and outcome, and a retry
 re-submits the run's own signed request, verified again, under a new run id. Nothing in the
 index is trusted: an entry whose records are gone is dropped, one whose signed status says
@@ -30,13 +31,12 @@ from runnable_k8s.errors import (
 )
 from runnable_k8s.producer.client import client_for, new_run_id
 from runnable_k8s.protocol import envelope as env
-from runnable_k8s.protocol import keys, stream, task_message
+from runnable_k8s.protocol import stream, task_message
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
 from runnable_k8s.settings import Settings
+from runnable_k8s.store.dead_letters import DEAD_LETTER_STATES, DeadLetterIndex, retry_link_record
 
-# What the worker indexes (worker/records.py DEAD_LETTER_STATES; the producer never imports
-# the worker).
-STATES: Final = frozenset({"failed", "expired"})
+STATES: Final = DEAD_LETTER_STATES
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _FAR_FUTURE: Final = 4102444800.0  # links expire by Redis TTL, like statuses
 
@@ -88,7 +88,7 @@ class DeadLetters:
         self._redis = connections.sync_client(
             settings.require_redis_url(), socket_connect_timeout=5, socket_timeout=30
         )
-        self._index = keys.dead_letters(settings.queue)
+        self._index = DeadLetterIndex(self._redis, settings.queue)
 
     def close(self) -> None:
         self._redis.close()
@@ -99,7 +99,7 @@ class DeadLetters:
         Raises:
             SignatureRejected: a link is there but is not one this key signed for this run.
         """
-        raw = self._call(lambda: self._redis.get(keys.retry_of(run_id)))
+        raw = self._call(lambda: self._index.retry_link(run_id))
         return open_link(self.protocol, raw, run_id) if isinstance(raw, bytes) else None
 
     def listing(self, *, limit: int = 100) -> Listing:
@@ -107,22 +107,13 @@ class DeadLetters:
         records expired are removed from the index."""
         horizon = time.time() - self.settings.dead_letter_ttl
 
-        def read() -> tuple[list[Any], list[Any]]:
-            self._redis.zremrangebyscore(self._index, "-inf", f"({horizon!r}")
-            ids: list[Any] = list(self._redis.zrevrange(self._index, 0, max(0, limit - 1)))
-            with self._redis.pipeline(transaction=False) as pipe:
-                for raw_id in ids:
-                    pipe.get(keys.status(raw_id.decode()))
-                return ids, pipe.execute()
-
-        ids, raws = self._call(read)
+        found = self._call(lambda: self._index.newest(since=horizon, limit=limit))
         letters: list[DeadLetter] = []
-        gone: list[bytes] = []
+        gone: list[str] = []
         refused = 0
-        for raw_id, raw in zip(ids, raws, strict=True):
-            run_id = raw_id.decode(errors="replace")
+        for run_id, raw in found:
             if not isinstance(raw, bytes):
-                gone.append(raw_id)
+                gone.append(run_id)
                 continue
             try:
                 status = self.protocol.open_status(raw, run_id)
@@ -134,7 +125,7 @@ class DeadLetters:
                 continue
             letters.append(DeadLetter(status))
         if gone:
-            self._call(lambda: self._redis.zrem(self._index, *gone))
+            self._call(lambda: self._index.forget(gone))
         return Listing(letters, len(gone), refused)
 
     def show(self, run_id: str) -> DeadLetter:
@@ -145,9 +136,9 @@ class DeadLetters:
             SignatureRejected: its status, outcome or link is not signed for this run, or its
                 signed status says the run did not fail (a forged index entry).
         """
-        if self._call(lambda: self._redis.zscore(self._index, run_id)) is None:
+        if not self._call(lambda: self._index.indexed(run_id)):
             raise RunNotFound(f"run {run_id} is not a dead letter (or no longer)", run_id=run_id)
-        raw = self._call(lambda: self._redis.get(keys.status(run_id)))
+        raw = self._call(lambda: self._index.status(run_id))
         if not isinstance(raw, bytes):
             raise RunNotFound(f"the records of run {run_id} expired", run_id=run_id)
         try:
@@ -164,7 +155,7 @@ class DeadLetters:
         return DeadLetter(status, self._outcome(run_id), self.retry_of(run_id))
 
     def _outcome(self, run_id: str) -> Outcome | None:
-        entries = self._call(lambda: self._redis.xrevrange(keys.events(run_id), count=8))
+        entries = self._call(lambda: self._index.last_events(run_id, 8))
         for _, fields in entries or []:
             if stream.entry_kind(fields) == stream.EntryKind.OUTCOME.wire:
                 try:
@@ -185,9 +176,7 @@ class DeadLetters:
                 the request is another run's.
         """
         self.show(run_id)
-        copy, body = self._call(
-            lambda: self._redis.mget(keys.kept_request(run_id), keys.kept_body(run_id))
-        )
+        copy, body = self._call(lambda: self._index.kept(run_id))
         if not isinstance(copy, bytes):
             raise RunNotFound(f"the request of run {run_id} is no longer kept", run_id=run_id)
         found = task_message.argument_of(copy)
@@ -215,28 +204,17 @@ class DeadLetters:
             queued_digest=None,
             created_at=None,
         )
-        link = (keys.retry_of(new_id), seal_link(self.protocol, new_id, run_id))
-        self._client.submit([again], records=[(*link, int(self.settings.result_ttl))])
+        link = retry_link_record(
+            new_id, seal_link(self.protocol, new_id, run_id), int(self.settings.result_ttl)
+        )
+        self._client.submit([again], records=[link])
         return new_id
 
     def purge(self, *, older_than: float | None = None) -> int:
         """Remove entries (all, or those that ended more than `older_than` seconds ago) and
         their kept requests. Returns how many were removed."""
-        top = "+inf" if older_than is None else repr(time.time() - older_than)
-
-        def remove() -> int:
-            ids: list[Any] = list(self._redis.zrangebyscore(self._index, "-inf", top))
-            if not ids:
-                return 0
-            with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(self._index, *ids)
-                for raw_id in ids:
-                    run_id = raw_id.decode(errors="replace")
-                    pipe.delete(keys.kept_request(run_id), keys.kept_body(run_id))
-                removed = pipe.execute()[0]
-            return int(removed)
-
-        return int(self._call(remove))
+        since = None if older_than is None else time.time() - older_than
+        return int(self._call(lambda: self._index.purge(since)))
 
     def _call(self, operation: Any) -> Any:
         try:

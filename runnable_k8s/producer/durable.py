@@ -4,8 +4,8 @@ The producer reports a run as accepted only once `replica_acks` replicas acknowl
 transaction (replication.fence). When the master dies mid-way, the transaction's fate is
 unknown: its reply may be lost although it was applied (and replicated), or it was applied and
 died with the master. So after any failure the producer waits for Redis (a new master, found
-through the sentinels), looks for the run's status record (written in the same MULTI/EXEC as
-its message: both or neither survived) and writes the transaction again only if it is absent.
+through the sentinels), looks for the run's status record (written by the same script as its
+message: both or neither survived) and writes the transaction again only if it is absent.
 A run is therefore enqueued once, and `BrokerUnavailable` after `failover_wait` means Redis
 stayed away: nothing this call wrote survived on any master it could reach.
 """

@@ -19,8 +19,9 @@ import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
 from runnable_k8s.errors import MessageRejected
-from runnable_k8s.protocol import envelope, keys, priority, rejection, stream, task_message
+from runnable_k8s.protocol import envelope, rejection, stream, task_message
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
+from runnable_k8s.store import keys, notices
 
 GRACE: Final = 1.0
 """Seconds between the two looks that must both find the message gone: longer than the gap
@@ -31,56 +32,6 @@ _MAX_DELAY: Final = 10.0  # a notice that does not count (yet) is looked at agai
 _MAX_SCAN: Final = 10_000  # longer queues or unacked hashes: look again later
 _MAX_NOTICES: Final = 32  # entries `settle` reads from the stream of a queued run
 _HELD_FOR: Final = 0.5  # how long `settle` waits for a rejecting worker's acknowledgement
-
-# KEYS: status, pending set, unacked hash, queue, events, message copy, body, then the queue's
-# other priority lists (the run may wait on any of them). ARGV: SHA-1 of
-# the expected (queued) status, run id, signature hex, delivery tag, max scan, "1" to record,
-# failed status, outcome, ttl s.
-# Returns where the message still is ('started', 'pending', 'held', 'queued', 'unknown'),
-# else 'gone', or 'failed' once recorded. The cheap looks come first; the scans run only for a
-# run no longer pending, which is rare. A hostile key of another type makes the script fail:
-# the caller then looks again later, as for 'unknown'.
-_CHECK: Final = """
-local current = redis.call('get', KEYS[1])
-if not current or redis.sha1hex(current) ~= ARGV[1] then return 'started' end
-if redis.call('zscore', KEYS[2], ARGV[2]) then return 'pending' end
-if ARGV[4] ~= '' and redis.call('hexists', KEYS[3], ARGV[4]) == 1 then return 'held' end
-local max = tonumber(ARGV[5])
-local lists = {KEYS[4]}
-for i = 8, #KEYS do table.insert(lists, KEYS[i]) end
-local copy = redis.call('get', KEYS[6])
-for _, list in ipairs(lists) do
-  if copy and redis.call('lpos', list, copy, 'RANK', -1, 'MAXLEN', max) then
-    return 'queued'
-  end
-  if redis.call('llen', list) > max then return 'unknown' end
-end
-if redis.call('hlen', KEYS[3]) > max then return 'unknown' end
--- By signature, not by bytes or tag: kombu re-serializes a message it hands back, and the
--- tag in the copy is not signed.
-local cursor = '0'
-repeat
-  local page = redis.call('hscan', KEYS[3], cursor, 'COUNT', 100)
-  cursor = page[1]
-  for i = 2, #page[2], 2 do
-    if string.find(page[2][i], ARGV[3], 1, true) then return 'held' end
-  end
-until cursor == '0'
-for _, list in ipairs(lists) do
-  local length = redis.call('llen', list)
-  for start = 0, length - 1, 100 do
-    for _, item in ipairs(redis.call('lrange', list, start, start + 99)) do
-      if string.find(item, ARGV[3], 1, true) then return 'queued' end
-    end
-  end
-end
-if ARGV[6] == '' then return 'gone' end
-redis.call('set', KEYS[1], ARGV[7], 'EX', ARGV[9])
-redis.call('xadd', KEYS[5], '*', 'k', 'r', 'm', ARGV[8])
-redis.call('expire', KEYS[5], ARGV[9])
-redis.call('del', KEYS[6], KEYS[7])
-return 'failed'
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +119,7 @@ class Watch:
     @staticmethod
     def reads(run_id: str) -> list[str]:
         """The keys whose values `plan` takes (one MGET: all of one run's slot)."""
-        return [keys.status(run_id), keys.message(run_id), keys.body(run_id)]
+        return notices.reads(run_id)
 
     def plan(self, run_id: str, values: list[Any]) -> tuple[list[str], list[Any]] | None:
         """The keys and arguments of the check script for `run_id`, given what `reads` read;
@@ -203,16 +154,7 @@ class Watch:
             sealed_outcome = self._protocol.seal_outcome(
                 Outcome(run_id, "failed", reason=why, attempt=0)
             )
-        keys_ = [
-            keys.status(run_id),
-            keys.pending(settings.queue),
-            keys.UNACKED,
-            settings.queue,
-            keys.events(run_id),
-            keys.message(run_id),
-            keys.body(run_id),
-            *(name for name in priority.lists(settings.queue).values() if name != settings.queue),
-        ]
+        keys_ = notices.check_keys(run_id, settings.queue)
         args: list[Any] = [
             hashlib.sha1(raw_status).hexdigest(),
             run_id,
@@ -284,7 +226,7 @@ def check_due(client: redis.Redis, watch: Watch) -> None:
             planned = watch.plan(run_id, client.mget(watch.reads(run_id)))
             if planned is None:
                 continue
-            verdict = client.register_script(_CHECK)(keys=planned[0], args=planned[1])
+            verdict = notices.check(client, *planned)
         except ResponseError:
             verdict = "unknown"
         watch.verdict(run_id, verdict)
@@ -319,7 +261,7 @@ async def acheck_due(client: aredis.Redis, watch: Watch) -> None:
             planned = watch.plan(run_id, await client.mget(watch.reads(run_id)))
             if planned is None:
                 continue
-            verdict = await client.register_script(_CHECK)(keys=planned[0], args=planned[1])
+            verdict = await notices.acheck(client, *planned)
         except ResponseError:
             verdict = "unknown"
         watch.verdict(run_id, verdict)

@@ -22,22 +22,13 @@ import redis.asyncio as aredis
 from runnable_k8s.errors import MessageRejected
 from runnable_k8s.limits import Limit
 from runnable_k8s.protocol import envelope as env
-from runnable_k8s.store import scripts
+from runnable_k8s.store import keys, scripts
 
-_ROOT: Final = "rk8s:{limits}"
-WAITING: Final = f"{_ROOT}:waiting"
-"""Sorted set of model calls waiting on a limit now (score: when the entry lapses). KEDA and
-`dev` read its size: calls that wait are not work more workers could do."""
-
-
-def limit_key(key: str, part: str) -> str:
-    """`part` is one of req, tok, tokn, conc, pause."""
-    return f"{_ROOT}:{key}:{part}"
-
-
-def wait_record(run_id: str) -> str:
-    """Signed record of what a run is waiting on (kept beside its status while it waits)."""
-    return f"rk8s:{{{run_id}}}:waiting"
+WAITING: Final = keys.LIMIT_WAITING
+"""Sorted set of model calls waiting on a limit now (see `keys.LIMIT_WAITING`)."""
+# Key names live in store/keys.py; these names stay for callers of this module.
+limit_key = keys.limit
+wait_record = keys.wait_record
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,9 @@ from typing import Any, Final
 import redis
 import redis.asyncio as aredis
 
-from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.envelope import Signer
 from runnable_k8s.protocol.webhook import WebhookDelivery, open_delivery, seal_delivery
-from runnable_k8s.store import scripts
+from runnable_k8s.store import keys, scripts
 
 RECHECK: Final = 60.0
 """Seconds between looks at a run with a webhook that has not ended."""

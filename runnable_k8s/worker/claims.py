@@ -6,9 +6,9 @@ so a SIGKILLed worker's claim is gone within one lease, long before kombu redeli
 message (after the visibility timeout). A delivery that finds the lease held does not drop
 the message: it waits until the holder records an outcome (then there is nothing to do) or
 the lease lapses without one (then it runs the run itself). Either way no accepted run is lost
-and none runs twice at the same time. Taking the lease is part of `RunRecords.claim`;
-releasing it, of `finish`. Each delivery has its own owner token, so a message delivered twice
-to the same process cannot pass its own lease.
+and none runs twice at the same time. Taking the lease is part of `RunRecords.claim`,
+releasing it part of `finish`; renewing it is `store.leases`. Each delivery has its own owner
+token, so a message delivered twice to the same process cannot pass its own lease.
 """
 
 from __future__ import annotations
@@ -19,25 +19,11 @@ from collections.abc import AsyncIterator, Callable
 
 import redis.asyncio as aredis
 
-from runnable_k8s.protocol import keys
+from runnable_k8s.store.leases import Leases
 
 LEASE = 15.0
 """Default lease (RUNNABLE_K8S_LEASE); renewed every third of it."""
 POLL = 0.5
-
-# Renew or release only a lease we still hold (compare-and-act in one step).
-_RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
-end
-return 0
-"""
 
 
 class LeaseKeeper:
@@ -51,7 +37,7 @@ class LeaseKeeper:
         lease: float = LEASE,
         on_cancel_record: Callable[[str, bytes], None] | None = None,
     ) -> None:
-        self._client = client
+        self._leases = Leases(client)
         self.lease = lease
         self._held: dict[str, str] = {}
         self._task: asyncio.Future[None] | None = None
@@ -67,17 +53,11 @@ class LeaseKeeper:
 
     async def _renew_all(self) -> None:
         held = list(self._held.items())
-        async with self._client.pipeline(transaction=False) as pipe:
-            for run_id, owner in held:
-                pipe.eval(_RENEW, 1, keys.lock(run_id), owner, int(self.lease * 1000))
-                # Cancellation arrives by publish; one missed (sent while the run was being
-                # claimed, or while the listener reconnected) is caught here within a round.
-                pipe.get(keys.cancel(run_id))
-            replies = await pipe.execute()
+        records = await self._leases.renew(held, self.lease)
         if self._on_cancel_record is None:
             return
-        for (run_id, _), record in zip(held, replies[1::2], strict=True):
-            if isinstance(record, bytes):
+        for (run_id, _), record in zip(held, records, strict=True):
+            if record is not None:
                 self._on_cancel_record(run_id, record)
 
     @contextlib.asynccontextmanager
@@ -91,7 +71,7 @@ class LeaseKeeper:
             yield
         except BaseException:
             with contextlib.suppress(Exception):
-                await self._client.eval(_RELEASE, 1, keys.lock(run_id), owner)
+                await self._leases.release(run_id, owner)
             raise
         finally:
             self._held.pop(run_id, None)

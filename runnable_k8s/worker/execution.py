@@ -41,6 +41,7 @@ from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunSta
 from runnable_k8s.protocol.remote_config import import_config
 from runnable_k8s.protocol.tracing import remote_parent, sanitize
 from runnable_k8s.settings import Settings
+from runnable_k8s.store.records import RunRecords
 from runnable_k8s.worker.cancellation import Cancellations
 from runnable_k8s.worker.claims import POLL as CLAIM_POLL
 from runnable_k8s.worker.claims import LeaseKeeper
@@ -57,7 +58,6 @@ from runnable_k8s.worker.logs import RunEvent, run_event
 from runnable_k8s.worker.metrics import RejectReason, WorkerMetrics
 from runnable_k8s.worker.outage import REDIS_ERRORS as _REDIS_ERRORS
 from runnable_k8s.worker.outage import ride_out
-from runnable_k8s.worker.records import RunRecords
 from runnable_k8s.worker.registry import Registry, RunnableSource
 from runnable_k8s.worker.stream_writer import StreamInterrupted as _StreamInterrupted
 from runnable_k8s.worker.streaming import Progress as _Progress
@@ -338,6 +338,7 @@ class Executor:
                 owner=owner,
                 lease=self.settings.lease,
                 ignore_cancel=ignore_cancel,
+                queued=expected == request.queued_digest,
             )
             if verdict == "ok" or (
                 verdict == "cancelled" and (await self.records.read(run_id)).cancel_requested

@@ -10,7 +10,7 @@ up, `status` says queued, and the rescue sweep enqueues the run's kept copy agai
 dropped again. A worker started later never heard of the revoke and runs it anyway.
 
 So the worker replaces the `revoke` and `terminate` commands with its own, which leave
-Celery's revoked set alone and write the run's cancellation to Redis (`protocol/cancel.py`):
+Celery's revoked set alone and write the run's cancellation to Redis (`store/cancel.py`):
 a queued run is recorded cancelled at once and never starts, a running one is cancelled by the
 worker holding it (`worker/cancellation.py`), a finished or unknown one is left as it is. The
 `signal` argument means nothing here: a run is cancelled on its event loop, never killed.
@@ -37,9 +37,9 @@ from redis.exceptions import RedisError, WatchError
 from runnable_k8s import connections
 from runnable_k8s.errors import MessageRejected
 from runnable_k8s.protocol import keys
-from runnable_k8s.protocol.cancel import queue_cancel
 from runnable_k8s.protocol.messages import Protocol
 from runnable_k8s.protocol.task_message import TASK_NAME
+from runnable_k8s.store.cancel import queue_cancel
 from runnable_k8s.store.threads import TransactionThreads
 
 log = logging.getLogger("runnable_k8s.worker")

@@ -54,8 +54,10 @@ def test_an_unverifiable_status_record_is_replaced_and_the_run_served(
             f"{spins} times (one warning per spin)"
         )
         assert "Pichu" in run.result(timeout=5).content
-        # Read once, replaced by the claim: not a loop that happened to end.
-        assert spins == 1, f"the unverifiable record was read {spins} times"
+        # Replaced by the claim, not a loop that happened to end: a first delivery of a pending
+        # run replaces it without reading it (taking the run off the pending set is the
+        # compare-and-set, store/lua/claim.lua); any other delivery reads it once.
+        assert spins <= 1, f"the unverifiable record was read {spins} times"
         assert worker.log().count(f"started run={run.id}") == 1
     finally:
         worker.kill()

@@ -14,7 +14,7 @@ from runnable_k8s.producer.client import new_run_id
 from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
 from runnable_k8s.settings import Settings
-from runnable_k8s.worker.records import LARGE_OUTCOME, RunRecords, digest
+from runnable_k8s.store.records import LARGE_OUTCOME, RunRecords, digest
 from tests.conftest import make_settings
 
 OWNER = "worker-a:delivery-1"

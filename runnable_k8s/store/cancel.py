@@ -1,5 +1,7 @@
 """What cancelling a run writes to Redis: the one definition behind a producer's `cancel` and
-a worker's answer to Celery's revoke (`runnable_k8s/worker/revocation.py`).
+a worker's answer to Celery's revoke (`runnable_k8s/worker/revocation.py`). Not on the path of
+a run that is not cancelled, so it stays a WATCH/MULTI transaction: the status must be read and
+verified (Redis cannot check a signature) before the cancellation is written.
 
 A signed cancellation record, which the worker holding the run checks before it stops the run
 (a bare publish from anyone who can reach Redis cancels nothing); for a run still queued, its
@@ -12,8 +14,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from runnable_k8s.protocol import keys, stream
+from runnable_k8s.protocol import stream
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
+from runnable_k8s.store import keys
 
 
 def queue_cancel(pipe: Any, protocol: Protocol, status: RunStatus) -> None:
