@@ -37,6 +37,7 @@ from runnable_k8s.producer import durable, rejections
 from runnable_k8s.producer.stream_entries import Event, parse_entries
 from runnable_k8s.producer.thread_submit import entered_runs, raise_busy, rollback_record
 from runnable_k8s.protocol import keys, priority, task_message
+from runnable_k8s.protocol.graph_state import reads_only
 from runnable_k8s.protocol.messages import Protocol, RunRequest, RunStatus
 from runnable_k8s.protocol.webhook import WebhookDelivery
 from runnable_k8s.settings import Settings
@@ -124,7 +125,7 @@ class _Plan:
                 record, look = webhooks.plan(protocol.signer, request.run_id, request.webhook, now)
                 self.sets.append((keys.webhook(request.run_id), record, ttl))
                 self.webhooks[request.run_id] = look
-            thread_id = threads.thread_of(request.config)
+            thread_id = _turn_thread(request)
             if thread_id is not None:
                 self.threads.append((request.run_id, thread_id, life))
                 continue
@@ -135,6 +136,12 @@ class _Plan:
         self.webhooks_key = keys.webhooks(settings.queue)
         # A key the transaction sets, and its run: whether it survived a failover.
         self.probe = (self.sets[0][0], requests[0].run_id)
+
+
+def _turn_thread(request: RunRequest) -> str | None:
+    """The thread whose turn a run waits for. A state read (get_state) waits for none: it reads
+    the thread's last checkpoint while a run goes on, as in-process (see graph_state)."""
+    return None if reads_only(request.graph) else threads.thread_of(request.config)
 
 
 class _Outage:
@@ -216,7 +223,7 @@ class Client:
             ThreadBusy: strategy "reject" and a run's thread was held; none of the runs on a
                 busy thread was enqueued.
         """
-        if not any(threads.thread_of(r.config) is not None for r in requests):
+        if not any(_turn_thread(r) is not None for r in requests):
             # The usual case, one script (store/submit.py); runs on a thread go through the
             # thread scripts in a transaction below.
             self._submit_plain(Submission(self.protocol, requests, records))
@@ -389,7 +396,7 @@ class AsyncClient:
     async def submit(
         self, requests: Sequence[RunRequest], *, strategy: Strategy = threads.DEFAULT
     ) -> None:
-        if not any(threads.thread_of(r.config) is not None for r in requests):
+        if not any(_turn_thread(r) is not None for r in requests):
             await self._submit_plain(Submission(self.protocol, requests))
             return
         plan = _Plan(self.protocol, requests)

@@ -26,11 +26,13 @@ from runnable_k8s.errors import (
     SerializationRefused,
 )
 from runnable_k8s.producer.client import async_client_for, client_for, new_run_id
+from runnable_k8s.producer.graph_state import GraphStateAPI
 from runnable_k8s.producer.handles import RemoteRun
 from runnable_k8s.producer.replay import EventReplayer, wants_events
 from runnable_k8s.producer.results import error_for, unwrap, unwrap_items
 from runnable_k8s.protocol.allowlist import check_call_kwargs
 from runnable_k8s.protocol.codec import runnable_codec
+from runnable_k8s.protocol.graph_state import GraphCall
 from runnable_k8s.protocol.messages import COMPLETED_STATES, Mode, Outcome, RunRequest
 from runnable_k8s.protocol.priority import check as priority_of
 from runnable_k8s.protocol.remote_config import export_config
@@ -41,7 +43,7 @@ from runnable_k8s.store.threads import DEFAULT as DEFAULT_STRATEGY
 from runnable_k8s.store.threads import Strategy, check_strategy, thread_of
 
 
-class RunnableK8s(Runnable[Input, Output]):
+class RunnableK8s(GraphStateAPI, Runnable[Input, Output]):
     """Run `bound` (or the registered runnable `ref`) on runnable-k8s workers.
 
     Example:
@@ -67,6 +69,9 @@ class RunnableK8s(Runnable[Input, Output]):
         ConfigurationError: neither or both of `bound` and `ref`.
         UnknownMultitaskStrategy: `multitask_strategy` is not one of the four.
         UnknownPriority: `priority` is not one of the three.
+
+    A compiled LangGraph graph run by reference also offers its state API: `get_state`,
+    `get_state_history`, `update_state` and their async forms (see `GraphStateAPI`).
 
     Not supported: callbacks inside the remote run report to the caller only as the one
     remote step (plus streamed chunks); Python objects in `config` other than the
@@ -162,6 +167,7 @@ class RunnableK8s(Runnable[Input, Output]):
         run_manager: Any = None,
         events: bool = False,
         webhook: str | None = None,
+        graph: GraphCall | None = None,
     ) -> RunRequest:
         """Build a request. `config`/`configs` are already exported (JSON-safe); a
         `priority` among `kwargs` is this call's, not the runnable's.
@@ -189,6 +195,7 @@ class RunnableK8s(Runnable[Input, Output]):
             kwargs=self._call_kwargs(kwargs),
             priority=self.priority if chosen is None else priority_of(chosen),
             webhook=None if webhook is None else check_webhook(webhook, self.settings),
+            graph=graph,
         )
 
     def _strategy(self, kwargs: dict[str, Any]) -> Strategy:

@@ -124,7 +124,10 @@ class Codec:
         if packed is not None:
             return packed
         try:
-            text = dumps(value)
+            # A graph stream item whose tuples must stay tuples: lifted directly (through
+            # `dumps`, its marker would `repr` the whole item first, several times the cost).
+            keep = type(value) is interrupts.KeepTuples
+            text = json.dumps(interrupts.lift(value)) if keep else dumps(value)
         except (TypeError, ValueError, RecursionError) as exc:
             raise SerializationRefused(
                 f"{what} cannot be encoded as JSON: {exc!r}"[:500] + f". {_advice(what, None)}"
@@ -134,7 +137,7 @@ class Codec:
             # on load. Find it here, where we can still name the object, and refuse classes
             # the other side would refuse.
             tree = json.loads(text)
-            if '"not_implemented"' in text and interrupts.holds_tagged(tree):
+            if not keep and '"not_implemented"' in text and interrupts.holds_tagged(tree):
                 # LangGraph's interrupts and commands travel in a shape of our own.
                 tree = interrupts.lift(value)
                 text = json.dumps(tree)

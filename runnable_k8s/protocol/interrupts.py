@@ -35,9 +35,12 @@ CLASS_PATHS: Final = frozenset(
         ("langgraph", "types", "Interrupt"),
         ("langgraph", "types", "Command"),
         ("langgraph", "types", "Send"),
+        ("langgraph", "types", "GraphOutput"),
         ("runnable_k8s", "protocol", "interrupts", "Interrupt"),
         ("runnable_k8s", "protocol", "interrupts", "Command"),
         ("runnable_k8s", "protocol", "interrupts", "Send"),
+        ("runnable_k8s", "protocol", "interrupts", "KeepTuples"),
+        ("runnable_k8s", "protocol", "interrupts", "GraphOutput"),
     }
 )
 
@@ -68,6 +71,24 @@ class Command:
     resume: Any | None = None
     goto: Any = field(default=())
     PARENT = PARENT
+
+
+@dataclass(frozen=True, slots=True)
+class GraphOutput:
+    """Stands in for `langgraph.types.GraphOutput` (what a graph's `invoke(..., version="v2")`
+    returns) where LangGraph is not installed."""
+
+    value: Any
+    interrupts: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KeepTuples:
+    """Wraps a value (a graph's stream item) whose tuples must arrive as tuples: in-process,
+    `("messages", (chunk, metadata))` and `(namespace, chunk)` are tuples, and JSON has only
+    lists. Encoded, each tuple inside becomes a tagged shape; decoded, a tuple again."""
+
+    item: Any
 
 
 def _langgraph_types() -> Any:
@@ -106,13 +127,24 @@ def holds_tagged(tree: Any) -> bool:
     return False
 
 
-def lift(value: Any) -> Any:
-    """`dumpd(value)`, with interrupts, commands and sends as tagged shapes.
+def lift(value: Any, *, tuples: bool = False) -> Any:
+    """`dumpd(value)`, with interrupts, commands and sends as tagged shapes (and, with
+    `tuples` or inside `KeepTuples`, tuples too).
 
     Raises:
         SerializationRefused: a `Command` field that cannot travel (named in the message).
     """
     kind = _kind(value)
+    if kind == "keeptuples":
+        return lift(value.item, tuples=True)
+    if kind == "graphoutput":
+        return {
+            "lc": 1,
+            "type": TAG,
+            "id": ["graph_output"],
+            "value": lift(value.value),
+            "interrupts": [lift(i) for i in value.interrupts],
+        }
     if kind == "interrupt":
         out: dict[str, Any] = {"lc": 1, "type": TAG, "id": ["interrupt"]}
         out["value"] = lift(value.value)
@@ -131,9 +163,12 @@ def lift(value: Any) -> Any:
         # A stream's `{"__interrupt__": (Interrupt(...),)}` update: a tuple in-process too.
         return {"lc": 1, "type": TAG, "id": ["interrupts"], "items": [lift(v) for v in value]}
     if isinstance(value, dict) and "lc" not in value and all(type(k) is str for k in value):
-        return {k: lift(v) for k, v in value.items()}
+        return {k: lift(v, tuples=tuples) for k, v in value.items()}
+    if tuples and isinstance(value, tuple):
+        items = [lift(v, tuples=True) for v in value]
+        return {"lc": 1, "type": TAG, "id": ["tuple"], "items": items}
     if isinstance(value, list | tuple):
-        return [lift(v) for v in value]
+        return [lift(v, tuples=tuples) for v in value]
     return dumpd(value)
 
 
@@ -195,6 +230,21 @@ def rebuild(node: dict[str, Any], walk: Callable[[Any], Any]) -> Any:
         ):
             raise DisallowedObject("malformed interrupts")
         return tuple(rebuild(i, walk) for i in items)
+    if kind == ["graph_output"]:
+        pending = node.get("interrupts")
+        if not isinstance(pending, list) or not all(
+            isinstance(i, dict) and i.get("id") == ["interrupt"] for i in pending
+        ):
+            raise DisallowedObject("malformed graph output")
+        output = GraphOutput if types is None else types.GraphOutput
+        return output(
+            value=walk(node.get("value")), interrupts=tuple(rebuild(i, walk) for i in pending)
+        )
+    if kind == ["tuple"]:
+        items = node.get("items")
+        if not isinstance(items, list):
+            raise DisallowedObject("malformed tuple")
+        return tuple(walk(i) for i in items)
     if kind == ["send"]:
         target = node.get("node")
         if not isinstance(target, str):
@@ -247,4 +297,6 @@ def plain(value: Any) -> Any:
 def has_interrupts(output: Any) -> bool:
     """Whether a run's output says the graph stopped at `interrupt()` (as `invoke` reports
     it: a non-empty `__interrupt__` entry)."""
+    if _kind(output) == "graphoutput":  # invoke(..., version="v2")
+        return bool(output.interrupts)
     return isinstance(output, dict) and bool(output.get(INTERRUPT_KEY))

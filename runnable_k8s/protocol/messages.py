@@ -16,6 +16,7 @@ from runnable_k8s.errors import SignatureRejected
 from runnable_k8s.protocol import envelope as env
 from runnable_k8s.protocol import stream
 from runnable_k8s.protocol.codec import data_codec, pack, runnable_codec, unpack
+from runnable_k8s.protocol.graph_state import GraphCall
 from runnable_k8s.settings import Settings
 
 Mode = Literal["invoke", "batch", "stream"]
@@ -71,6 +72,8 @@ class RunRequest:
     webhook: str | None = None
     """URL a worker POSTs the outcome to when the run ends (worker/webhooks.py), if the
     worker's allowlist admits it."""
+    graph: GraphCall | None = None
+    """A call of the referenced graph's state API (`get_state`, ...) instead of a run of it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +161,8 @@ class Protocol:
             head["events"] = True
         if request.priority != "normal":
             head["priority"] = request.priority
+        if request.graph is not None:
+            head["graph"] = request.graph.as_json()
         body = pack(head, request.runnable, request.input)
         envelope = env.Envelope(env.RUN, request.run_id, request.expires_at, body)
         if len(body) <= INLINE_BODY_LIMIT:
@@ -221,6 +226,7 @@ class Protocol:
             created_at=created_at,
             priority=priority,
             webhook=webhook,
+            graph=None if head.get("graph") is None else GraphCall.from_json(head["graph"]),
         )
 
     # -- outcomes ---------------------------------------------------------------------------

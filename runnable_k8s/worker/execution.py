@@ -53,6 +53,7 @@ from runnable_k8s.worker.failures import (
     short_reason,
 )
 from runnable_k8s.worker.flow import FlowControl
+from runnable_k8s.worker.graph_state import call_graph
 from runnable_k8s.worker.graphs import graph_stream
 from runnable_k8s.worker.logs import RunEvent, run_event
 from runnable_k8s.worker.metrics import RejectReason, WorkerMetrics
@@ -639,6 +640,9 @@ class Executor:
         data = self.protocol.data
         call = request.kwargs or {}  # validated in _run
         with remote_parent(sanitize(request.trace)), self.flow.run(request.run_id):
+            if request.graph is not None:  # the graph's state API: see `graph_state`
+                answer = await call_graph(runnable, request.graph, payload, config, request.ref)
+                return data.encode_data(answer, what="output"), False
             if request.mode == "invoke":
                 output = await runnable.ainvoke(payload, config, **call)
                 return data.encode_data(output, what="output"), has_interrupts(output)

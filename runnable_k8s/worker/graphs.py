@@ -18,6 +18,8 @@ from typing import Any, Final
 
 from langchain_core.runnables import Runnable, RunnableBinding
 
+from runnable_k8s.protocol.interrupts import KeepTuples
+
 _INTERRUPT: Final = "__interrupt__"  # langgraph.constants.INTERRUPT
 
 
@@ -60,7 +62,9 @@ class GraphStream:
             if not part.get("ns") and kind == "values":
                 self._latest = part.get("data")
                 self._interrupts.extend(part.get("interrupts", ()))
-            return [item] if kind in self._modes else []
+            if kind not in self._modes:
+                return []
+            return [KeepTuples(item) if _holds_tuple(item) else item]
         if self._subgraphs:
             namespace, kind, payload = item
         else:
@@ -69,9 +73,12 @@ class GraphStream:
             self._note(kind, payload)
         if kind not in self._modes:
             return []
+        shown = item
         if self._single:
-            return [(namespace, payload)] if self._subgraphs else [payload]
-        return [item]
+            shown = (namespace, payload) if self._subgraphs else payload
+        # `(mode, chunk)`, `(namespace, chunk)`, a "messages" `(chunk, metadata)` and a debug
+        # task's triggers are tuples in-process: they must not arrive as lists.
+        return [KeepTuples(shown) if _holds_tuple(shown) else shown]
 
     def _note(self, kind: str, payload: Any) -> None:
         if kind == "updates" and isinstance(payload, dict) and _INTERRUPT in payload:
@@ -89,3 +96,17 @@ class GraphStream:
         if isinstance(self._latest, dict):
             return {**self._latest, _INTERRUPT: self._interrupts}
         return {_INTERRUPT: self._interrupts}
+
+
+def _holds_tuple(value: Any, depth: int = 0) -> bool:
+    """Whether a stream item has a tuple inside plain containers (objects in it, such as
+    messages, are the codec's to encode). Deep trees are wrapped rather than walked to the end."""
+    if isinstance(value, tuple):
+        return True
+    if depth > 20:
+        return True
+    if isinstance(value, dict):
+        return any(_holds_tuple(v, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_tuple(v, depth + 1) for v in value)
+    return False

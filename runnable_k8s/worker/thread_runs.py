@@ -23,6 +23,7 @@ from typing import Any
 import redis.asyncio as aredis
 
 from runnable_k8s.errors import MessageRejected
+from runnable_k8s.protocol.graph_state import reads_only
 from runnable_k8s.protocol.messages import Protocol, RunRequest
 from runnable_k8s.settings import Settings
 from runnable_k8s.store import threads
@@ -50,7 +51,9 @@ class ThreadRuns:
     async def run(
         self, request: RunRequest, execute: Callable[[RunRequest], Awaitable[Handled]]
     ) -> Handled:
-        thread_id = threads.thread_of(request.config)
+        # A state read (get_state) neither waits for nor holds its thread: see graph_state.
+        reads = reads_only(request.graph)
+        thread_id = None if reads else threads.thread_of(request.config)
         if thread_id is None:
             return await execute(request)
         run_id = request.run_id

@@ -84,3 +84,24 @@ def approval() -> Graph:
 
 def two_reviews() -> Graph:
     return build_two_reviews(_saver())
+
+
+def build_nested(saver: BaseCheckpointSaver[Any]) -> Graph:
+    """write -> review (a subgraph: approve, which interrupts) -> publish."""
+    inner = StateGraph(Review)
+    inner.add_node("approve", _approve)
+    inner.add_edge(START, "approve")
+    inner.add_edge("approve", END)
+    builder = StateGraph(Review)
+    builder.add_node("write", _write)
+    builder.add_node("review", inner.compile())
+    builder.add_node("publish", _publish)
+    builder.add_edge(START, "write")
+    builder.add_edge("write", "review")
+    builder.add_edge("review", "publish")
+    builder.add_edge("publish", END)
+    return builder.compile(checkpointer=saver)
+
+
+def nested() -> Graph:
+    return build_nested(_saver())

@@ -11,6 +11,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import GraphOutput, Interrupt, interrupt
 
+from runnable_k8s.protocol.interrupts import KeepTuples
 from runnable_k8s.worker.graphs import graph_stream
 
 
@@ -41,7 +42,10 @@ def build(with_interrupt: bool) -> Any:
 
 
 def plain(value: Any) -> Any:
-    """`value` without interrupt ids (they differ from one thread to the next)."""
+    """`value` without interrupt ids (they differ from one thread to the next), and without
+    the `KeepTuples` wrapper (transparent on the wire: it only keeps tuples tuples)."""
+    if isinstance(value, KeepTuples):
+        return plain(value.item)
     if isinstance(value, Interrupt):
         return ("interrupt", value.value)
     if isinstance(value, GraphOutput):
