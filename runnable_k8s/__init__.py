@@ -27,11 +27,14 @@ from runnable_k8s.errors import (
     ThreadBusy,
     UnknownEventId,
     UnknownMultitaskStrategy,
+    UnknownPriority,
     WaitTimeout,
+    WebhookRefused,
 )
 from runnable_k8s.producer.handles import RemoteRun
 from runnable_k8s.producer.runnable import RunnableK8s
 from runnable_k8s.protocol.messages import RunStatus
+from runnable_k8s.protocol.webhook import verify_webhook
 from runnable_k8s.settings import Settings
 
 __all__ = [
@@ -62,5 +65,8 @@ __all__ = [
     "ThreadBusy",
     "UnknownEventId",
     "UnknownMultitaskStrategy",
+    "UnknownPriority",
     "WaitTimeout",
+    "WebhookRefused",
+    "verify_webhook",
 ]

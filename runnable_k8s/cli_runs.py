@@ -138,6 +138,13 @@ def _resume_command(resume: str) -> Any:
     help="When another run of --thread is queued or running: wait (enqueue), fail "
     "(reject), stop it keeping its checkpoints (interrupt) or discarding them (rollback).",
 )
+@click.option(
+    "--priority",
+    type=click.Choice(["high", "normal", "low"]),
+    default=None,
+    help="Which queue list the run waits on (default normal).",
+)
+@click.option("--webhook", default=None, help="URL the outcome is POSTed to when the run ends.")
 @_errors
 def submit(
     *,  # click passes every parameter by keyword
@@ -149,6 +156,8 @@ def submit(
     stream: bool,
     ref: bool,
     multitask_strategy: Strategy,
+    priority: str | None,
+    webhook: str | None,
 ) -> None:
     """Submit RUNNABLE (module:attribute) with --input JSON (or --resume JSON); print the run
     id."""
@@ -167,6 +176,8 @@ def submit(
         cast(RunnableConfig, config) or None,
         stream=stream,
         multitask_strategy=multitask_strategy,
+        priority=priority,
+        webhook=webhook,
     )
     click.echo(handle.id)
 
@@ -185,6 +196,10 @@ def status(run_id: str, as_json: bool) -> None:
     settings = _settings()
     run = RemoteRun(run_id, settings)
     fields = status_fields(run.status(), _retry_of(settings, run_id))
+    hook = run.webhook()
+    if hook is not None:
+        fields["webhook"] = f"{hook.state} after {hook.attempts} attempt(s): {hook.url}"
+        fields["webhook_error"] = hook.error
     if fields["state"] == "running":
         fields["waiting"] = _waiting(settings, run_id, as_json=as_json)
     line = run.thread_position() if fields["state"] == "queued" else None

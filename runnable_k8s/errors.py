@@ -154,3 +154,14 @@ class ThreadBusy(RunError):
 
 class UnknownMultitaskStrategy(ConfigurationError):
     """A `multitask_strategy` other than "enqueue", "reject", "interrupt" or "rollback"."""
+
+
+class UnknownPriority(ConfigurationError):
+    """A priority other than "high", "normal" or "low" was asked for (refused at submit,
+    before anything is enqueued)."""
+
+
+class WebhookRefused(ConfigurationError):
+    """A completion webhook URL is not allowed: not an http(s) URL, or outside the allowlist
+    of prefixes (`RUNNABLE_K8S_WEBHOOK_ALLOW`). Refused at submit, before anything is
+    enqueued; a worker refuses it too, and records why on the run."""

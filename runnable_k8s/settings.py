@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from runnable_k8s import connections
 from runnable_k8s.errors import ConfigurationError
@@ -178,6 +179,24 @@ class Settings:
     retry_backoff_max: float = 60.0
     """Cap on a single retry delay in seconds."""
 
+    webhook_allow: tuple[str, ...] = ()
+    """URL prefixes completion webhooks may go to (comma separated), e.g.
+    `https://hooks.example.com/`. Workers call no other URL; empty means no webhooks at all.
+    Set on producers too, and `submit(webhook=...)` refuses URLs off it before enqueueing."""
+
+    webhook_secret: SigningKey | None = None
+    """Worker only: HMAC-SHA256 key that signs webhook deliveries (receivers verify with it,
+    `runnable_k8s.verify_webhook`). Never written to Redis. Unset: workers refuse webhooks."""
+
+    webhook_attempts: int = 8
+    """Worker only: POSTs of one webhook before it is recorded as failed."""
+
+    webhook_backoff: float = 1.0
+    """Worker only: seconds before the first webhook retry; doubles per attempt, up to 300."""
+
+    webhook_timeout: float = 10.0
+    """Worker only: seconds one webhook POST may take (connect and response)."""
+
     limits: tuple[Limit, ...] = ()
     """Worker only: cluster-wide flow control per key, one rule per line or `;`: e.g.
     `openai:gpt-4o-mini rpm=120 tpm=40000 concurrency=5` (README, "Flow control"). A malformed
@@ -320,7 +339,7 @@ def _parse(key: str, raw: str) -> Any:
     try:
         if key == "limits":
             return parse_limits(raw)
-        if key == "signing_key":
+        if key in ("signing_key", "webhook_secret"):
             return SigningKey(raw.encode()) if raw else None
         if kind.startswith("tuple"):
             return tuple(part.strip() for part in raw.split(",") if part.strip())
@@ -360,6 +379,8 @@ def _validated(settings: Settings) -> Settings:
         "rescue_after",
         "retry_backoff",
         "retry_backoff_max",
+        "webhook_backoff",
+        "webhook_timeout",
         "limit_margin",
         "replica_ack_timeout",
         "failover_wait",
@@ -383,7 +404,7 @@ def _validated(settings: Settings) -> Settings:
             "RUNNABLE_K8S_RESULT_TTL must be at least RUNNABLE_K8S_RUN_EXPIRY: a run's record "
             "must outlive its message, or a replayed message could run again"
         )
-    for name in ("concurrency", "batch_chunk_size", "max_attempts"):
+    for name in ("concurrency", "batch_chunk_size", "max_attempts", "webhook_attempts"):
         if getattr(settings, name) < 1:  # named, so the operator knows which one to fix
             raise ConfigurationError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
     if settings.gc_threshold < 0 or settings.malloc_keep < 0:
@@ -391,6 +412,11 @@ def _validated(settings: Settings) -> Settings:
             "RUNNABLE_K8S_GC_THRESHOLD and RUNNABLE_K8S_MALLOC_KEEP must be 0 (the runtime's "
             "default) or more"
         )
+    for prefix in settings.webhook_allow:
+        if urlsplit(prefix).scheme not in {"http", "https"} or not urlsplit(prefix).netloc:
+            raise ConfigurationError(
+                f"RUNNABLE_K8S_WEBHOOK_ALLOW: {prefix!r} is not an http(s) URL prefix"
+            )
     if settings.max_body_bytes < 1024:
         raise ConfigurationError("RUNNABLE_K8S_MAX_BODY_BYTES must be at least 1024")
     return settings

@@ -18,7 +18,7 @@ from runnable_k8s import connections
 from runnable_k8s.cluster import sentinel_checks
 from runnable_k8s.cluster.manifests import WORKER, WORKER_CONTAINER, Manifest
 from runnable_k8s.errors import ConfigurationError
-from runnable_k8s.protocol import keys
+from runnable_k8s.protocol import keys, priority
 from runnable_k8s.settings import ENV_PREFIX, Settings
 from runnable_k8s.store.limits import WAITING as LIMITS_WAITING
 
@@ -232,7 +232,8 @@ def _scaler_problems(
     names = [str(t["metadata"].get("listName", "")) for t in triggers]
     for trigger, list_name in zip(triggers, names, strict=True):
         label = f"trigger {trigger.get('name', '?')!r}"
-        known = {settings.queue, INFLIGHT_KEY, keys.pending(settings.queue), LIMITS_WAITING}
+        lists = set(priority.lists(settings.queue).values())
+        known = {*lists, INFLIGHT_KEY, keys.pending(settings.queue), LIMITS_WAITING}
         if list_name not in known:
             problems.append(
                 f"{label} counts Redis key {list_name!r}, but the workers consume "
@@ -254,8 +255,9 @@ def _scaler_problems(
             is None
         ):
             problems.append(f"{label} uses TriggerAuthentication {auth}, which is missing")
-    if settings.queue not in names:
-        problems.append(f"no redis trigger counts the queue {settings.queue!r}")
+    for level, list_name in priority.lists(settings.queue).items():
+        if list_name not in names:
+            problems.append(f"no redis trigger counts the {level} priority list {list_name!r}")
     if INFLIGHT_KEY not in names:
         problems.append(
             f"no redis trigger counts {INFLIGHT_KEY!r}: busy workers would be scaled away"
@@ -267,7 +269,8 @@ def _scaler_problems(
     if len(triggers) > 1 and (not formula or missing):
         problems.append(
             "advanced.scalingModifiers.formula must combine every trigger by name (e.g. "
-            f"'queued + inflight + pending / 100'); not in it: {', '.join(map(repr, missing))}"
+            "'high + queued + low + inflight + pending / 100'); not in it: "
+            + ", ".join(map(repr, missing))
         )
     if formula and modifiers.get("target") != str(settings.concurrency):
         problems.append(

@@ -9,7 +9,7 @@ from runnable_k8s.cluster.checks import INFLIGHT_KEY
 from runnable_k8s.cluster.kube import KubeApi
 from runnable_k8s.cluster.manifests import WORKER
 from runnable_k8s.errors import RunnableK8sError
-from runnable_k8s.protocol import keys
+from runnable_k8s.protocol import keys, priority
 
 
 @dataclass(frozen=True)
@@ -136,8 +136,8 @@ def _scaler(scaled: dict[str, Any]) -> Scaler:
 
 
 def read_queue(redis_url: str, queue: str, *, timeout: float = 5.0) -> Queue:
-    """LLEN of the queue, HLEN of kombu's `unacked` hash and ZCARD of the pending set, in the
-    URL's database."""
+    """LLEN of the queue's lists (every priority), HLEN of kombu's `unacked` hash and ZCARD
+    of the pending set, in the URL's database."""
     import redis
 
     from runnable_k8s import connections
@@ -148,7 +148,8 @@ def read_queue(redis_url: str, queue: str, *, timeout: float = 5.0) -> Queue:
         redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
     )
     try:
-        queued = int(client.llen(queue))
+        # Every priority's list (<queue>, <queue>:high, <queue>:low).
+        queued = sum(int(client.llen(name)) for name in priority.lists(queue).values())
         inflight = int(client.hlen(INFLIGHT_KEY))
         pending = int(client.zcard(keys.pending(queue)))
     except redis.RedisError as exc:

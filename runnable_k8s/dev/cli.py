@@ -17,7 +17,7 @@ import click
 import redis
 
 from runnable_k8s.errors import RunnableK8sError
-from runnable_k8s.protocol import keys
+from runnable_k8s.protocol import keys, priority
 from runnable_k8s.settings import Settings, SigningKey
 
 if TYPE_CHECKING:
@@ -69,10 +69,11 @@ def dev(**options: Any) -> None:
 
     Reads the ScaledObject and config.env of the kustomize tree (pollingInterval,
     cooldownPeriod, min/max replicas, target, activation, HPA behaviour), counts queued plus
-    in-flight runs (LLEN queue + HLEN unacked) every polling interval, and starts workers or
-    stops them warmly (SIGTERM). Without RUNNABLE_K8S_REDIS_URL it starts an embedded
-    Redis-protocol server. Ctrl-C stops cleanly: with the embedded server it first finishes
-    queued runs (Ctrl-C again to stop at once); with your own Redis queued runs stay there.
+    in-flight runs (LLEN of each priority's list + HLEN unacked, by the ScaledObject's
+    formula) every polling interval, and starts workers or stops them warmly (SIGTERM).
+    Without RUNNABLE_K8S_REDIS_URL it starts an embedded Redis-protocol server. Ctrl-C stops
+    cleanly: with the embedded server it first finishes queued runs (Ctrl-C again to stop at
+    once); with your own Redis queued runs stay there.
     """
     from runnable_k8s.dev import scaling
 
@@ -227,7 +228,7 @@ def _print_scaling(config: ScalingConfig, log_dir: Path) -> None:
 
 def _left_over(client: redis.Redis, queue: str) -> int:
     with contextlib.suppress(redis.RedisError, OSError):
-        return int(client.llen(queue))
+        return sum(int(client.llen(name)) for name in priority.lists(queue).values())
     return 0
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from runnable_k8s.errors import ConfigurationError
-from runnable_k8s.protocol import keys
+from runnable_k8s.protocol import keys, priority
 
 HPA_SYNC_PERIOD = 15.0
 """kube-controller-manager's default `--horizontal-pod-autoscaler-sync-period`: the HPA syncs on
@@ -197,7 +197,12 @@ class ScalingConfig:
             config = config.replace(scale_down=down)
         if queue is not None:
             # The keys that follow the queue's name (the single-source component copies it).
-            renamed = {"queued": queue, "pending": keys.pending(queue)}
+            renamed = {
+                "queued": queue,
+                "high": priority.list_name(queue, "high"),
+                "low": priority.list_name(queue, "low"),
+                "pending": keys.pending(queue),
+            }
             config = config.replace(
                 triggers={n: renamed.get(n, k) for n, k in config.triggers.items()}
             )

@@ -57,7 +57,8 @@ class LiveView:
 
     def status_line(self, sample: Sample) -> str:
         counts = self.pool.counts
-        queued = sample.lengths.get("queued", 0)
+        # Every priority's list (k8s/base/scaledobject.yaml names one trigger per list).
+        queued = sum(sample.lengths.get(name, 0) for name in ("high", "queued", "low"))
         inflight = sample.lengths.get("inflight", 0)
         replicas = f"replicas {sample.replicas} ({sample.ready} ready"
         replicas += f", {sample.stopping} stopping)" if sample.stopping else ")"

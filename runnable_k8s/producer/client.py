@@ -36,11 +36,12 @@ from runnable_k8s.errors import (
 from runnable_k8s.producer import durable, rejections
 from runnable_k8s.producer.stream_entries import Event, parse_entries
 from runnable_k8s.producer.thread_submit import entered_runs, raise_busy, rollback_record
-from runnable_k8s.protocol import keys, task_message
+from runnable_k8s.protocol import keys, priority, task_message
 from runnable_k8s.protocol.graph_state import reads_only
 from runnable_k8s.protocol.messages import Protocol, RunRequest, RunStatus
+from runnable_k8s.protocol.webhook import WebhookDelivery
 from runnable_k8s.settings import Settings
-from runnable_k8s.store import threads
+from runnable_k8s.store import threads, webhooks
 from runnable_k8s.store.cancel import queue_cancel as _queue_cancel
 from runnable_k8s.store.submit import AsyncEnqueuer, Enqueuer, Submission
 from runnable_k8s.store.threads import Strategy, TransactionThreads
@@ -91,8 +92,10 @@ class _Plan:
         now = time.time()
         ttl = int(settings.result_ttl)
         self.sets: list[tuple[str, bytes, int]] = []
-        self.messages: list[str] = []
+        # Per priority list (protocol/priority.py), each LPUSHed in the same transaction.
+        self.messages: dict[str, list[str]] = {}
         self.pending: dict[str, float] = {}
+        self.webhooks: dict[str, float] = {}
         # Runs with a thread_id: queued by the thread script instead (store/threads.py).
         self.threads: list[tuple[str, str, int]] = []
         self.now = now
@@ -108,23 +111,29 @@ class _Plan:
             life = max(1, int(request.expires_at - now) + int(settings.time_limit) + 60)
             if beside is not None:
                 self.sets.append((keys.body(request.run_id), beside, life))
+            queue = priority.list_name(settings.queue, priority.check(request.priority))
             message = task_message.build(
                 wire.decode(),
                 run_id=request.run_id,
-                queue=settings.queue,
+                queue=queue,
                 description=_description(request),
             )
             # Kept until a worker starts the run, so a message the broker loses (Redis dying
             # between a worker's BRPOP and kombu's bookkeeping) can be enqueued again.
             self.sets.append((keys.message(request.run_id), message.encode(), life))
+            if request.webhook is not None:
+                record, look = webhooks.plan(protocol.signer, request.run_id, request.webhook, now)
+                self.sets.append((keys.webhook(request.run_id), record, ttl))
+                self.webhooks[request.run_id] = look
             thread_id = _turn_thread(request)
             if thread_id is not None:
                 self.threads.append((request.run_id, thread_id, life))
                 continue
-            self.messages.append(message)
+            self.messages.setdefault(queue, []).append(message)
             self.pending[request.run_id] = now
         self.queue = settings.queue
         self.pending_key = keys.pending(settings.queue)
+        self.webhooks_key = keys.webhooks(settings.queue)
         # A key the transaction sets, and its run: whether it survived a failover.
         self.probe = (self.sets[0][0], requests[0].run_id)
 
@@ -227,7 +236,10 @@ class Client:
                     pipe.set(key, value, ex=ttl)
                 if plan.messages:
                     pipe.zadd(plan.pending_key, plan.pending)
-                    pipe.lpush(plan.queue, *plan.messages)
+                    for queue, messages in plan.messages.items():
+                        pipe.lpush(queue, *messages)
+                if plan.webhooks:
+                    pipe.zadd(plan.webhooks_key, plan.webhooks)
                 for run_id, thread_id, life in plan.threads:
                     self._threads.queue_enter(
                         pipe, run_id, thread_id, strategy, now=plan.now, life=life
@@ -286,6 +298,13 @@ class Client:
             raise _unavailable("cannot read status from Redis", exc) from exc
         except RedisError as exc:
             raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
+
+    def webhook(self, run_id: str) -> WebhookDelivery | None:
+        """The run's verified webhook record, None without one (store/webhooks.py)."""
+        try:
+            return webhooks.read(self._redis, self.protocol.signer, run_id)
+        except _REDIS_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot read webhook from Redis: {exc}") from exc
 
     def thread_position(self, run_id: str) -> int | None:
         """See `RemoteRun.thread_position`."""
@@ -388,7 +407,10 @@ class AsyncClient:
                     pipe.set(key, value, ex=ttl)
                 if plan.messages:
                     pipe.zadd(plan.pending_key, plan.pending)
-                    pipe.lpush(plan.queue, *plan.messages)
+                    for queue, messages in plan.messages.items():
+                        pipe.lpush(queue, *messages)
+                if plan.webhooks:
+                    pipe.zadd(plan.webhooks_key, plan.webhooks)
                 for run_id, thread_id, life in plan.threads:
                     await self._threads.queue_enter(
                         pipe, run_id, thread_id, strategy, now=plan.now, life=life

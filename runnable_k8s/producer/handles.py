@@ -10,6 +10,7 @@ from runnable_k8s.producer.client import async_client_for, client_for
 from runnable_k8s.producer.results import error_for, unwrap
 from runnable_k8s.producer.stream_entries import Event
 from runnable_k8s.protocol.messages import COMPLETED_STATES, Protocol, RunStatus
+from runnable_k8s.protocol.webhook import WebhookDelivery
 from runnable_k8s.settings import Settings
 
 
@@ -52,6 +53,15 @@ class RemoteRun:
         no worker could verify, and that nothing can still run, is recorded as failed first
         (its reason says the signing keys probably differ)."""
         return client_for(self.settings).status(self.id)
+
+    def webhook(self) -> WebhookDelivery | None:
+        """Where the run's completion webhook stands (state, attempts, last error), or None
+        for a run submitted without one.
+
+        Raises:
+            SignatureRejected: the record was tampered with.
+        """
+        return client_for(self.settings).webhook(self.id)
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the output.

@@ -34,8 +34,10 @@ from runnable_k8s.protocol.allowlist import check_call_kwargs
 from runnable_k8s.protocol.codec import runnable_codec
 from runnable_k8s.protocol.graph_state import GraphCall
 from runnable_k8s.protocol.messages import COMPLETED_STATES, Mode, Outcome, RunRequest
+from runnable_k8s.protocol.priority import check as priority_of
 from runnable_k8s.protocol.remote_config import export_config
 from runnable_k8s.protocol.tracing import trace_headers
+from runnable_k8s.protocol.webhook import check_webhook
 from runnable_k8s.settings import Settings
 from runnable_k8s.store.threads import DEFAULT as DEFAULT_STRATEGY
 from runnable_k8s.store.threads import Strategy, check_strategy, thread_of
@@ -59,11 +61,14 @@ class RunnableK8s(GraphStateAPI, Runnable[Input, Output]):
             ThreadBusy), "interrupt" (stop the active run, keeping its checkpoints, then run)
             or "rollback" (cancel the active run and discard its checkpoints, then run).
             Per call: `invoke(..., multitask_strategy=...)` (also stream, batch, submit).
+        priority: "high", "normal" (default) or "low": which queue list runs wait on; each
+            call may override it with `priority=` (README, "Priorities").
 
     Raises:
         SerializationRefused: `bound` cannot travel; the message names the object at fault.
         ConfigurationError: neither or both of `bound` and `ref`.
         UnknownMultitaskStrategy: `multitask_strategy` is not one of the four.
+        UnknownPriority: `priority` is not one of the three.
 
     A compiled LangGraph graph run by reference also offers its state API: `get_state`,
     `get_state_history`, `update_state` and their async forms (see `GraphStateAPI`).
@@ -84,6 +89,7 @@ class RunnableK8s(GraphStateAPI, Runnable[Input, Output]):
         time_limit: float | None = None,
         name: str | None = None,
         multitask_strategy: Strategy = DEFAULT_STRATEGY,
+        priority: str | None = None,
     ) -> None:
         self.multitask_strategy = check_strategy(multitask_strategy)
         if (bound is None) == (ref is None):
@@ -93,6 +99,7 @@ class RunnableK8s(GraphStateAPI, Runnable[Input, Output]):
         self.settings = settings if settings is not None else Settings.from_env()
         self.timeout = timeout
         self.time_limit = time_limit
+        self.priority = priority_of(priority)
         self.name = name or (bound.get_name() if bound is not None else str(ref))
         # Serialized once: the runnable is immutable configuration, and dumping plus checking
         # it is the most expensive part of a call.
@@ -159,10 +166,19 @@ class RunnableK8s(GraphStateAPI, Runnable[Input, Output]):
         *,
         run_manager: Any = None,
         events: bool = False,
+        webhook: str | None = None,
         graph: GraphCall | None = None,
     ) -> RunRequest:
-        """Build a request. `config`/`configs` are already exported (JSON-safe)."""
+        """Build a request. `config`/`configs` are already exported (JSON-safe); a
+        `priority` among `kwargs` is this call's, not the runnable's.
+
+        Raises:
+            UnknownPriority, WebhookRefused: before anything is enqueued.
+        """
         data = client_for(self.settings).protocol.data
+        chosen = kwargs.get("priority")
+        if "priority" in kwargs:
+            kwargs = {k: v for k, v in kwargs.items() if k != "priority"}
         return RunRequest(
             run_id=new_run_id(),
             mode=mode,
@@ -177,6 +193,8 @@ class RunnableK8s(GraphStateAPI, Runnable[Input, Output]):
             time_limit=self.time_limit,
             events=events,
             kwargs=self._call_kwargs(kwargs),
+            priority=self.priority if chosen is None else priority_of(chosen),
+            webhook=None if webhook is None else check_webhook(webhook, self.settings),
             graph=graph,
         )
 
@@ -457,21 +475,28 @@ class RunnableK8s(GraphStateAPI, Runnable[Input, Output]):
         *,
         stream: bool = False,
         multitask_strategy: Strategy | None = None,
+        priority: str | None = None,
+        webhook: str | None = None,
     ) -> RemoteRun:
         """Enqueue a run and return its handle at once (no waiting).
 
         Args:
             stream: publish output chunks as they are produced (for `RemoteRun.stream`).
             multitask_strategy: overrides the instance's, for a run on a thread.
+            priority: this run's priority (default: the runnable's).
+            webhook: an http(s) URL a worker POSTs the signed outcome to when the run ends
+                (README, "Webhooks").
 
         Raises:
             SerializationRefused, PayloadTooLarge: before anything is enqueued.
+            UnknownPriority, WebhookRefused: before anything is enqueued.
             BrokerUnavailable: Redis is unreachable; nothing was enqueued.
             ThreadBusy: strategy "reject" and the run's thread was busy; nothing enqueued.
         """
         mode: Mode = "stream" if stream else "invoke"
         strategy = self._strategy({"multitask_strategy": multitask_strategy})
-        request = self._request(mode, input, export_config(config), {})
+        call = {} if priority is None else {"priority": priority}
+        request = self._request(mode, input, export_config(config), call, webhook=webhook)
         client_for(self.settings).submit([request], strategy=strategy)
         return RemoteRun(request.run_id, self.settings, timeout=self.timeout)
 
@@ -482,10 +507,13 @@ class RunnableK8s(GraphStateAPI, Runnable[Input, Output]):
         *,
         stream: bool = False,
         multitask_strategy: Strategy | None = None,
+        priority: str | None = None,
+        webhook: str | None = None,
     ) -> RemoteRun:
         """Like `submit`, without blocking the event loop."""
         mode: Mode = "stream" if stream else "invoke"
         strategy = self._strategy({"multitask_strategy": multitask_strategy})
-        request = self._request(mode, input, export_config(config), {})
+        call = {} if priority is None else {"priority": priority}
+        request = self._request(mode, input, export_config(config), call, webhook=webhook)
         await async_client_for(self.settings).submit([request], strategy=strategy)
         return RemoteRun(request.run_id, self.settings, timeout=self.timeout)

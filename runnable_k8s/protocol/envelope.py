@@ -36,6 +36,7 @@ CHUNK: Final = "chunk"
 STATUS: Final = "status"
 CANCEL: Final = "cancel"
 RETRY_LINK: Final = "retry-of"
+WEBHOOK: Final = "webhook"
 WAITING: Final = "waiting"
 
 # Results, chunks and statuses do not expire by signature; Redis TTLs bound their life, and

@@ -19,6 +19,8 @@ from runnable_k8s.store.keys import (
     rescue_lock,
     retry_of,
     status,
+    webhook,
+    webhooks,
 )
 
 __all__ = [
@@ -37,4 +39,6 @@ __all__ = [
     "rescue_lock",
     "retry_of",
     "status",
+    "webhook",
+    "webhooks",
 ]

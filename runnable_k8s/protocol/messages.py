@@ -67,6 +67,11 @@ class RunRequest:
     compare-and-set without reading the record first. Not a security measure: it is signed."""
     created_at: float | None = None
     """When the producer submitted the run."""
+    priority: str = "normal"
+    """Which list the run waits on (protocol/priority.py)."""
+    webhook: str | None = None
+    """URL a worker POSTs the outcome to when the run ends (worker/webhooks.py), if the
+    worker's allowlist admits it."""
     graph: GraphCall | None = None
     """A call of the referenced graph's state API (`get_state`, ...) instead of a run of it."""
 
@@ -145,6 +150,7 @@ class Protocol:
             "kwargs",
             "queued_digest",
             "created_at",
+            "webhook",
         ):
             value = getattr(request, key)
             if value is not None:
@@ -153,6 +159,8 @@ class Protocol:
             head["config"] = request.config
         if request.events:
             head["events"] = True
+        if request.priority != "normal":
+            head["priority"] = request.priority
         if request.graph is not None:
             head["graph"] = request.graph.as_json()
         body = pack(head, request.runnable, request.input)
@@ -183,6 +191,8 @@ class Protocol:
         kwargs = head.get("kwargs")
         queued_digest = head.get("queued_digest")
         created_at = head.get("created_at")
+        priority = head.get("priority", "normal")
+        webhook = head.get("webhook")
         if (
             mode not in MODES
             or len(segments) != 2
@@ -194,6 +204,8 @@ class Protocol:
             or not (kwargs is None or isinstance(kwargs, dict))
             or not (queued_digest is None or isinstance(queued_digest, str))
             or not (created_at is None or isinstance(created_at, int | float))
+            or priority not in ("high", "normal", "low")
+            or not (webhook is None or isinstance(webhook, str))
         ):
             raise SignatureRejected("run request head has missing or mistyped fields")
         return RunRequest(
@@ -212,6 +224,8 @@ class Protocol:
             kwargs=kwargs,
             queued_digest=queued_digest,
             created_at=created_at,
+            priority=priority,
+            webhook=webhook,
             graph=None if head.get("graph") is None else GraphCall.from_json(head["graph"]),
         )
 

@@ -92,3 +92,13 @@ def limit(key: str, part: str) -> str:
 def wait_record(run_id: str) -> str:
     """Signed record of what a run is waiting on (kept beside its status while it waits)."""
     return f"{PREFIX}:{{{run_id}}}:waiting"
+
+
+def webhook(run_id: str) -> str:
+    """Signed record of the run's completion webhook: its URL and where delivery stands."""
+    return f"{PREFIX}:{{{run_id}}}:webhook"
+
+
+def webhooks(queue: str) -> str:
+    """Sorted set of runs of `queue` with a webhook to deliver (score: when to look next)."""
+    return f"{PREFIX}:webhooks:{queue}"

@@ -8,6 +8,7 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
+from runnable_k8s.protocol import priority
 from runnable_k8s.store import keys, scripts
 
 
@@ -27,6 +28,8 @@ def check_keys(run_id: str, queue: str) -> list[str]:
         keys.events(run_id),
         keys.message(run_id),
         keys.body(run_id),
+        # The queue's other priority lists: the run may wait on any of them.
+        *(name for name in priority.lists(queue).values() if name != queue),
     ]
 
 

@@ -8,6 +8,7 @@ from typing import Final
 
 import redis.asyncio as aredis
 
+from runnable_k8s.protocol import priority
 from runnable_k8s.store import keys, scripts
 
 # Bounds that keep one sweep cheap for Redis: LPOS scans the queue list.
@@ -29,10 +30,13 @@ class Sweeper:
         )
         if not got:
             return []
-        if await self._client.llen(self._queue) > MAX_QUEUE_SCAN:
-            return []  # a deep backlog: sweep once it drains (LPOS would scan it all)
+        # Normal (the queue's own list) first: the script's default for a foreign copy.
+        lists = sorted(priority.lists(self._queue).values(), key=lambda n: n != self._queue)
+        for name in lists:
+            if await self._client.llen(name) > MAX_QUEUE_SCAN:
+                return []  # a deep backlog: sweep once it drains (LPOS would scan it all)
         raw = await self._sweep(
-            keys=[keys.pending(self._queue), self._queue, keys.UNACKED],
+            keys=[keys.pending(self._queue), keys.UNACKED, *lists],
             # The script spells the message key from this prefix (lua/sweep.lua).
             args=[time.time() - after, BATCH, f"{keys.PREFIX}:", MAX_QUEUE_SCAN],
         )

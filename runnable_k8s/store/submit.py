@@ -12,14 +12,14 @@ import dataclasses
 import hashlib
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import redis
 import redis.asyncio as aredis
 
-from runnable_k8s.protocol import task_message
+from runnable_k8s.protocol import priority, task_message
 from runnable_k8s.protocol.messages import Protocol, RunRequest, RunStatus
-from runnable_k8s.store import keys, scripts
+from runnable_k8s.store import keys, scripts, webhooks
 
 Record = tuple[str, bytes, int]
 """A key, its signed value and its ttl in seconds."""
@@ -28,6 +28,10 @@ Record = tuple[str, bytes, int]
 def _description(request: RunRequest) -> str:
     # What Flower and `celery inspect` show: never the payload.
     return f"{request.mode} {request.name} run={request.run_id}"[:200]
+
+
+# The KEYS index of each priority's list in lua/enqueue.lua.
+_SLOT: Final = {"normal": 2, "high": 3, "low": 4}
 
 
 class Submission:
@@ -42,7 +46,8 @@ class Submission:
         self.records: list[Record] = list(records)
         # Large bodies go as plain SETs before the script: megabytes do not pass through Lua.
         self.bodies: list[Record] = []
-        self.runs: list[tuple[float, str, str]] = []  # score, run id, message
+        self.runs: list[tuple[float, str, str, int]] = []  # score, run id, message, list
+        self.webhooks: list[tuple[float, str]] = []  # first look, run id
         for original in requests:
             queued = protocol.seal_status(
                 RunStatus(original.run_id, "queued", original.name, 0, created_at=now)
@@ -55,10 +60,11 @@ class Submission:
             life = max(1, int(request.expires_at - now) + int(settings.time_limit) + 60)
             if beside is not None:
                 self.bodies.append((keys.body(request.run_id), beside, life))
+            level = priority.check(request.priority)
             message = task_message.build(
                 wire.decode(),
                 run_id=request.run_id,
-                queue=settings.queue,
+                queue=priority.list_name(settings.queue, level),
                 description=_description(request),
             )
             # The copy is dropped when the run ends, so a long life costs only runs that never
@@ -67,7 +73,11 @@ class Submission:
             # `result_ttl` of its latest start, as when claims moved it aside with that TTL).
             kept = max(1, int(request.expires_at - now) + ttl)
             self.records.append((keys.message(request.run_id), message.encode(), kept))
-            self.runs.append((now, request.run_id, message))
+            self.runs.append((now, request.run_id, message, _SLOT[level]))
+            if request.webhook is not None:
+                record, look = webhooks.plan(protocol.signer, request.run_id, request.webhook, now)
+                self.records.append((keys.webhook(request.run_id), record, ttl))
+                self.webhooks.append((look, request.run_id))
         self.queue = settings.queue
         # A key the script sets, and its run: whether the write survived a failover
         # (producer/durable.py). The script is atomic: all of it survived, or none.
@@ -75,12 +85,22 @@ class Submission:
         self.probe = (keys.status(first), first)
 
     def script_call(self) -> tuple[list[str], list[Any]]:
-        keys_ = [keys.pending(self.queue), self.queue, *(key for key, _, _ in self.records)]
-        args: list[Any] = [len(self.records), len(self.runs)]
+        lists = priority.lists(self.queue)
+        keys_ = [
+            keys.pending(self.queue),
+            lists["normal"],
+            lists["high"],
+            lists["low"],
+            keys.webhooks(self.queue),
+            *(key for key, _, _ in self.records),
+        ]
+        args: list[Any] = [len(self.records), len(self.runs), len(self.webhooks)]
         for _, value, ttl in self.records:
             args += [value, ttl]
-        for score, run_id, message in self.runs:
-            args += [repr(score), run_id, message]
+        for score, run_id, message, slot in self.runs:
+            args += [repr(score), run_id, message, slot]
+        for look, run_id in self.webhooks:
+            args += [repr(look), run_id]
         return keys_, args
 
 

@@ -15,6 +15,7 @@ from celery.worker.request import Request
 
 from runnable_k8s import connections
 from runnable_k8s.errors import RunNotSucceeded
+from runnable_k8s.protocol import priority
 from runnable_k8s.protocol.task_message import TASK_NAME
 from runnable_k8s.settings import Settings
 from runnable_k8s.worker import durability, logs, memory, revocation, task_state, transport
@@ -23,8 +24,10 @@ from runnable_k8s.worker.execution import REDIS_ERRORS, Executor
 from runnable_k8s.worker.health import heartbeat
 from runnable_k8s.worker.loop import LoopThread
 from runnable_k8s.worker.metrics import WorkerMetrics
+from runnable_k8s.worker.priorities import watch_depth
 from runnable_k8s.worker.rescue import Rescuer
 from runnable_k8s.worker.transport import SENTINEL_TRANSPORT, TRANSPORT
+from runnable_k8s.worker.webhooks import Deliverer
 
 log = logging.getLogger("runnable_k8s.worker")
 
@@ -47,6 +50,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # found it); a restore takes milliseconds, and a second restorer only causes a
         # duplicate delivery, which the claim turns away.
         "unacked_mutex_expire": max(10, restore_every),
+        # One list per priority, fetched by weight so higher lists go first and the low one
+        # still gets its share (worker/priorities.py).
+        "queue_order_strategy": "runnable_k8s.worker.priorities:WeightedCycle",
     }
     config: dict[str, Any] = {
         # JSON only: a pickle-accepting worker executes whatever anyone writes to Redis.
@@ -160,11 +166,17 @@ def run_worker(
         after=settings.rescue_after,
         every=settings.rescue_every,
     )
+    deliverer = Deliverer(executor.redis, executor.protocol, settings, metrics)
+    executor.on_ended = deliverer.due.due_now
     background = [
+        loop.submit(deliverer.forever()),
         loop.submit(executor.listen_for_cancellations()),
         loop.submit(rescuer.forever()),
         loop.submit(
             heartbeat(executor.redis, settings.heartbeat_file, settings.heartbeat_interval, metrics)
+        ),
+        loop.submit(
+            watch_depth(executor.redis, settings.queue, settings.heartbeat_interval, metrics)
         ),
     ]
     app = create_app(settings, executor, loop)
@@ -175,7 +187,7 @@ def run_worker(
         "worker",
         "--pool=threads",
         f"--concurrency={concurrency or settings.concurrency}",
-        f"--queues={settings.queue}",
+        f"--queues={','.join(priority.lists(settings.queue).values())}",
         f"--loglevel={loglevel or settings.log_level}",
         # Mingle and gossip cost a second at start-up and chatter on Redis; we use neither.
         "--without-mingle",

@@ -106,6 +106,8 @@ class Executor:
         self._leases: LeaseKeeper | None = None
         self._thread_runs: ThreadRuns | None = None
         self.cancellations = Cancellations()
+        # Called with the run id once a run with a webhook has its outcome (worker/webhooks.py).
+        self.on_ended: Callable[[str], Awaitable[None]] | None = None
         self._background: set[asyncio.Future[None]] = set()
         self._retry_types = exception_types(settings.retry_on)
         waits = WaitRecords(lambda: self.redis, self.protocol.signer, settings.result_ttl)
@@ -423,6 +425,13 @@ class Executor:
             request, lambda: self.records.finish(expected, status, outcome, owner=owner)
         ):
             self.metrics.finished(request.name, outcome_label(outcome), None)
+        await self._ended(request)
+
+    async def _ended(self, request: RunRequest) -> None:
+        # Best effort: a delivery this misses goes out at its next scheduled look.
+        if request.webhook is not None and self.on_ended is not None:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self.on_ended(request.run_id)
 
     async def _run_started(self, request: RunRequest, live: _Live) -> Handled:
         run_id = request.run_id
@@ -468,6 +477,7 @@ class Executor:
             request,
             lambda: self.records.finish(live.expected, status, outcome, owner=live.owner),
         )
+        await self._ended(request)
         duration = finished_at - (started.started_at or finished_at)
         label, reason = outcome_label(outcome), short_reason(outcome)
         if recorded:

@@ -176,6 +176,18 @@ class WorkerMetrics:
             "1 when the last PING to Redis succeeded, else 0.",
             registry=r,
         )
+        self.queue_depth = Gauge(
+            "runnable_k8s_queue_depth",
+            "Runs waiting in the queue's list of each priority (LLEN, read every heartbeat).",
+            ["priority"],
+            registry=r,
+        )
+        self.webhooks = Counter(
+            "runnable_k8s_webhook_deliveries",
+            "Completion webhook attempts by result: delivered, retried, failed, refused.",
+            ["result"],
+            registry=r,
+        )
         # Every fixed label value exists from the start, so `increase()` sees the first event.
         for reason in REJECT_REASONS:
             self.rejected.labels(reason=reason)

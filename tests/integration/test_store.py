@@ -94,7 +94,7 @@ def test_enqueue_writes_every_record_of_a_batch_in_order_in_one_script(
     # More runs than one slice of the script's ZADD/LPUSH (1,000).
     submission = Submission(protocol, [request() for _ in range(1_200)])
     enqueue(sync_client, submission)
-    ids = [run_id for _, run_id, _ in submission.runs]
+    ids = [run_id for _, run_id, _, _ in submission.runs]
     assert sync_client.zcard(keys.pending(settings.queue)) == 1_200
     # Consumers BRPOP from the right end: the first submitted comes out first.
     assert sync_client.lindex(settings.queue, -1) == submission.runs[0][2].encode()

@@ -110,7 +110,9 @@ def _drop_inflight(objects: Objects) -> None:
 
 
 def _formula_without_inflight(objects: Objects) -> None:
-    _scaled(objects)["spec"]["advanced"]["scalingModifiers"]["formula"] = "queued"
+    _scaled(objects)["spec"]["advanced"]["scalingModifiers"]["formula"] = (
+        "high + queued + low + pending / 100"
+    )
 
 
 def _missing_trigger_auth(objects: Objects) -> None:
@@ -125,7 +127,7 @@ def _drop_pending(objects: Objects) -> None:
     """Without the pending set's trigger only the cooldown keeps a worker up for a lost run."""
     spec = _scaled(objects)["spec"]
     spec["triggers"] = [t for t in spec["triggers"] if t["name"] != "pending"]
-    formula = "waiting > 0 && inflight > 0 ? inflight : queued + inflight"
+    formula = "waiting > 0 && inflight > 0 ? inflight : high + queued + low + inflight"
     spec["advanced"]["scalingModifiers"]["formula"] = formula
 
 

@@ -49,7 +49,7 @@ def test_every_trigger_asks_the_sentinels(sentinel_objects: list[dict[str, Any]]
     scaled = find(sentinel_objects, "ScaledObject", manifests.WORKER)
     assert scaled is not None
     triggers = scaled["spec"]["triggers"]
-    assert [t["type"] for t in triggers] == ["redis-sentinel"] * 4
+    assert [t["type"] for t in triggers] == ["redis-sentinel"] * 6
     for trigger in triggers:
         meta = trigger["metadata"]
         assert "host" not in meta and "port" not in meta

@@ -70,19 +70,21 @@ def busy_redis(redis_server: str) -> Iterator[str]:
     with redis.Redis.from_url(redis_server) as client:
         client.flushdb()
         client.rpush("runnable-k8s", "a", "b", "c")
+        client.rpush("runnable-k8s:high", "d")
+        client.rpush("runnable-k8s:low", "e", "f")
         client.hset("unacked", mapping={"t1": "x", "t2": "y"})
-        # Three queued runs and one the broker lost: four not yet started.
-        client.zadd("rk8s:pending:runnable-k8s", {"r1": 1, "r2": 2, "r3": 3, "r4": 4})
+        # Six queued runs (every priority) and one the broker lost: seven not yet started.
+        client.zadd("rk8s:pending:runnable-k8s", {f"r{i}": i for i in range(7)})
         yield redis_server
         client.flushdb()
 
 
-def test_read_queue_counts_the_list_and_the_unacked_hash(busy_redis: str) -> None:
+def test_read_queue_counts_the_lists_and_the_unacked_hash(busy_redis: str) -> None:
     queue = read_queue(busy_redis, "runnable-k8s")
     assert (queue.queued, queue.inflight, queue.pending, queue.database, queue.error) == (
-        3,
+        6,
         2,
-        4,
+        7,
         0,
         None,
     )
@@ -125,7 +127,7 @@ def test_cli_status_shows_everything(busy_redis: str, monkeypatch: pytest.Monkey
     result = CliRunner().invoke(cluster, ["status"])
     assert result.exit_code == 0, result.output
     assert (
-        "queue:      3 queued, 2 in flight, 4 not yet started (list 'runnable-k8s', db 0)"
+        "queue:      6 queued, 2 in flight, 7 not yet started (list 'runnable-k8s', db 0)"
         in result.output
     )
     assert "warning" not in result.output

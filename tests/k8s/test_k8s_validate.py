@@ -181,9 +181,16 @@ def test_scaler_policy_and_disruption_budget(
     spec = scaled["spec"]
     assert spec["minReplicaCount"] == 0
     assert spec["advanced"]["scalingModifiers"]["formula"] == (
-        "waiting > 0 && inflight > 0 ? inflight : queued + inflight + pending / 100"
+        "waiting > 0 && inflight > 0 ? inflight : high + queued + low + inflight + pending / 100"
     )
-    assert [t["name"] for t in spec["triggers"]] == ["queued", "inflight", "pending", "waiting"]
+    assert [t["name"] for t in spec["triggers"]] == [
+        "queued",
+        "inflight",
+        "pending",
+        "waiting",
+        "high",
+        "low",
+    ]
     assert all(t["authenticationRef"]["name"] == "runnable-k8s-redis" for t in spec["triggers"])
     scale_down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
     assert scale_down["stabilizationWindowSeconds"] >= 300

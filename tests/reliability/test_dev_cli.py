@@ -61,7 +61,8 @@ def test_dev_serves_a_burst_and_ctrl_c_keeps_queued_runs(
     # A 30 s cooldown is shorter than the default rescue window (60 s + a 15 s sweep + the
     # polling interval), but the manifests' pending-set trigger keeps a worker up for a lost
     # run: nothing to warn about.
-    assert "metric: queued (" in output and "pending (rk8s:pending:" in output
+    assert "metric: high (" in output and " + queued (" in output and " + low (" in output
+    assert "pending (rk8s:pending:" in output
     assert "warning: cooldownPeriod" not in output
     # With the user's own Redis, Ctrl-C leaves unstarted runs where they are.
     waiting = [run for run in busy + queued if not run.status().done]

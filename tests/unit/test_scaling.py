@@ -55,13 +55,18 @@ def test_base_parameters_are_those_of_the_scaledobject_and_config_env() -> None:
         "inflight": "unacked",
         "pending": keys.pending(queue),
         "waiting": WAITING,
+        "high": f"{queue}:high",
+        "low": f"{queue}:low",
     }
-    assert scaling.formula == ("queued", "inflight", "pending")
+    assert scaling.formula == ("high", "queued", "low", "inflight", "pending")
     assert (scaling.hold_when, scaling.hold_with) == (("waiting", "inflight"), ("inflight",))
     assert scaling.divisors == {"pending": 100}
+    idle = {"high": 0, "queued": 0, "low": 0, "inflight": 0, "waiting": 0}
     # One lost run (pending, neither queued nor in flight) activates a worker on its own.
-    assert scaling.metric({"queued": 0, "inflight": 0, "pending": 1, "waiting": 0}) == 0.01
-    assert scaling.metric({"queued": 3, "inflight": 2, "pending": 3, "waiting": 0}) == 5.03
+    assert scaling.metric({**idle, "pending": 1}) == 0.01
+    assert scaling.metric({**idle, "queued": 3, "inflight": 2, "pending": 3}) == 5.03
+    # Every priority's backlog counts, as in the ScaledObject's formula.
+    assert scaling.metric({**idle, "high": 2, "low": 3, "pending": 5}) == 5.05
     assert (scaling.polling_interval, scaling.cooldown) == (15, 300)
     assert (scaling.min_replicas, scaling.max_replicas) == (0, 20)
     assert scaling.scale_down == SLOW_DOWN
@@ -91,7 +96,7 @@ def test_other_formulas_are_refused(formula: str) -> None:
 def test_calls_waiting_on_limits_hold_the_replicas_the_in_flight_runs_need() -> None:
     scaling = load_base(default_root())
     autoscaler = Autoscaler(scaling)
-    backlog = {"queued": 1000, "inflight": 200, "pending": 1000}
+    backlog = {"high": 0, "queued": 1000, "low": 0, "inflight": 200, "pending": 1000}
     # Without waits the backlog scales out; with calls waiting on a limit, two replicas stay
     # two: more would only wait.
     assert autoscaler.decide(0.0, {**backlog, "waiting": 0}, 2).desired > 2

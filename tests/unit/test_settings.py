@@ -44,6 +44,14 @@ PARSED: dict[str, tuple[str, Any]] = {
     "max_attempts": ("5", 5),
     "retry_backoff": ("0.5", 0.5),
     "retry_backoff_max": ("10", 10.0),
+    "webhook_allow": (
+        "https://hooks.example.com/in/, http://10.0.0.7:8080/x",
+        ("https://hooks.example.com/in/", "http://10.0.0.7:8080/x"),
+    ),
+    "webhook_secret": ("webhook-secret-0123456789", SigningKey(b"webhook-secret-0123456789")),
+    "webhook_attempts": ("5", 5),
+    "webhook_backoff": ("0.25", 0.25),
+    "webhook_timeout": ("3", 3.0),
     "limits": (
         "openai:gpt-4o-mini rpm=120 tpm=40000 concurrency=5; tenant:* requests=40/10s",
         (
@@ -382,6 +390,19 @@ def test_require_helpers() -> None:
     with pytest.raises(ConfigurationError, match="RUNNABLE_K8S_REDIS_URL"):
         Settings().require_redis_url()
     assert Settings(redis_url="redis://x").require_redis_url() == "redis://x"
+
+
+@pytest.mark.parametrize("prefix", ["hooks.example.com/", "ftp://hooks.example.com/", "https://"])
+def test_a_webhook_allowlist_entry_must_be_an_http_url_prefix(prefix: str) -> None:
+    with pytest.raises(ConfigurationError, match="RUNNABLE_K8S_WEBHOOK_ALLOW"):
+        Settings.from_env({"RUNNABLE_K8S_WEBHOOK_ALLOW": prefix})
+
+
+def test_the_webhook_secret_is_redacted_and_never_shown() -> None:
+    secret = "webhook-secret-0123456789"
+    settings = Settings.from_env({"RUNNABLE_K8S_WEBHOOK_SECRET": secret})
+    assert secret in settings.redact_values
+    assert secret not in repr(settings)
 
 
 # -- to_env: the inverse of from_env ----------------------------------------------------------

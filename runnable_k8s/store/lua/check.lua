@@ -1,6 +1,7 @@
 -- Where is the message of a queued run a worker left a rejection notice for; record its
 -- failure once it is nowhere (producer/rejections.py decides when).
--- KEYS: status, pending set, unacked hash, queue, events, message copy, body. ARGV: SHA-1 of
+-- KEYS: status, pending set, unacked hash, queue, events, message copy, body, then the queue's
+-- other priority lists (the run may wait on any of them). ARGV: SHA-1 of
 -- the expected (queued) status, run id, signature hex, delivery tag, max scan, "1" to record,
 -- failed status, outcome, ttl s.
 -- Returns where the message still is ('started', 'pending', 'held', 'queued', 'unknown'),
@@ -12,13 +13,16 @@ if not current or redis.sha1hex(current) ~= ARGV[1] then return 'started' end
 if redis.call('zscore', KEYS[2], ARGV[2]) then return 'pending' end
 if ARGV[4] ~= '' and redis.call('hexists', KEYS[3], ARGV[4]) == 1 then return 'held' end
 local max = tonumber(ARGV[5])
+local lists = {KEYS[4]}
+for i = 8, #KEYS do table.insert(lists, KEYS[i]) end
 local copy = redis.call('get', KEYS[6])
-if copy and redis.call('lpos', KEYS[4], copy, 'RANK', -1, 'MAXLEN', max) then
-  return 'queued'
+for _, list in ipairs(lists) do
+  if copy and redis.call('lpos', list, copy, 'RANK', -1, 'MAXLEN', max) then
+    return 'queued'
+  end
+  if redis.call('llen', list) > max then return 'unknown' end
 end
-if redis.call('hlen', KEYS[3]) > max or redis.call('llen', KEYS[4]) > max then
-  return 'unknown'
-end
+if redis.call('hlen', KEYS[3]) > max then return 'unknown' end
 -- By signature, not by bytes or tag: kombu re-serializes a message it hands back, and the
 -- tag in the copy is not signed.
 local cursor = '0'
@@ -29,10 +33,12 @@ repeat
     if string.find(page[2][i], ARGV[3], 1, true) then return 'held' end
   end
 until cursor == '0'
-local length = redis.call('llen', KEYS[4])
-for start = 0, length - 1, 100 do
-  for _, item in ipairs(redis.call('lrange', KEYS[4], start, start + 99)) do
-    if string.find(item, ARGV[3], 1, true) then return 'queued' end
+for _, list in ipairs(lists) do
+  local length = redis.call('llen', list)
+  for start = 0, length - 1, 100 do
+    for _, item in ipairs(redis.call('lrange', list, start, start + 99)) do
+      if string.find(item, ARGV[3], 1, true) then return 'queued' end
+    end
   end
 end
 if ARGV[6] == '' then return 'gone' end
