@@ -2,8 +2,9 @@
 `HumanInTheLoopMiddleware` and a SQLite checkpointer, run by reference. A chat streams until
 the agent's tool call is interrupted for approval; the caller reads the pending request with
 `get_state` (as an agent UI does), then approves, edits or rejects it by resuming, streaming
-again. Every step is compared with the same agent run in-process on a store of its own (ids
-masked: message and interrupt ids are random per run)."""
+again. Two messages sent at once on one thread are answered one after the other. Every step
+is compared with the same agent run in-process on a store of its own (ids masked: message and
+interrupt ids are random per run). Two workers share the store."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.types import Command, Interrupt
@@ -52,14 +53,18 @@ def agents(
 ) -> Iterator[Agents]:
     db = tmp_path_factory.mktemp("agent") / "checkpoints.sqlite"
     settings = make_settings(redis_url, allowed_refs=("tests.support.agent:",))
-    worker = WorkerProcess(settings, logs_dir, name="agent", env={"RK8S_TEST_SQLITE_DB": str(db)})
-    worker.wait_ready()
+    # Two workers on one store, as in production: a thread's runs may land on either.
+    env = {"RK8S_TEST_SQLITE_DB": str(db)}
+    workers = [WorkerProcess(settings, logs_dir, name=f"agent-{i}", env=env) for i in range(2)]
     conn = sqlite3.connect(db, check_same_thread=False)
     try:
+        for worker in workers:
+            worker.wait_ready(timeout=120)
         yield Agents(settings, conn)
     finally:
         conn.close()
-        worker.stop()
+        for worker in workers:
+            worker.stop()
 
 
 def norm(value: Any) -> Any:
@@ -130,6 +135,38 @@ def _messages(chat: Chat) -> list[BaseMessage]:
     values = chat.agents.remote().get_state(chat.config).values
     assert values == chat.agents.here().get_state(chat.config).values
     return list(values["messages"])
+
+
+def test_two_messages_sent_at_once_on_one_thread_are_both_answered_in_order(chat: Chat) -> None:
+    # Both submitted before either is answered, the first slow to answer, two workers free:
+    # only the thread's line (enqueue, the default) keeps the second run from starting on the
+    # same checkpoint, answering as if it came first, and overwriting the first exchange.
+    questions = ["Slowly: what is a thread?", "And a run?"]
+    remote = chat.agents.remote()
+    runs = [
+        remote.submit({"messages": [{"role": "user", "content": q}]}, chat.config)
+        for q in questions
+    ]
+    first, second = (run.result(timeout=120) for run in runs)
+
+    assert [m.content for m in first["messages"]] == [questions[0], f"Answer 1: {questions[0]}"]
+    assert second["messages"][:2] == first["messages"]
+    assert [m.content for m in second["messages"][2:]] == [
+        questions[1],
+        f"Answer 2: {questions[1]}",
+    ]
+    # Nothing lost: the thread holds both questions, in order, each followed by its answer,
+    # as the same two messages sent one after the other in-process leave it.
+    messages = _messages(chat)
+    assert [(type(m), m.content) for m in messages] == [
+        (HumanMessage, questions[0]),
+        (AIMessage, f"Answer 1: {questions[0]}"),
+        (HumanMessage, questions[1]),
+        (AIMessage, f"Answer 2: {questions[1]}"),
+    ]
+    for question in questions:
+        chat.local.invoke({"messages": [{"role": "user", "content": question}]}, chat.local_config)
+    assert norm(messages) == norm(chat.local.get_state(chat.local_config).values["messages"])
 
 
 def test_approve_runs_the_tool_and_answers(chat: Chat) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,13 @@ from langchain.agents import create_agent
 from langchain.agents.middleware import HumanInTheLoopMiddleware
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    ToolMessage,
+)
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.tools import tool
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -28,8 +35,10 @@ Agent = CompiledStateGraph[Any, Any, Any, Any]
 class ScriptedToolModel(GenericFakeChatModel):
     """GenericFakeChatModel whose reply follows the conversation instead of a fixed list, so
     every worker process (and this one) answers the same thread the same way: to a person it
-    replies with a `send_email` tool call; to a tool's result, with text (streamed word by
-    word, as GenericFakeChatModel streams)."""
+    replies with a `send_email` tool call, but to a question (ending in "?") with text that
+    counts the thread's questions so far; to a tool's result, with text (streamed word by word,
+    as GenericFakeChatModel streams). A question that starts "Slowly" takes a second to
+    answer, so that a run arriving meanwhile on its thread would overlap it."""
 
     messages: Iterator[AIMessage | str] = iter(())
 
@@ -46,6 +55,11 @@ class ScriptedToolModel(GenericFakeChatModel):
         last = messages[-1]
         if isinstance(last, ToolMessage):
             reply = AIMessage(f"Done. The tool said: {last.content}", id=f"reply-{len(messages)}")
+        elif str(last.content).endswith("?"):
+            if str(last.content).startswith("Slowly"):
+                time.sleep(1.0)
+            asked = sum(isinstance(m, HumanMessage) for m in messages)
+            reply = AIMessage(f"Answer {asked}: {last.content}", id=f"reply-{len(messages)}")
         else:
             call = {
                 "name": "send_email",
