@@ -58,22 +58,22 @@ class Stamps:
     def install(self) -> None:
         from runnable_k8s.producer import client
 
-        parse = client._parse_entries
+        parse = client.parse_entries
         mark = self.mark
 
-        class StampedPlan(client._Plan):
-            """The submission's records built (signed, sealed): the transaction goes next."""
+        class StampedSubmission(client.Submission):
+            """The submission's records built (signed, sealed): the enqueue script goes next."""
 
-            def __init__(self, *args: Any) -> None:
-                super().__init__(*args)
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
                 mark("enqueue")
 
         def stamped_parse(*args: Any) -> Any:
             self.mark("reply")
             return parse(*args)
 
-        client._Plan = StampedPlan  # type: ignore[misc]
-        client._parse_entries = stamped_parse
+        client.Submission = StampedSubmission  # type: ignore[misc]
+        client.parse_entries = stamped_parse  # type: ignore[assignment]
 
 
 def runs(producer: list[tuple[str, int]], worker: list[tuple[str, int]]) -> list[dict[str, int]]:

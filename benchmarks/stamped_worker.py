@@ -61,7 +61,8 @@ def install() -> None:
     from kombu.transport import redis as kombu_redis
     from langchain_core.runnables.base import RunnableSequence
 
-    from runnable_k8s.worker import execution, records
+    from runnable_k8s.store import records
+    from runnable_k8s.worker import execution
 
     # The consumer thread has popped the message and records it as unacknowledged.
     stamp_sync(kombu_redis.QoS, "append", "consumer", None)
