@@ -15,7 +15,7 @@ import hashlib
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from redis._parsers.encoders import Encoder
@@ -226,7 +226,8 @@ class Client:
         if not any(_turn_thread(r) is not None for r in requests):
             # The usual case, one script (store/submit.py); runs on a thread go through the
             # thread scripts in a transaction below.
-            self._submit_plain(Submission(self.protocol, requests, records))
+            submission = Submission(self.protocol, requests, records)
+            self._write(lambda: self._enqueue(submission), submission.probe)
             return
         plan = _Plan(self.protocol, requests)
 
@@ -247,28 +248,19 @@ class Client:
                 replies[:] = pipe.execute()
 
         replies: list[Any] = []
-        try:
-            if self.settings.replica_acks:
-                durable.enqueue(self._redis, self.settings, write, *plan.probe)
-            else:
-                write()
-        except _REDIS_ERRORS as exc:
-            raise _unavailable("cannot enqueue on Redis", exc) from exc
-        except RedisError as exc:
-            raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
+        self._write(write, plan.probe)
         for entered in entered_runs(plan.threads, replies):
             if entered.verdict == "waiting" and strategy in ("interrupt", "rollback"):
                 self._stop_holder(entered.holder, rollback=strategy == "rollback")
         raise_busy(plan.threads, replies)
 
-    def _submit_plain(self, submission: Submission) -> None:
+    def _write(self, write: Callable[[], None], probe: tuple[str, str]) -> None:
+        """One enqueue, waited for by a replica when asked (REPLICA_ACKS), Redis errors ours."""
         try:
             if self.settings.replica_acks:
-                durable.enqueue(
-                    self._redis, self.settings, lambda: self._enqueue(submission), *submission.probe
-                )
+                durable.enqueue(self._redis, self.settings, write, *probe)
             else:
-                self._enqueue(submission)
+                write()
         except _REDIS_ERRORS as exc:
             raise _unavailable("cannot enqueue on Redis", exc) from exc
         except RedisError as exc:
@@ -397,7 +389,8 @@ class AsyncClient:
         self, requests: Sequence[RunRequest], *, strategy: Strategy = threads.DEFAULT
     ) -> None:
         if not any(_turn_thread(r) is not None for r in requests):
-            await self._submit_plain(Submission(self.protocol, requests))
+            submission = Submission(self.protocol, requests)
+            await self._write(lambda: self._enqueue(submission), submission.probe)
             return
         plan = _Plan(self.protocol, requests)
 
@@ -418,27 +411,17 @@ class AsyncClient:
                 replies[:] = await pipe.execute()
 
         replies: list[Any] = []
-        try:
-            if self.settings.replica_acks:
-                await durable.aenqueue(self._redis, self.settings, write, *plan.probe)
-            else:
-                await write()
-        except _REDIS_ERRORS as exc:
-            raise _unavailable("cannot enqueue on Redis", exc) from exc
-        except RedisError as exc:
-            raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
+        await self._write(write, plan.probe)
         for entered in entered_runs(plan.threads, replies):
             if entered.verdict == "waiting" and strategy in ("interrupt", "rollback"):
                 await self._stop_holder(entered.holder, rollback=strategy == "rollback")
         raise_busy(plan.threads, replies)
 
-    async def _submit_plain(self, submission: Submission) -> None:
-        async def write() -> None:
-            await self._enqueue(submission)
-
+    async def _write(self, write: Callable[[], Awaitable[None]], probe: tuple[str, str]) -> None:
+        """One enqueue, waited for by a replica when asked (REPLICA_ACKS), Redis errors ours."""
         try:
             if self.settings.replica_acks:
-                await durable.aenqueue(self._redis, self.settings, write, *submission.probe)
+                await durable.aenqueue(self._redis, self.settings, write, *probe)
             else:
                 await write()
         except _REDIS_ERRORS as exc:
