@@ -60,8 +60,8 @@ from runnable_k8s.worker.metrics import RejectReason, WorkerMetrics
 from runnable_k8s.worker.outage import REDIS_ERRORS as _REDIS_ERRORS
 from runnable_k8s.worker.outage import ride_out
 from runnable_k8s.worker.registry import Registry, RunnableSource
+from runnable_k8s.worker.stream_writer import Progress as _Progress
 from runnable_k8s.worker.stream_writer import StreamInterrupted as _StreamInterrupted
-from runnable_k8s.worker.streaming import Progress as _Progress
 from runnable_k8s.worker.streaming import StreamPublisher as _StreamPublisher
 from runnable_k8s.worker.task_state import Handled, already_ended
 from runnable_k8s.worker.thread_runs import ThreadRuns
