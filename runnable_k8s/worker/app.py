@@ -170,7 +170,7 @@ def run_worker(
     executor.on_ended = deliverer.due.due_now
     background = [
         loop.submit(deliverer.forever()),
-        loop.submit(executor.listen_for_cancellations()),
+        loop.submit(executor.cancellations.listen()),
         loop.submit(rescuer.forever()),
         loop.submit(
             heartbeat(executor.redis, settings.heartbeat_file, settings.heartbeat_interval, metrics)
@@ -213,4 +213,4 @@ def run_worker(
 async def _close(executor: Executor) -> None:
     await asyncio.sleep(0)
     await executor.redis.aclose()
-    executor.close_sync_redis()
+    executor.clients.close_sync()

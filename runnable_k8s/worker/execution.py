@@ -24,10 +24,8 @@ from typing import Any, Final, TypeVar
 
 import redis.asyncio as aredis
 from langchain_core.runnables import Runnable, RunnableConfig
-from redis import Redis as SyncRedis
 from redis.exceptions import ResponseError
 
-from runnable_k8s import connections
 from runnable_k8s.errors import (
     DisallowedObject,
     MessageRejected,
@@ -45,6 +43,7 @@ from runnable_k8s.store.records import RunRecords
 from runnable_k8s.worker.cancellation import Cancellations
 from runnable_k8s.worker.claims import POLL as CLAIM_POLL
 from runnable_k8s.worker.claims import LeaseKeeper
+from runnable_k8s.worker.clients import WorkerRedis
 from runnable_k8s.worker.failures import (
     describe,
     exception_types,
@@ -55,7 +54,7 @@ from runnable_k8s.worker.failures import (
 from runnable_k8s.worker.flow import FlowControl
 from runnable_k8s.worker.graph_state import call_graph
 from runnable_k8s.worker.graphs import graph_stream
-from runnable_k8s.worker.logs import RunEvent, run_event
+from runnable_k8s.worker.logs import RunEvent, forged, run_event
 from runnable_k8s.worker.metrics import RejectReason, WorkerMetrics
 from runnable_k8s.worker.outage import REDIS_ERRORS as _REDIS_ERRORS
 from runnable_k8s.worker.outage import ride_out
@@ -69,12 +68,6 @@ from runnable_k8s.worker.waits import WaitRecords
 
 log = logging.getLogger("runnable_k8s.worker")
 
-_LATE_CANCEL_CHECK = 0.5
-
-# Connections beyond one per run: the cancel listener's subscription, heartbeat, rescue sweep.
-_SPARE_CONNECTIONS: Final = 16
-# How long a command waits for a free connection before it counts as Redis being away.
-_CONNECTION_WAIT: Final = 30.0
 # What a run id can look like (producers make 32 hex digits): a claimed id of any other shape
 # gets no rejection notice, so hostile ids cannot name other keys.
 _RUN_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -100,15 +93,13 @@ class Executor:
         self.metrics = metrics or WorkerMetrics()
         self.protocol = Protocol(settings)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        self._redis: aredis.Redis | None = None
-        self._sync_redis: SyncRedis | None = None
+        self.clients = WorkerRedis(settings)
         self._records: RunRecords | None = None
         self._leases: LeaseKeeper | None = None
         self._thread_runs: ThreadRuns | None = None
-        self.cancellations = Cancellations()
+        self.cancellations = Cancellations(lambda: self.redis, self.protocol, lambda: self.records)
         # Called with the run id once a run with a webhook has its outcome (worker/webhooks.py).
         self.on_ended: Callable[[str], Awaitable[None]] | None = None
-        self._background: set[asyncio.Future[None]] = set()
         self._retry_types = exception_types(settings.retry_on)
         waits = WaitRecords(lambda: self.redis, self.protocol.signer, settings.result_ttl)
         self.flow = FlowControl(settings, lambda: self.redis, self.metrics, waits)
@@ -118,44 +109,15 @@ class Executor:
 
     @property
     def redis(self) -> aredis.Redis:
-        if self._redis is None:
-            # redis-py's pools hold 100 connections and raise at once when all are taken:
-            # with more than 100 runs streaming, their XADDs failed (MaxConnectionsError). A
-            # run holds one connection at a time, so a pool a little larger than the
-            # concurrency, that waits for a free connection instead of raising, never lacks
-            # one for long.
-            self._redis = connections.async_client(
-                self.settings.require_redis_url(),
-                blocking=True,
-                max_connections=self.settings.concurrency + _SPARE_CONNECTIONS,
-                timeout=_CONNECTION_WAIT,
-                health_check_interval=30,
-                socket_read_size=1024 * 1024,
-            )
-        return self._redis
-
-    @property
-    def sync_redis(self) -> SyncRedis:
-        """A blocking client, for pool threads (see `fetch_beside`)."""
-        if self._sync_redis is None:
-            self._sync_redis = connections.sync_client(
-                self.settings.require_redis_url(),
-                blocking=True,
-                max_connections=self.settings.concurrency + _SPARE_CONNECTIONS,
-                timeout=_CONNECTION_WAIT,
-                health_check_interval=30,
-            )
-        return self._sync_redis
-
-    def close_sync_redis(self) -> None:
-        if self._sync_redis is not None:
-            self._sync_redis.close()
+        return self.clients.redis
 
     @property
     def leases(self) -> LeaseKeeper:
         if self._leases is None:
             self._leases = LeaseKeeper(
-                self.redis, lease=self.settings.lease, on_cancel_record=self._cancel_record
+                self.redis,
+                lease=self.settings.lease,
+                on_cancel_record=self.cancellations.found_record,
             )
         return self._leases
 
@@ -173,7 +135,7 @@ class Executor:
                 self.protocol,
                 ttl=int(self.settings.result_ttl),
                 queue=self.settings.queue,
-                on_forged=_forged,
+                on_forged=forged,
                 dead_letter_ttl=int(self.settings.dead_letter_ttl),
             )
         return self._records
@@ -190,7 +152,7 @@ class Executor:
         if key is None:
             return None
         try:
-            stored = self.sync_redis.get(key)
+            stored = self.clients.sync.get(key)
         except ResponseError:  # a key of another type where the body belongs: no body
             return None
         return stored if isinstance(stored, bytes) else None
@@ -448,9 +410,6 @@ class Executor:
         )
         task = asyncio.ensure_future(self._run(request, live))
         self.cancellations.track(run_id, task)
-        # A cancel published between the claim and `track` found no task to cancel; one look
-        # at the record shortly after covers that (and a publish missed while reconnecting).
-        asyncio.get_running_loop().call_later(_LATE_CANCEL_CHECK, self._spawn_check, run_id)
         self.metrics.in_flight.inc()
         try:
             outcome = await asyncio.shield(task)
@@ -678,46 +637,6 @@ class Executor:
             return request.time_limit
         return limit
 
-    # -- cancellation -----------------------------------------------------------------------
-
-    def _spawn_check(self, run_id: str) -> None:
-        if run_id in self.cancellations.running:
-            # Keep a reference: the loop holds tasks only weakly.
-            task = asyncio.ensure_future(self._check_cancel(run_id))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    async def _check_cancel(self, run_id: str) -> None:
-        if run_id not in self.cancellations.running:
-            return  # already over: nothing to cancel
-        with contextlib.suppress(Exception):
-            record = await self.redis.get(keys.cancel(run_id))
-            if isinstance(record, bytes):
-                self._cancel_record(run_id, record)
-
-    def _cancel_record(self, run_id: str, record: bytes) -> None:
-        """A cancellation record found for a run this worker holds (lease renewal round)."""
-        if self.cancellations.requested(run_id):
-            return
-        try:
-            self.protocol.open_cancel(record, run_id)
-        except MessageRejected as exc:
-            _forged("cancellation", run_id, exc)
-            return
-        if self.cancellations.cancel(run_id):
-            _event(logging.INFO, RunEvent("cancelling", run_id), "cancelling run=%s", run_id)
-
-    async def listen_for_cancellations(self) -> None:
-        """Cancel local runs named on the cancel channel (after checking the signed request)."""
-
-        async def verified(run_id: str) -> bool:
-            return (await self.records.read(run_id)).cancel_requested
-
-        def announce(run_id: str) -> None:
-            _event(logging.INFO, RunEvent("cancelling", run_id), "cancelling run=%s", run_id)
-
-        await self.cancellations.listen(self.redis, verified, announce)
-
 
 def _body_key(raw: bytes) -> str | None:
     """The key of the body this (unverified) message says travels beside it, if any."""
@@ -750,7 +669,3 @@ def _running(request: RunRequest, previous: RunStatus) -> RunStatus:
 
 def _event(level: int, fields: RunEvent, message: str, *args: object) -> None:
     run_event(log, level, fields, message, *args)
-
-
-def _forged(what: str, run_id: str, exc: Exception) -> None:
-    log.warning("ignored unverifiable %s run=%s reason=%s", what, run_id, exc)
