@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import os
 import random
-import re
 import socket
 import time
 import uuid
@@ -32,7 +31,6 @@ from runnable_k8s.errors import (
     PayloadTooLarge,
     SerializationRefused,
 )
-from runnable_k8s.protocol import envelope, keys, rejection
 from runnable_k8s.protocol.allowlist import check_call_kwargs
 from runnable_k8s.protocol.interrupts import has_interrupts
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus, State
@@ -48,16 +46,16 @@ from runnable_k8s.worker.failures import (
     describe,
     exception_types,
     outcome_label,
-    reject_reason,
     short_reason,
 )
 from runnable_k8s.worker.flow import FlowControl
 from runnable_k8s.worker.graph_state import call_graph
 from runnable_k8s.worker.graphs import graph_stream
 from runnable_k8s.worker.logs import RunEvent, forged, run_event
-from runnable_k8s.worker.metrics import RejectReason, WorkerMetrics
+from runnable_k8s.worker.metrics import WorkerMetrics
 from runnable_k8s.worker.outage import REDIS_ERRORS as _REDIS_ERRORS
 from runnable_k8s.worker.outage import ride_out
+from runnable_k8s.worker.refusals import NOT_READ, NotRead, Refusals, body_key
 from runnable_k8s.worker.registry import Registry, RunnableSource
 from runnable_k8s.worker.stream_writer import Progress as _Progress
 from runnable_k8s.worker.stream_writer import StreamInterrupted as _StreamInterrupted
@@ -68,21 +66,10 @@ from runnable_k8s.worker.waits import WaitRecords
 
 log = logging.getLogger("runnable_k8s.worker")
 
-# What a run id can look like (producers make 32 hex digits): a claimed id of any other shape
-# gets no rejection notice, so hostile ids cannot name other keys.
-_RUN_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
 T = TypeVar("T")
 
 # Errors that mean "Redis is not reachable right now", not "this message is bad".
 REDIS_ERRORS: Final = _REDIS_ERRORS
-
-
-class _NotRead:
-    """`handle`'s default: the body beside the message was not read by the caller."""
-
-
-NOT_READ: Final = _NotRead()
 
 
 class Executor:
@@ -103,6 +90,7 @@ class Executor:
         self._retry_types = exception_types(settings.retry_on)
         waits = WaitRecords(lambda: self.redis, self.protocol.signer, settings.result_ttl)
         self.flow = FlowControl(settings, lambda: self.redis, self.metrics, waits)
+        self.refusals = Refusals(self.metrics, lambda: self.redis, lambda: self.records)
         self.runnables = RunnableSource(
             self.protocol, Registry(settings.allowed_refs), self.metrics, self.flow.attach
         )
@@ -148,7 +136,7 @@ class Executor:
         reaches the event loop: a blocking read of 1 MB costs about half what the event
         loop's stream reader does, and the pool thread would only wait otherwise. Nothing is
         trusted here; `handle` verifies the body with its message."""
-        key = _body_key(wire.encode() if isinstance(wire, str) else b"")
+        key = body_key(wire.encode() if isinstance(wire, str) else b"")
         if key is None:
             return None
         try:
@@ -157,7 +145,7 @@ class Executor:
             return None
         return stored if isinstance(stored, bytes) else None
 
-    async def handle(self, wire: str, beside: bytes | _NotRead | None = NOT_READ) -> Handled:
+    async def handle(self, wire: str, beside: bytes | NotRead | None = NOT_READ) -> Handled:
         """Handle one Celery message's argument and say what it came to (for the Celery
         task's state). Never raises for bad input. `beside` is what `fetch_beside` read
         (None: nothing); left out, it is read here."""
@@ -165,8 +153,7 @@ class Executor:
         try:
             request = await self._verify(raw, beside)
         except MessageRejected as exc:
-            ended = await self._ended_without_body(raw, beside)
-            return ended if ended is not None else await self._reject(raw, beside, exc)
+            return await self.refusals.unverified(raw, beside, exc)
         _event(
             logging.INFO,
             RunEvent("received", request.run_id, request.name),
@@ -178,102 +165,18 @@ class Executor:
         # Runs on a LangGraph thread take turns (worker/thread_runs.py).
         return await self.thread_runs.run(request, self._execute)
 
-    async def _verify(self, raw: bytes, beside: bytes | _NotRead | None) -> RunRequest:
+    async def _verify(self, raw: bytes, beside: bytes | NotRead | None) -> RunRequest:
         if len(raw) > self.protocol.signer.max_body_bytes + 1024:
             raise PayloadTooLarge(f"message of {len(raw)} bytes exceeds the size limit")
-        if isinstance(beside, _NotRead):
+        if isinstance(beside, NotRead):
             beside = None
-            key = _body_key(raw)
+            key = body_key(raw)
             if key is not None:
                 with contextlib.suppress(ResponseError):  # a key of another type: no body
                     stored = await self.redis.get(key)
                     beside = stored if isinstance(stored, bytes) else None
         # Expiry is checked after verification, so an authentic expired run is recorded.
         return self.protocol.open_request(raw, beside=beside, check_expiry=False)
-
-    async def _ended_without_body(
-        self, raw: bytes, beside: bytes | _NotRead | None
-    ) -> Handled | None:
-        """A delivery of a run that has ended, whose large body (beside the message) its
-        finish dropped: it cannot be verified any more, but it is a replay or a redelivery
-        (after a lost acknowledgement), not a forgery, and repeats the recorded outcome as a
-        verified one would. None when that is not the case. Trusting the claimed id is safe:
-        the outcome repeated is the run's own, signed, and nothing runs."""
-        if not envelope.needs_body_beside(raw) or isinstance(beside, bytes):
-            return None
-        header = envelope.peek_header(raw)
-        if header is None or not _RUN_ID.fullmatch(header.run_id):
-            return None
-        run_id = header.run_id
-        try:
-            if isinstance(beside, _NotRead) and await self.redis.exists(keys.body(run_id)):
-                return None  # the body is there: the message itself failed verification
-            status = (await self.records.read(run_id)).status
-        except ResponseError:
-            return None
-        if status is None or not status.done:
-            return None
-        self.metrics.reject("replay")
-        _event(
-            logging.WARNING,
-            RunEvent("rejected", run_id, status.name, reason="replay"),
-            "ignored delivery of finished run run=%s state=%s (replay or duplicate; its body "
-            "was dropped when it finished)",
-            run_id,
-            status.state,
-        )
-        return already_ended(status)
-
-    async def _reject(
-        self, raw: bytes, beside: bytes | _NotRead | None, exc: MessageRejected
-    ) -> Handled:
-        reason = reject_reason(exc)
-        self.metrics.reject(reason)
-        header = envelope.peek_header(raw)
-        # Unverified: the id is only what the message claims, cut short.
-        claimed = header.run_id[:100] if header else None
-        _event(
-            logging.WARNING,
-            RunEvent("rejected", claimed, reason=reason),
-            "rejected message claimed_run=%s reason=%s",
-            claimed or "?",
-            exc,
-        )
-        if claimed is None or not _RUN_ID.fullmatch(claimed) or reason not in rejection.REASONS:
-            return Handled(claimed, "refused", reason)
-        # Tell the producer what exactly could not be verified, and stop rescuing the run if
-        # these are its stored bytes (protocol/rejection.py says why neither is a risk).
-        try:
-            body = None
-            if envelope.needs_body_beside(raw):
-                if isinstance(beside, _NotRead):
-                    with contextlib.suppress(ResponseError):  # another type: no body
-                        stored = await self.redis.get(keys.body(claimed))
-                        beside = stored if isinstance(stored, bytes) else None
-                body = beside if isinstance(beside, bytes) else None
-            if await self.records.note_rejection(claimed, raw, body, reason):
-                log.warning(
-                    "run=%s is no longer pending rescue: its stored message failed verification",
-                    claimed,
-                )
-        except (ResponseError, *REDIS_ERRORS) as exc_:
-            # The rescue sweep brings the message back, and its next rejection tells again.
-            log.warning("could not leave a rejection notice for run=%s: %s", claimed, exc_)
-        return Handled(claimed, "refused", reason)
-
-    def _refuse(
-        self, request: RunRequest, reason: RejectReason, message: str, *args: object
-    ) -> None:
-        """Log and count a verified run that is not executed (replay, duplicate, expired);
-        `message` takes the run id first, then `args`."""
-        self.metrics.reject(reason)
-        _event(
-            logging.INFO if reason == "expired" else logging.WARNING,
-            RunEvent("rejected", request.run_id, request.name, reason=reason),
-            message,
-            request.run_id,
-            *args,
-        )
 
     # -- one verified run -------------------------------------------------------------------
 
@@ -290,7 +193,7 @@ class Executor:
             if expected is None or time.time() > request.expires_at:
                 seen = await self.records.read(run_id)
                 if seen.status is not None and seen.status.done:
-                    self._refuse_finished(request, seen.status, duplicate=waiting)
+                    self.refusals.finished(request, seen.status, duplicate=waiting)
                     return already_ended(seen.status)
                 base, expected = seen.status or base, seen.digest
             running = None if time.time() > request.expires_at else _running(request, base)
@@ -334,7 +237,7 @@ class Executor:
                 )
                 return Handled(run_id, "cancelled")
             elif running is None or written is None:
-                self._refuse(request, "expired", "expired run=%s name=%s", request.name)
+                self.refusals.refuse(request, "expired", "expired run=%s name=%s", request.name)
                 await self._end_unstarted(
                     request, owner, base, expected, Outcome(run_id, "expired", reason="expired")
                 )
@@ -354,21 +257,6 @@ class Executor:
             what=what,
             run_id=request.run_id,
         )
-
-    def _refuse_finished(self, request: RunRequest, status: RunStatus, *, duplicate: bool) -> None:
-        if duplicate:
-            self._refuse(
-                request,
-                "duplicate",
-                "ignored duplicate delivery of run=%s (finished by its holder)",
-            )
-        else:
-            self._refuse(
-                request,
-                "replay",
-                "ignored delivery of finished run run=%s state=%s (replay or duplicate)",
-                status.state,
-            )
 
     async def _end_unstarted(
         self, request: RunRequest, owner: str, base: RunStatus, expected: str, outcome: Outcome
@@ -636,14 +524,6 @@ class Executor:
         if request.time_limit is not None and 0 < request.time_limit < limit:
             return request.time_limit
         return limit
-
-
-def _body_key(raw: bytes) -> str | None:
-    """The key of the body this (unverified) message says travels beside it, if any."""
-    if not envelope.needs_body_beside(raw):
-        return None
-    header = envelope.peek_header(raw)
-    return None if header is None else keys.body(header.run_id)
 
 
 @dataclasses.dataclass
