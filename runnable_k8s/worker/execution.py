@@ -14,52 +14,41 @@ import contextlib
 import dataclasses
 import logging
 import os
-import random
 import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 import redis.asyncio as aredis
-from langchain_core.runnables import Runnable, RunnableConfig
 from redis.exceptions import ResponseError
 
 from runnable_k8s.errors import (
-    DisallowedObject,
     MessageRejected,
     PayloadTooLarge,
-    SerializationRefused,
 )
-from runnable_k8s.protocol.allowlist import check_call_kwargs
-from runnable_k8s.protocol.interrupts import has_interrupts
-from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus, State
-from runnable_k8s.protocol.remote_config import import_config
-from runnable_k8s.protocol.tracing import remote_parent, sanitize
+from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.settings import Settings
 from runnable_k8s.store.records import RunRecords
+from runnable_k8s.worker.attempts import Attempts, Live
 from runnable_k8s.worker.cancellation import Cancellations
 from runnable_k8s.worker.claims import POLL as CLAIM_POLL
 from runnable_k8s.worker.claims import LeaseKeeper
 from runnable_k8s.worker.clients import WorkerRedis
+from runnable_k8s.worker.dispatch import Dispatcher
 from runnable_k8s.worker.failures import (
     describe,
-    exception_types,
     outcome_label,
     short_reason,
 )
 from runnable_k8s.worker.flow import FlowControl
-from runnable_k8s.worker.graph_state import call_graph
-from runnable_k8s.worker.graphs import graph_stream
 from runnable_k8s.worker.logs import RunEvent, forged, run_event
 from runnable_k8s.worker.metrics import WorkerMetrics
 from runnable_k8s.worker.outage import REDIS_ERRORS as _REDIS_ERRORS
 from runnable_k8s.worker.outage import ride_out
 from runnable_k8s.worker.refusals import NOT_READ, NotRead, Refusals, body_key
 from runnable_k8s.worker.registry import Registry, RunnableSource
-from runnable_k8s.worker.stream_writer import Progress as _Progress
-from runnable_k8s.worker.stream_writer import StreamInterrupted as _StreamInterrupted
-from runnable_k8s.worker.streaming import StreamPublisher as _StreamPublisher
+from runnable_k8s.worker.stream_writer import Progress
 from runnable_k8s.worker.task_state import Handled, already_ended
 from runnable_k8s.worker.thread_runs import ThreadRuns
 from runnable_k8s.worker.waits import WaitRecords
@@ -87,12 +76,18 @@ class Executor:
         self.cancellations = Cancellations(lambda: self.redis, self.protocol, lambda: self.records)
         # Called with the run id once a run with a webhook has its outcome (worker/webhooks.py).
         self.on_ended: Callable[[str], Awaitable[None]] | None = None
-        self._retry_types = exception_types(settings.retry_on)
         waits = WaitRecords(lambda: self.redis, self.protocol.signer, settings.result_ttl)
         self.flow = FlowControl(settings, lambda: self.redis, self.metrics, waits)
         self.refusals = Refusals(self.metrics, lambda: self.redis, lambda: self.records)
         self.runnables = RunnableSource(
             self.protocol, Registry(settings.allowed_refs), self.metrics, self.flow.attach
+        )
+        self.attempts = Attempts(
+            settings,
+            self.metrics,
+            lambda: self.records,
+            self.cancellations,
+            Dispatcher(self, self.runnables, self.flow),
         )
 
     @property
@@ -242,7 +237,7 @@ class Executor:
                     request, owner, base, expected, Outcome(run_id, "expired", reason="expired")
                 )
                 return Handled(run_id, "expired")
-            return await self._run_started(request, _Live(running, written, owner))
+            return await self._run_started(request, Live(running, written, owner))
 
     async def _durably(
         self, request: RunRequest, record: Callable[[], Awaitable[T]], what: str = "recording"
@@ -283,7 +278,7 @@ class Executor:
             with contextlib.suppress(*REDIS_ERRORS):
                 await self.on_ended(request.run_id)
 
-    async def _run_started(self, request: RunRequest, live: _Live) -> Handled:
+    async def _run_started(self, request: RunRequest, live: Live) -> Handled:
         run_id = request.run_id
         started = live.status
         self.metrics.started(started.created_at, started.started_at)
@@ -352,188 +347,14 @@ class Executor:
         )
         return Handled(run_id, label, reason)
 
-    async def _run(self, request: RunRequest, live: _Live) -> Outcome:
+    async def _run(self, request: RunRequest, live: Live) -> Outcome:
         """Every way a started run can end becomes an outcome: a run that raised anything,
         even outside `Exception`, is recorded as failed, never left "running" with its
         message acknowledged."""
-        progress = _Progress()
-        outcome = await self._attempts(request, live, progress)
+        progress = Progress()
+        outcome = await self.attempts.run(request, live, progress)
         # The count of stream entries travels with the outcome: readers check they saw them all.
         return dataclasses.replace(outcome, chunks=progress.published)
-
-    async def _attempts(self, request: RunRequest, live: _Live, progress: _Progress) -> Outcome:
-        run_id = request.run_id
-        attempt = live.status.attempt
-        # One limit for the whole run (loading and retries included), so the lease and the
-        # visibility timeout (both above the limit) always outlive it.
-        limit = asyncio.timeout(self._time_limit(request))
-        try:
-            async with limit:
-                try:
-                    runnable = await self.runnables.load(request)
-                    config = import_config(request.config)
-                    payload = self.protocol.data.decode_data(request.input)
-                    if request.kwargs:
-                        check_call_kwargs(request.kwargs)
-                except (DisallowedObject, SerializationRefused) as exc:
-                    return self._rejected_run(request, attempt, exc)
-                except asyncio.CancelledError:
-                    raise  # the time limit, a cancellation or shutdown: handled below
-                except BaseException as exc:  # anything else while loading: a failed run
-                    # SystemExit, KeyboardInterrupt and the like included: raised in the
-                    # loop's thread they can only come from application code (signals reach
-                    # the main thread), and let through they would stop the event loop.
-                    failure = describe(exc, self.settings.redact_values)
-                    return Outcome(run_id, "failed", error=failure, attempt=attempt)
-                while True:
-                    try:
-                        output, paused = await self._dispatch(
-                            request, runnable, payload, config, progress
-                        )
-                        state: State = "interrupted" if paused else "succeeded"
-                        return Outcome(run_id, state, output=output, attempt=attempt)
-                    except asyncio.CancelledError:
-                        raise
-                    except BaseException as exc:
-                        if exc is progress.own_error and isinstance(exc, _StreamInterrupted):
-                            # The reader has the earlier delivery's entries, then this outcome.
-                            progress.published = exc.entries
-                            return Outcome(run_id, "failed", reason="interrupted", attempt=attempt)
-                        if exc is progress.own_error:
-                            raise  # Redis gone too long: ours, not the runnable's; redelivered
-                        if not self._should_retry(exc, attempt, progress):
-                            failure = describe(exc, self.settings.redact_values)
-                            return Outcome(run_id, "failed", error=failure, attempt=attempt)
-                        attempt = await self._backoff(request, live, attempt, exc)
-        except TimeoutError:
-            if not limit.expired():
-                raise  # a Redis command of ours timed out for too long: redelivered
-            return Outcome(run_id, "failed", reason="timeout", attempt=attempt)
-        except asyncio.CancelledError as exc:
-            if self.cancellations.requested(run_id):
-                return Outcome(run_id, "cancelled", attempt=attempt)
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # this task is being cancelled (shutdown): not the run's doing
-            # The runnable let a CancelledError of its own escape (an inner task cancelled).
-            failure = describe(exc, self.settings.redact_values)
-            return Outcome(run_id, "failed", error=failure, attempt=attempt)
-
-    def _rejected_run(self, request: RunRequest, attempt: int, exc: Exception) -> Outcome:
-        self.metrics.reject("disallowed")
-        _event(
-            logging.WARNING,
-            RunEvent(
-                "rejected", request.run_id, request.name, attempt=attempt, reason="disallowed"
-            ),
-            "rejected run=%s name=%s reason=%s",
-            request.run_id,
-            request.name,
-            exc,
-        )
-        return Outcome(request.run_id, "failed", reason=f"rejected: {exc}", attempt=attempt)
-
-    def _should_retry(self, exc: BaseException, attempt: int, progress: _Progress) -> bool:
-        # A stream that already sent chunks cannot be replayed without duplicating them.
-        return (
-            attempt < self.settings.max_attempts
-            and not progress.published
-            and isinstance(exc, self._retry_types)
-        )
-
-    async def _backoff(
-        self, request: RunRequest, live: _Live, attempt: int, exc: BaseException
-    ) -> int:
-        # Exponential backoff with full jitter: retries from many runs spread out instead of
-        # hitting a rate-limited provider in waves.
-        cap = min(self.settings.retry_backoff_max, self.settings.retry_backoff * 2 ** (attempt - 1))
-        delay = random.uniform(0, cap)
-        self.metrics.retried(request.name)
-        _event(
-            logging.INFO,
-            RunEvent(
-                "retrying", request.run_id, request.name, attempt + 1, reason=type(exc).__name__
-            ),
-            "retrying run=%s attempt=%d delay=%.2f error=%s",
-            request.run_id,
-            attempt + 1,
-            delay,
-            type(exc).__name__,
-        )
-        retrying = dataclasses.replace(
-            live.status, state="retrying", attempt=attempt + 1, reason=type(exc).__name__
-        )
-        # The lease holder writes blindly (so a repeated write is harmless), and remembers
-        # what `finish` must find in place. A Redis blip here is not the runnable's failure.
-        live.expected = await self._durably(
-            request, lambda: self.records.write_status(retrying), "retrying"
-        )
-        await asyncio.sleep(delay)
-        running = dataclasses.replace(retrying, state="running", reason="")
-        live.expected = await self._durably(
-            request, lambda: self.records.write_status(running), "retrying"
-        )
-        return attempt + 1
-
-    async def _dispatch(
-        self,
-        request: RunRequest,
-        runnable: Runnable[Any, Any],
-        payload: Any,
-        config: RunnableConfig,
-        progress: _Progress,
-    ) -> tuple[bytes, bool]:
-        """The encoded output, and whether a graph stopped at `interrupt()`."""
-        data = self.protocol.data
-        call = request.kwargs or {}  # validated in _run
-        with remote_parent(sanitize(request.trace)), self.flow.run(request.run_id):
-            if request.graph is not None:  # the graph's state API: see `graph_state`
-                answer = await call_graph(runnable, request.graph, payload, config, request.ref)
-                return data.encode_data(answer, what="output"), False
-            if request.mode == "invoke":
-                output = await runnable.ainvoke(payload, config, **call)
-                return data.encode_data(output, what="output"), has_interrupts(output)
-            if request.mode == "batch":
-                if not isinstance(payload, list) or len(payload) != len(request.configs or []):
-                    raise DisallowedObject("batch inputs and configs do not match")
-                configs = [import_config(c) for c in request.configs or []]
-                outputs = await runnable.abatch(payload, configs, return_exceptions=True, **call)
-                items = [
-                    {"ok": False, "e": describe(out, self.settings.redact_values).as_json()}
-                    if isinstance(out, BaseException)
-                    else {"ok": True, "v": out}
-                    for out in outputs
-                ]
-                # Each item tells its own interrupts; the batch as a whole succeeded.
-                return data.encode_data(items, what="output"), False
-            publisher = _StreamPublisher(self, request.run_id, progress)
-            # A graph's chunks do not add up to what `invoke` returns: see `graphs`.
-            graph = graph_stream(runnable, call)
-            if request.events:
-                events = runnable.astream_events(payload, config, version="v2", **call)
-                final = await publisher.events(events, ended=graph is not None)
-            elif graph is not None:
-                chunks = runnable.astream(payload, config, **graph.kwargs)
-                final = await publisher.graph(chunks, graph)
-            else:
-                final = await publisher.chunks(runnable.astream(payload, config, **call))
-            return data.encode_data(final, what="output"), has_interrupts(final)
-
-    def _time_limit(self, request: RunRequest) -> float:
-        limit = self.settings.time_limit
-        if request.time_limit is not None and 0 < request.time_limit < limit:
-            return request.time_limit
-        return limit
-
-
-@dataclasses.dataclass
-class _Live:
-    """A started run: its status, the digest of its status record (for `finish`), and the
-    owner token of this delivery's lease."""
-
-    status: RunStatus
-    expected: str
-    owner: str
 
 
 def _running(request: RunRequest, previous: RunStatus) -> RunStatus:
