@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from runnable_k8s.errors import DisallowedObject, SerializationRefused
 from runnable_k8s.protocol.messages import Outcome, RunRequest, RunStatus, State
+from runnable_k8s.protocol.reasons import Reason, rejected
 from runnable_k8s.settings import Settings
 from runnable_k8s.store.records import RunRecords
 from runnable_k8s.worker.cancellation import Cancellations
@@ -85,7 +86,9 @@ class Attempts:
                         if exc is progress.own_error and isinstance(exc, StreamInterrupted):
                             # The reader has the earlier delivery's entries, then this outcome.
                             progress.published = exc.entries
-                            return Outcome(run_id, "failed", reason="interrupted", attempt=attempt)
+                            return Outcome(
+                                run_id, "failed", reason=Reason.INTERRUPTED, attempt=attempt
+                            )
                         if exc is progress.own_error:
                             raise  # Redis gone too long: ours, not the runnable's; redelivered
                         if not self._should_retry(exc, attempt, progress):
@@ -94,7 +97,7 @@ class Attempts:
         except TimeoutError:
             if not limit.expired():
                 raise  # a Redis command of ours timed out for too long: redelivered
-            return Outcome(run_id, "failed", reason="timeout", attempt=attempt)
+            return Outcome(run_id, "failed", reason=Reason.TIMEOUT, attempt=attempt)
         except asyncio.CancelledError as exc:
             if self._cancellations.requested(run_id):
                 return Outcome(run_id, "cancelled", attempt=attempt)
@@ -121,7 +124,7 @@ class Attempts:
             request.name,
             exc,
         )
-        return Outcome(request.run_id, "failed", reason=f"rejected: {exc}", attempt=attempt)
+        return Outcome(request.run_id, "failed", reason=rejected(str(exc)), attempt=attempt)
 
     def _time_limit(self, request: RunRequest) -> float:
         limit = self._settings.time_limit

@@ -11,6 +11,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 
 from runnable_k8s.errors import DisallowedObject
 from runnable_k8s.protocol.allowlist import check_call_kwargs
+from runnable_k8s.protocol.batch import ItemFailed, encode_items
 from runnable_k8s.protocol.interrupts import has_interrupts
 from runnable_k8s.protocol.messages import RunRequest
 from runnable_k8s.protocol.remote_config import import_config
@@ -69,12 +70,13 @@ class Dispatcher:
                     raise DisallowedObject("batch inputs and configs do not match")
                 configs = [import_config(c) for c in request.configs or []]
                 outputs = await runnable.abatch(payload, configs, return_exceptions=True, **call)
-                items = [
-                    {"ok": False, "e": describe(out, self._host.settings.redact_values).as_json()}
-                    if isinstance(out, BaseException)
-                    else {"ok": True, "v": out}
-                    for out in outputs
-                ]
+                redact = self._host.settings.redact_values
+                items = encode_items(
+                    [
+                        ItemFailed(describe(out, redact)) if isinstance(out, BaseException) else out
+                        for out in outputs
+                    ]
+                )
                 # Each item tells its own interrupts; the batch as a whole succeeded.
                 return data.encode_data(items, what="output"), False
             publisher = StreamPublisher(self._host, request.run_id, progress)

@@ -28,6 +28,7 @@ from runnable_k8s.errors import (
     PayloadTooLarge,
 )
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
+from runnable_k8s.protocol.reasons import Reason
 from runnable_k8s.settings import Settings
 from runnable_k8s.store.records import RunRecords
 from runnable_k8s.worker.attempts import Attempts, Live
@@ -234,7 +235,11 @@ class Executor:
             elif running is None or written is None:
                 self.refusals.refuse(request, "expired", "expired run=%s name=%s", request.name)
                 await self._end_unstarted(
-                    request, owner, base, expected, Outcome(run_id, "expired", reason="expired")
+                    request,
+                    owner,
+                    base,
+                    expected,
+                    Outcome(run_id, "expired", reason=Reason.EXPIRED),
                 )
                 return Handled(run_id, "expired")
             return await self._run_started(request, Live(running, written, owner))
