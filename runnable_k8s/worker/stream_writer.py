@@ -24,7 +24,7 @@ from runnable_k8s.errors import MessageRejected, RunnableK8sError
 from runnable_k8s.protocol import keys, stream
 from runnable_k8s.protocol import messages as wire
 from runnable_k8s.settings import Settings
-from runnable_k8s.store import scripts
+from runnable_k8s.store import streams
 from runnable_k8s.worker.outage import REDIS_ERRORS, ride_out
 
 # Rounds of "forged entries removed, first entry tried again" before giving up.
@@ -138,21 +138,10 @@ class EntryWriter:
         if seq > 0:  # the usual case: one plain XADD
             return _id(await redis.xadd(self._stream, stream.signed_fields(kind, sealed)))
         ttl = int(self._executor.settings.result_ttl)
-        # Loaded again by redis-py if Redis restarted and forgot it.
-        first = scripts.aload(redis, "stream_first")
-        args = [
-            kind.value,
-            sealed,
-            ttl,
-            stream.EntryKind.CHUNK.value,
-            stream.EntryKind.EVENT.value,
-            stream.FIELD_KIND,
-            stream.FIELD_MESSAGE,
-        ]
         for _ in range(_FIRST_TRIES):
-            reply = await first(keys=[self._stream], args=args)
+            reply = await streams.append_first(redis, self._stream, kind, sealed, ttl)
             if not isinstance(reply, int):
-                return _id(reply)
+                return reply
             # Redis cannot check signatures: the script counted chunk-like entries, which
             # anyone who can write to Redis can add. Only signed entries of this run are an
             # earlier delivery's (its worker was lost mid-stream: going on, or starting over,
