@@ -34,8 +34,8 @@ log = logging.getLogger("runnable_k8s.worker")
 
 @dataclasses.dataclass
 class Live:
-    """A started run: its status, the digest of its status record (for `finish`), and the
-    owner token of this delivery's lease."""
+    """A started run: its status (the current attempt's), the digest of its status record
+    (what `finish` must find in place), and the owner token of this delivery's lease."""
 
     status: RunStatus
     expected: str
@@ -59,53 +59,59 @@ class Attempts:
         self._retry_types = exception_types(settings.retry_on)
 
     async def run(self, request: RunRequest, live: Live, progress: Progress) -> Outcome:
+        """The run's outcome, within one time limit for the whole run. Raises only for the
+        worker's own trouble (Redis gone too long, shutdown): the message is delivered again."""
         run_id = request.run_id
-        attempt = live.status.attempt
         limit = asyncio.timeout(self._time_limit(request))
         try:
             async with limit:
-                try:
-                    prepared = await self._dispatcher.prepare(request)
-                except (DisallowedObject, SerializationRefused) as exc:
-                    return self._rejected(request, attempt, exc)
-                except asyncio.CancelledError:
-                    raise  # the time limit, a cancellation or shutdown: handled below
-                except BaseException as exc:  # anything else while loading: a failed run
-                    # SystemExit, KeyboardInterrupt and the like included: raised in the
-                    # loop's thread they can only come from application code (signals reach
-                    # the main thread), and let through they would stop the event loop.
-                    return self._failed(run_id, exc, attempt)
-                while True:
-                    try:
-                        output, paused = await self._dispatcher.call(request, prepared, progress)
-                        state: State = "interrupted" if paused else "succeeded"
-                        return Outcome(run_id, state, output=output, attempt=attempt)
-                    except asyncio.CancelledError:
-                        raise
-                    except BaseException as exc:
-                        if exc is progress.own_error and isinstance(exc, StreamInterrupted):
-                            # The reader has the earlier delivery's entries, then this outcome.
-                            progress.published = exc.entries
-                            return Outcome(
-                                run_id, "failed", reason=Reason.INTERRUPTED, attempt=attempt
-                            )
-                        if exc is progress.own_error:
-                            raise  # Redis gone too long: ours, not the runnable's; redelivered
-                        if not self._should_retry(exc, attempt, progress):
-                            return self._failed(run_id, exc, attempt)
-                        attempt = await self._backoff(request, live, attempt, exc)
+                return await self._attempts(request, live, progress)
         except TimeoutError:
             if not limit.expired():
                 raise  # a Redis command of ours timed out for too long: redelivered
-            return Outcome(run_id, "failed", reason=Reason.TIMEOUT, attempt=attempt)
+            return Outcome(run_id, "failed", reason=Reason.TIMEOUT, attempt=live.status.attempt)
         except asyncio.CancelledError as exc:
             if self._cancellations.requested(run_id):
-                return Outcome(run_id, "cancelled", attempt=attempt)
+                return Outcome(run_id, "cancelled", attempt=live.status.attempt)
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # this task is being cancelled (shutdown): not the run's doing
             # The runnable let a CancelledError of its own escape (an inner task cancelled).
-            return self._failed(run_id, exc, attempt)
+            return self._failed(run_id, exc, live.status.attempt)
+
+    async def _attempts(self, request: RunRequest, live: Live, progress: Progress) -> Outcome:
+        """Prepare the call, then call, again after a backoff while `RETRY_ON` allows.
+        Cancellation (the time limit's included) is left to `run`."""
+        run_id = request.run_id
+        try:
+            prepared = await self._dispatcher.prepare(request)
+        except (DisallowedObject, SerializationRefused) as exc:
+            return self._rejected(request, live.status.attempt, exc)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # anything else while loading: a failed run
+            # SystemExit, KeyboardInterrupt and the like included: raised in the loop's
+            # thread they can only come from application code (signals reach the main
+            # thread), and let through they would stop the event loop.
+            return self._failed(run_id, exc, live.status.attempt)
+        while True:
+            attempt = live.status.attempt
+            try:
+                output, paused = await self._dispatcher.call(request, prepared, progress)
+                state: State = "interrupted" if paused else "succeeded"
+                return Outcome(run_id, state, output=output, attempt=attempt)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                if exc is progress.own_error and isinstance(exc, StreamInterrupted):
+                    # The reader has the earlier delivery's entries, then this outcome.
+                    progress.published = exc.entries
+                    return Outcome(run_id, "failed", reason=Reason.INTERRUPTED, attempt=attempt)
+                if exc is progress.own_error:
+                    raise  # Redis gone too long: ours, not the runnable's; redelivered
+                if not self._should_retry(exc, attempt, progress):
+                    return self._failed(run_id, exc, attempt)
+                await self._backoff(request, live, exc)
 
     def _failed(self, run_id: str, exc: BaseException, attempt: int) -> Outcome:
         failure = describe(exc, self._settings.redact_values)
@@ -140,12 +146,11 @@ class Attempts:
             and isinstance(exc, self._retry_types)
         )
 
-    async def _backoff(
-        self, request: RunRequest, live: Live, attempt: int, exc: BaseException
-    ) -> int:
+    async def _backoff(self, request: RunRequest, live: Live, exc: BaseException) -> None:
+        """Wait before the next attempt, its status recorded ("retrying", then "running")."""
         # Exponential backoff with full jitter: retries from many runs spread out instead of
         # hitting a rate-limited provider in waves.
-        settings = self._settings
+        settings, attempt = self._settings, live.status.attempt
         cap = min(settings.retry_backoff_max, settings.retry_backoff * 2 ** (attempt - 1))
         delay = random.uniform(0, cap)
         self._metrics.retried(request.name)
@@ -168,10 +173,9 @@ class Attempts:
         # what `finish` must find in place. A Redis blip here is not the runnable's failure.
         live.expected = await self._write(request, retrying)
         await asyncio.sleep(delay)
-        live.expected = await self._write(
-            request, dataclasses.replace(retrying, state="running", reason="")
-        )
-        return attempt + 1
+        running = dataclasses.replace(retrying, state="running", reason="")
+        live.expected = await self._write(request, running)
+        live.status = running
 
     async def _write(self, request: RunRequest, status: RunStatus) -> str:
         return await ride_out(

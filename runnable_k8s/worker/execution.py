@@ -1,4 +1,9 @@
-"""What a worker does with one message: verify, claim, load, run, publish.
+"""What a worker does with one message, top to bottom: verify, claim, start, record.
+
+The path of one run reads in three files: this one (`handle` -> `_execute` -> `_run_started`
+-> the outcome recorded), worker/attempts.py (the time limit and retries around the call) and
+worker/dispatch.py (load the runnable, then invoke, batch, stream or a graph's state API).
+Deliveries that do not run leave the path for worker/refusals.py.
 
 Everything read from Redis is hostile until its signature checks out, and even then it only
 builds allowlisted classes. A message that fails verification is logged and dropped without
@@ -18,7 +23,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Final, TypeVar
+from typing import TypeVar
 
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
@@ -45,8 +50,7 @@ from runnable_k8s.worker.failures import (
 from runnable_k8s.worker.flow import FlowControl
 from runnable_k8s.worker.logs import RunEvent, forged, run_event
 from runnable_k8s.worker.metrics import WorkerMetrics
-from runnable_k8s.worker.outage import REDIS_ERRORS as _REDIS_ERRORS
-from runnable_k8s.worker.outage import ride_out
+from runnable_k8s.worker.outage import REDIS_ERRORS, ride_out
 from runnable_k8s.worker.refusals import NOT_READ, NotRead, Refusals, body_key
 from runnable_k8s.worker.registry import Registry, RunnableSource
 from runnable_k8s.worker.stream_writer import Progress
@@ -57,9 +61,6 @@ from runnable_k8s.worker.waits import WaitRecords
 log = logging.getLogger("runnable_k8s.worker")
 
 T = TypeVar("T")
-
-# Errors that mean "Redis is not reachable right now", not "this message is bad".
-REDIS_ERRORS: Final = _REDIS_ERRORS
 
 
 class Executor:
