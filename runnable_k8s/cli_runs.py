@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import click
-import redis
 from langchain_core.runnables import Runnable, RunnableConfig
 
+from runnable_k8s import connections
 from runnable_k8s.errors import (
     ConfigurationError,
     RemoteError,
@@ -29,6 +29,7 @@ from runnable_k8s.errors import (
 from runnable_k8s.producer.client import client_for
 from runnable_k8s.producer.dead_letters import DeadLetters
 from runnable_k8s.producer.handles import RemoteRun
+from runnable_k8s.producer.redis_errors import translated
 from runnable_k8s.producer.results import unwrap
 from runnable_k8s.producer.runnable import RunnableK8s
 from runnable_k8s.protocol import interrupts
@@ -235,9 +236,10 @@ def echo_fields(fields: dict[str, Any]) -> None:
 
 def _waiting(settings: Settings, run_id: str, *, as_json: bool) -> Any:
     """What the run's model call waits on (flow control), if anything."""
-    client = redis.Redis.from_url(settings.require_redis_url())
+    client = connections.sync_client(settings.require_redis_url(), socket_connect_timeout=5)
     try:
-        found = read_wait(client, Protocol(settings).signer, run_id)
+        with translated("cannot read the run's flow-control wait from Redis"):
+            found = read_wait(client, Protocol(settings).signer, run_id)
     finally:
         client.close()
     if found is None or as_json:

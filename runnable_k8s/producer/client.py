@@ -20,20 +20,13 @@ from typing import Any
 
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, WatchError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.sentinel import MasterNotFoundError
+from redis.exceptions import WatchError
 
 from runnable_k8s import connections
-from runnable_k8s.errors import (
-    BrokerError,
-    BrokerUnavailable,
-    RunNotFound,
-    SentinelUnavailable,
-    WaitTimeout,
-)
+from runnable_k8s.connections import REDIS_ERRORS
+from runnable_k8s.errors import BrokerUnavailable, RunNotFound, WaitTimeout
 from runnable_k8s.producer import durable, rejections
+from runnable_k8s.producer.redis_errors import translated
 from runnable_k8s.producer.stream_entries import Event, parse_entries
 from runnable_k8s.producer.thread_submit import entered_runs, raise_busy, rollback_record
 from runnable_k8s.protocol import keys, priority, task_message
@@ -46,7 +39,6 @@ from runnable_k8s.store.cancel import queue_cancel as _queue_cancel
 from runnable_k8s.store.submit import AsyncEnqueuer, Enqueuer, Submission
 from runnable_k8s.store.threads import Strategy, TransactionThreads
 
-_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 # Longest single XREAD block; the loop re-arms it until the caller's deadline.
 _MAX_BLOCK_MS = 30_000
 _WATCH_RETRIES = 20
@@ -61,12 +53,6 @@ _CONNECTION: dict[str, Any] = {
     # wait for a longer run with a timeout error.
     "socket_timeout": _MAX_BLOCK_MS / 1000 + 10,
 }
-
-
-def _unavailable(doing: str, exc: BaseException) -> BrokerUnavailable:
-    if isinstance(exc, MasterNotFoundError):
-        return SentinelUnavailable(f"{doing}: no sentinel named a master: {exc}")
-    return BrokerUnavailable(f"{doing}: {exc}")
 
 
 def new_run_id() -> str:
@@ -256,23 +242,17 @@ class Client:
 
     def _write(self, write: Callable[[], None], probe: tuple[str, str]) -> None:
         """One enqueue, waited for by a replica when asked (REPLICA_ACKS), Redis errors ours."""
-        try:
+        with translated("cannot enqueue on Redis"):
             if self.settings.replica_acks:
                 durable.enqueue(self._redis, self.settings, write, *probe)
             else:
                 write()
-        except _REDIS_ERRORS as exc:
-            raise _unavailable("cannot enqueue on Redis", exc) from exc
-        except RedisError as exc:
-            raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
 
     def _stop_holder(self, holder: str, *, rollback: bool) -> None:
         """Strategy interrupt / rollback: the new run is first in line; stop the one running."""
         if rollback:
-            try:
+            with translated("cannot request a rollback on Redis"):
                 self._redis.set(*rollback_record(self.protocol, holder))
-            except _REDIS_ERRORS as exc:
-                raise BrokerUnavailable(f"cannot request a rollback on Redis: {exc}") from exc
         with contextlib.suppress(RunNotFound):
             self.cancel(holder)
 
@@ -284,26 +264,18 @@ class Client:
             # A queued run no worker could verify is recorded as failed here too.
             return rejections.settle(self._redis, self.protocol, status)
 
-        try:
+        with translated("cannot read status from Redis"):
             return durable.read(self.settings, read)
-        except _REDIS_ERRORS as exc:
-            raise _unavailable("cannot read status from Redis", exc) from exc
-        except RedisError as exc:
-            raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
 
     def webhook(self, run_id: str) -> WebhookDelivery | None:
         """The run's verified webhook record, None without one (store/webhooks.py)."""
-        try:
+        with translated("cannot read webhook from Redis"):
             return webhooks.read(self._redis, self.protocol.signer, run_id)
-        except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot read webhook from Redis: {exc}") from exc
 
     def thread_position(self, run_id: str) -> int | None:
         """See `RemoteRun.thread_position`."""
-        try:
+        with translated("cannot read the thread from Redis"):
             return threads.position(self._redis, run_id)
-        except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot read the thread from Redis: {exc}") from exc
 
     def events(self, run_ids: Sequence[str], *, timeout: float | None) -> Iterator[Event]:
         """Yield verified events of `run_ids` as they arrive, until each has an outcome.
@@ -318,7 +290,7 @@ class Client:
         # A notice that no worker could verify a run shortens the blocks until it is settled.
         watch = rejections.Watch(self.protocol)
         outage = _Outage()
-        try:
+        with translated("lost Redis while waiting"):
             while cursors:
                 try:
                     rejections.check_due(self._redis, watch)
@@ -330,7 +302,7 @@ class Client:
                             run_id=pending[0],
                         )
                     response = self._redis.xread(dict[Any, Any](cursors), block=block)
-                except _REDIS_ERRORS as exc:
+                except REDIS_ERRORS as exc:
                     time.sleep(outage.pause(exc))
                     continue
                 outage.over()
@@ -339,10 +311,6 @@ class Client:
                         cursors.pop(keys.events(event.run_id), None)
                         watch.forget(event.run_id)
                     yield event
-        except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"lost Redis while waiting: {exc}") from exc
-        except RedisError as exc:
-            raise BrokerError(f"lost Redis while waiting: Redis refused: {exc}") from exc
 
     def cancel(self, run_id: str) -> RunStatus:
         """Cancel a run: a queued one is marked cancelled at once and never starts; a running
@@ -351,24 +319,19 @@ class Client:
         Raises:
             RunNotFound: no such run.
         """
-        try:
-            with self._redis.pipeline(transaction=True) as pipe:
-                for _ in range(_WATCH_RETRIES):
-                    try:
-                        pipe.watch(keys.status(run_id))  # type: ignore[no-untyped-call]
-                        status = _existing(self.protocol, pipe.get(keys.status(run_id)), run_id)
-                        pipe.multi()
-                        _queue_cancel(pipe, self.protocol, status)
-                        if status.state == "queued":  # out of its thread's line (if any)
-                            self._threads.queue_leave(pipe, run_id, now=time.time())
-                        pipe.execute()
-                        return status
-                    except WatchError:
-                        continue
-        except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot cancel on Redis: {exc}") from exc
-        except RedisError as exc:
-            raise BrokerError(f"cannot cancel on Redis: Redis refused: {exc}") from exc
+        with translated("cannot cancel on Redis"), self._redis.pipeline(transaction=True) as pipe:
+            for _ in range(_WATCH_RETRIES):
+                try:
+                    pipe.watch(keys.status(run_id))  # type: ignore[no-untyped-call]
+                    status = _existing(self.protocol, pipe.get(keys.status(run_id)), run_id)
+                    pipe.multi()
+                    _queue_cancel(pipe, self.protocol, status)
+                    if status.state == "queued":  # out of its thread's line (if any)
+                        self._threads.queue_leave(pipe, run_id, now=time.time())
+                    pipe.execute()
+                    return status
+                except WatchError:
+                    continue
         raise BrokerUnavailable(f"run {run_id} changed state too often to cancel")
 
 
@@ -419,22 +382,16 @@ class AsyncClient:
 
     async def _write(self, write: Callable[[], Awaitable[None]], probe: tuple[str, str]) -> None:
         """One enqueue, waited for by a replica when asked (REPLICA_ACKS), Redis errors ours."""
-        try:
+        with translated("cannot enqueue on Redis"):
             if self.settings.replica_acks:
                 await durable.aenqueue(self._redis, self.settings, write, *probe)
             else:
                 await write()
-        except _REDIS_ERRORS as exc:
-            raise _unavailable("cannot enqueue on Redis", exc) from exc
-        except RedisError as exc:
-            raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
 
     async def _stop_holder(self, holder: str, *, rollback: bool) -> None:
         if rollback:
-            try:
+            with translated("cannot request a rollback on Redis"):
                 await self._redis.set(*rollback_record(self.protocol, holder))
-            except _REDIS_ERRORS as exc:
-                raise BrokerUnavailable(f"cannot request a rollback on Redis: {exc}") from exc
         with contextlib.suppress(RunNotFound):
             await self.cancel(holder)
 
@@ -445,12 +402,8 @@ class AsyncClient:
             status = _existing(self.protocol, raw, run_id)
             return await rejections.asettle(self._redis, self.protocol, status)
 
-        try:
+        with translated("cannot read status from Redis"):
             return await durable.aread(self.settings, read)
-        except _REDIS_ERRORS as exc:
-            raise _unavailable("cannot read status from Redis", exc) from exc
-        except RedisError as exc:
-            raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
 
     async def events(
         self, run_ids: Sequence[str], *, timeout: float | None
@@ -461,7 +414,7 @@ class AsyncClient:
         # A notice that no worker could verify a run shortens the blocks until it is settled.
         watch = rejections.Watch(self.protocol)
         outage = _Outage()
-        try:
+        with translated("lost Redis while waiting"):
             while cursors:
                 try:
                     await rejections.acheck_due(self._redis, watch)
@@ -473,7 +426,7 @@ class AsyncClient:
                             run_id=pending[0],
                         )
                     response = await self._redis.xread(dict[Any, Any](cursors), block=block)
-                except _REDIS_ERRORS as exc:
+                except REDIS_ERRORS as exc:
                     await asyncio.sleep(outage.pause(exc))
                     continue
                 outage.over()
@@ -482,13 +435,9 @@ class AsyncClient:
                         cursors.pop(keys.events(event.run_id), None)
                         watch.forget(event.run_id)
                     yield event
-        except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"lost Redis while waiting: {exc}") from exc
-        except RedisError as exc:
-            raise BrokerError(f"lost Redis while waiting: Redis refused: {exc}") from exc
 
     async def cancel(self, run_id: str) -> RunStatus:
-        try:
+        with translated("cannot cancel on Redis"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 for _ in range(_WATCH_RETRIES):
                     try:
@@ -503,10 +452,6 @@ class AsyncClient:
                         return status
                     except WatchError:
                         continue
-        except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot cancel on Redis: {exc}") from exc
-        except RedisError as exc:
-            raise BrokerError(f"cannot cancel on Redis: Redis refused: {exc}") from exc
         raise BrokerUnavailable(f"run {run_id} changed state too often to cancel")
 
 

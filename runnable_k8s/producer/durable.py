@@ -20,15 +20,13 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.sentinel import MasterNotFoundError
 
 from runnable_k8s import replication
-from runnable_k8s.errors import BrokerUnavailable, NotReplicated, SentinelUnavailable
+from runnable_k8s.connections import REDIS_ERRORS
+from runnable_k8s.errors import NotReplicated
+from runnable_k8s.producer.redis_errors import unavailable
 from runnable_k8s.settings import Settings
 
-_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _FIRST_PAUSE = 0.05
 _LONGEST_PAUSE = 1.0
 T = TypeVar("T")
@@ -59,14 +57,12 @@ class _Attempts:
 
     def error(self) -> Exception:
         wait = self.settings.failover_wait
-        if self.short:
+        if self.short or self.last is None:
             return NotReplicated(
                 f"run {self.run_id} is on the Redis master, but its replicas did not all "
                 f"acknowledge it within {wait} s"
             )
-        if isinstance(self.last, MasterNotFoundError):
-            return SentinelUnavailable(f"no master from the sentinels within {wait} s: {self.last}")
-        return BrokerUnavailable(f"cannot enqueue on Redis within {wait} s: {self.last}")
+        return unavailable(f"cannot enqueue on Redis within {wait} s", self.last)
 
 
 # One fence per client, so its replica count is read once a second, not per enqueue.
@@ -102,7 +98,7 @@ def enqueue(
                 return
             fence.forget()
             time.sleep(attempts.failed(None))
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             fence.forget()
             time.sleep(attempts.failed(exc))
 
@@ -126,7 +122,7 @@ async def aenqueue(
                 return
             fence.forget()
             await asyncio.sleep(attempts.failed(None))
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             fence.forget()
             await asyncio.sleep(attempts.failed(exc))
 
@@ -141,7 +137,7 @@ def read(settings: Settings, call: Callable[[], T]) -> T:
     while True:
         try:
             return call()
-        except _REDIS_ERRORS:
+        except REDIS_ERRORS:
             if time.monotonic() + pause > deadline:
                 raise
             time.sleep(pause)
@@ -157,7 +153,7 @@ async def aread(settings: Settings, call: Callable[[], Awaitable[T]]) -> T:
     while True:
         try:
             return await call()
-        except _REDIS_ERRORS:
+        except REDIS_ERRORS:
             if time.monotonic() + pause > deadline:
                 raise
             await asyncio.sleep(pause)
