@@ -24,14 +24,14 @@ from redis.exceptions import WatchError
 
 from runnable_k8s import connections
 from runnable_k8s.connections import REDIS_ERRORS
-from runnable_k8s.errors import BrokerUnavailable, RunNotFound, WaitTimeout
+from runnable_k8s.errors import BrokerUnavailable, RunnableK8sError, RunNotFound, WaitTimeout
 from runnable_k8s.producer import durable, rejections
 from runnable_k8s.producer.redis_errors import translated
 from runnable_k8s.producer.stream_entries import Event, parse_entries
 from runnable_k8s.producer.thread_submit import entered_runs, raise_busy, rollback_record
 from runnable_k8s.protocol import keys, priority, task_message
 from runnable_k8s.protocol.graph_state import reads_only
-from runnable_k8s.protocol.messages import Protocol, RunRequest, RunStatus
+from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.protocol.webhook import WebhookDelivery
 from runnable_k8s.settings import Settings
 from runnable_k8s.store import threads, webhooks
@@ -312,6 +312,18 @@ class Client:
                         watch.forget(event.run_id)
                     yield event
 
+    def outcome(self, run_id: str, *, timeout: float | None) -> Outcome:
+        """The one wait for a run's end: its verified outcome, whatever it streamed before.
+
+        Raises:
+            WaitTimeout: `timeout` seconds passed first (the run goes on).
+            BrokerUnavailable: Redis went away while waiting.
+        """
+        for event in self.events([run_id], timeout=timeout):
+            if event.outcome is not None:
+                return event.outcome
+        raise RunnableK8sError(f"run {run_id} ended without an outcome")
+
     def cancel(self, run_id: str) -> RunStatus:
         """Cancel a run: a queued one is marked cancelled at once and never starts; a running
         one is cancelled by its worker. Returns the status before cancelling.
@@ -435,6 +447,13 @@ class AsyncClient:
                         cursors.pop(keys.events(event.run_id), None)
                         watch.forget(event.run_id)
                     yield event
+
+    async def outcome(self, run_id: str, *, timeout: float | None) -> Outcome:
+        """The asyncio twin of `Client.outcome`."""
+        async for event in self.events([run_id], timeout=timeout):
+            if event.outcome is not None:
+                return event.outcome
+        raise RunnableK8sError(f"run {run_id} ended without an outcome")
 
     async def cancel(self, run_id: str) -> RunStatus:
         with translated("cannot cancel on Redis"):

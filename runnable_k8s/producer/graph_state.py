@@ -18,7 +18,6 @@ from langchain_core.runnables import RunnableConfig
 from runnable_k8s.errors import (
     ConfigurationError,
     DisallowedObject,
-    RunnableK8sError,
     SerializationRefused,
 )
 from runnable_k8s.producer.client import async_client_for, client_for
@@ -74,10 +73,8 @@ class GraphStateAPI:
         client = client_for(self.settings)
         request = self._graph_request(call, config, values)
         client.submit([request])
-        for event in client.events([request.run_id], timeout=self._wait):
-            if event.outcome is not None:
-                return unwrap(client.protocol, event.outcome), request.run_id
-        raise RunnableK8sError(f"run {request.run_id} ended without an outcome")
+        outcome = client.outcome(request.run_id, timeout=self._wait)
+        return unwrap(client.protocol, outcome), request.run_id
 
     async def _acall(
         self, call: GraphCall, config: RunnableConfig, values: Any = None
@@ -85,10 +82,8 @@ class GraphStateAPI:
         client = async_client_for(self.settings)
         request = self._graph_request(call, config, values)
         await client.submit([request])
-        async for event in client.events([request.run_id], timeout=self._wait):
-            if event.outcome is not None:
-                return unwrap(client.protocol, event.outcome), request.run_id
-        raise RunnableK8sError(f"run {request.run_id} ended without an outcome")
+        outcome = await client.outcome(request.run_id, timeout=self._wait)
+        return unwrap(client.protocol, outcome), request.run_id
 
     # -- get_state ----------------------------------------------------------------------------
 

@@ -233,10 +233,8 @@ class RunnableK8s(GraphStateAPI, Runnable[Input, Output]):
         strategy = self._strategy(kwargs)
         request = self._request("invoke", input, remote, kwargs, run_manager=run_manager)
         client.submit([request], strategy=strategy)
-        for event in client.events([request.run_id], timeout=self._wait):
-            if event.outcome is not None:
-                return cast(Output, unwrap(client.protocol, event.outcome))
-        raise RunnableK8sError(f"run {request.run_id} ended without an outcome")
+        outcome = client.outcome(request.run_id, timeout=self._wait)
+        return cast(Output, unwrap(client.protocol, outcome))
 
     async def ainvoke(
         self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
@@ -256,10 +254,8 @@ class RunnableK8s(GraphStateAPI, Runnable[Input, Output]):
         strategy = self._strategy(kwargs)
         request = self._request("invoke", input, remote, kwargs, run_manager=run_manager)
         await client.submit([request], strategy=strategy)
-        async for event in client.events([request.run_id], timeout=self._wait):
-            if event.outcome is not None:
-                return cast(Output, unwrap(client.protocol, event.outcome))
-        raise RunnableK8sError(f"run {request.run_id} ended without an outcome")
+        outcome = await client.outcome(request.run_id, timeout=self._wait)
+        return cast(Output, unwrap(client.protocol, outcome))
 
     # -- batch ------------------------------------------------------------------------------
 
@@ -385,11 +381,8 @@ class RunnableK8s(GraphStateAPI, Runnable[Input, Output]):
             async with gate:
                 try:
                     await client.submit([request], strategy=strategy)
-                    async for event in client.events([request.run_id], timeout=self._wait):
-                        if event.outcome is not None:
-                            results[start : start + count] = unwrap_items(
-                                client.protocol, event.outcome, count
-                            )
+                    outcome = await client.outcome(request.run_id, timeout=self._wait)
+                    results[start : start + count] = unwrap_items(client.protocol, outcome, count)
                 except RunnableK8sError as exc:
                     results[start : start + count] = [exc] * count
 
