@@ -20,7 +20,8 @@ from runnable_k8s.errors import (
     DisallowedObject,
     SerializationRefused,
 )
-from runnable_k8s.producer.client import async_client_for, client_for
+from runnable_k8s.producer.aclient import async_client_for
+from runnable_k8s.producer.client import client_for
 from runnable_k8s.producer.results import unwrap
 from runnable_k8s.protocol.graph_state import GraphCall, snapshot_from_data
 from runnable_k8s.protocol.remote_config import export_config

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from runnable_k8s.errors import UnknownEventId
-from runnable_k8s.producer.client import async_client_for, client_for
+from runnable_k8s.producer.aclient import async_client_for
+from runnable_k8s.producer.client import client_for
 from runnable_k8s.producer.results import error_for, unwrap
 from runnable_k8s.producer.stream_entries import Event
 from runnable_k8s.protocol.messages import COMPLETED_STATES, Protocol, RunStatus

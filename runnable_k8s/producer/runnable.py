@@ -25,7 +25,8 @@ from runnable_k8s.errors import (
     RunnableK8sError,
     SerializationRefused,
 )
-from runnable_k8s.producer.client import async_client_for, client_for, new_run_id
+from runnable_k8s.producer.aclient import async_client_for
+from runnable_k8s.producer.client import client_for, new_run_id
 from runnable_k8s.producer.graph_state import GraphStateAPI
 from runnable_k8s.producer.handles import RemoteRun
 from runnable_k8s.producer.replay import EventReplayer, wants_events

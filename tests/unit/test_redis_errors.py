@@ -27,7 +27,8 @@ from runnable_k8s.errors import (
     RunNotFound,
     SentinelUnavailable,
 )
-from runnable_k8s.producer.client import AsyncClient, Client
+from runnable_k8s.producer.aclient import AsyncClient
+from runnable_k8s.producer.client import Client
 from runnable_k8s.producer.redis_errors import translate, translated
 from tests.conftest import make_settings
 
