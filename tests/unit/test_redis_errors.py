@@ -8,6 +8,7 @@ import asyncio
 import inspect
 import os
 import signal
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,7 @@ from runnable_k8s.errors import (
 from runnable_k8s.producer.aclient import AsyncClient
 from runnable_k8s.producer.client import Client
 from runnable_k8s.producer.redis_errors import translate, translated
+from runnable_k8s.store import keys, threads
 from tests.conftest import make_settings
 
 DOING = "cannot test on Redis"
@@ -232,3 +234,21 @@ def test_the_client_raises_ours_for_every_call_on_a_stopped_server(stopped_url: 
             await aclient.aclose()
 
     asyncio.run(run())
+
+
+def test_reads_that_let_wrongtype_through_now_raise_broker_error(live_url: str) -> None:
+    """Someone else's list at a run's webhook or thread-link key: these two reads once
+    raised a bare `redis.ResponseError`."""
+    client = Client(make_settings(live_url))
+    run_id = uuid.uuid4().hex
+    raw = redis.Redis.from_url(live_url)
+    try:
+        raw.rpush(keys.webhook(run_id), "not a record")
+        raw.rpush(threads.link_key(run_id), "not a thread")
+        for call in (client.webhook, client.thread_position):
+            with pytest.raises(BrokerError, match="Redis refused: WRONGTYPE") as caught:
+                call(run_id)
+            assert type(caught.value) is BrokerError
+    finally:
+        raw.close()
+        client.close()
