@@ -32,14 +32,30 @@ _LONGEST_PAUSE = 1.0
 T = TypeVar("T")
 
 
+class _Pauses:
+    """Capped exponential pauses within `failover_wait`: the one pace of every retry here."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.deadline = time.monotonic() + settings.failover_wait
+        self.pause = _FIRST_PAUSE
+
+    def next(self) -> float | None:
+        """Seconds to pause before the next attempt; None once `failover_wait` is spent."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        pause = min(self.pause, remaining)
+        self.pause = min(self.pause * 2, _LONGEST_PAUSE)
+        return pause
+
+
 class _Attempts:
-    """Pauses between attempts, and the error to raise once `failover_wait` is over."""
+    """The enqueue's attempts, and the error to raise once `failover_wait` is over."""
 
     def __init__(self, settings: Settings, run_id: str) -> None:
         self.settings = settings
         self.run_id = run_id
-        self.deadline = time.monotonic() + settings.failover_wait
-        self.pause = _FIRST_PAUSE
+        self.pauses = _Pauses(settings)
         self.uncertain = False
         self.last: BaseException | None = None
         self.short = False
@@ -48,11 +64,9 @@ class _Attempts:
         """Record a failed attempt; the seconds to pause before the next, or raise."""
         self.uncertain = True
         self.last, self.short = exc, exc is None
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
+        pause = self.pauses.next()
+        if pause is None:
             raise self.error()
-        pause = min(self.pause, remaining)
-        self.pause = min(self.pause * 2, _LONGEST_PAUSE)
         return pause
 
     def error(self) -> Exception:
@@ -132,29 +146,27 @@ def read(settings: Settings, call: Callable[[], T]) -> T:
     `replica_acks` is set (a high-availability deployment); once otherwise."""
     if not settings.replica_acks:
         return call()
-    deadline = time.monotonic() + settings.failover_wait
-    pause = _FIRST_PAUSE
+    pauses = _Pauses(settings)
     while True:
         try:
             return call()
         except REDIS_ERRORS:
-            if time.monotonic() + pause > deadline:
+            pause = pauses.next()
+            if pause is None:
                 raise
             time.sleep(pause)
-            pause = min(pause * 2, _LONGEST_PAUSE)
 
 
 async def aread(settings: Settings, call: Callable[[], Awaitable[T]]) -> T:
     """The asyncio twin of `read`."""
     if not settings.replica_acks:
         return await call()
-    deadline = time.monotonic() + settings.failover_wait
-    pause = _FIRST_PAUSE
+    pauses = _Pauses(settings)
     while True:
         try:
             return await call()
         except REDIS_ERRORS:
-            if time.monotonic() + pause > deadline:
+            pause = pauses.next()
+            if pause is None:
                 raise
             await asyncio.sleep(pause)
-            pause = min(pause * 2, _LONGEST_PAUSE)
