@@ -20,6 +20,7 @@ from runnable_k8s.connections import REDIS_ERRORS
 from runnable_k8s.errors import BrokerUnavailable, RunnableK8sError, RunNotFound, WaitTimeout
 from runnable_k8s.producer import durable, rejections
 from runnable_k8s.producer.client import (
+    _ANSWER_WITHIN,
     _CONNECTION,
     _WATCH_RETRIES,
     _block_ms,
@@ -131,7 +132,10 @@ class AsyncClient:
                             f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
                             run_id=pending[0],
                         )
-                    response = await self._redis.xread(dict[Any, Any](cursors), block=block)
+                    # A frozen Redis takes the command and never answers: the read would wait
+                    # out the socket timeout (above the longest block), past the deadline.
+                    async with asyncio.timeout(block / 1000 + _ANSWER_WITHIN):
+                        response = await self._redis.xread(dict[Any, Any](cursors), block=block)
                 except REDIS_ERRORS as exc:
                     await asyncio.sleep(outage.pause(exc))
                     continue

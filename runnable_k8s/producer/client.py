@@ -40,6 +40,10 @@ from runnable_k8s.store.threads import Strategy, TransactionThreads
 
 # Longest single XREAD block; the loop re-arms it until the caller's deadline.
 _MAX_BLOCK_MS = 30_000
+# How long past its block an XREAD may go unanswered before the wait counts Redis as gone: a
+# frozen Redis (a hung server, a partition that drops no connection) takes the command and
+# never answers, and the socket timeout below would hold the caller long past its deadline.
+_ANSWER_WITHIN = 5.0
 _WATCH_RETRIES = 20
 # How long a wait for events keeps reconnecting to a Redis that went away (a restart that
 # reloads its append-only file, a failover) before it fails with BrokerUnavailable.
