@@ -44,6 +44,9 @@ _MAX_BLOCK_MS = 30_000
 # frozen Redis (a hung server, a partition that drops no connection) takes the command and
 # never answers, and the socket timeout below would hold the caller long past its deadline.
 _ANSWER_WITHIN = 5.0
+# The blocking client cannot bound one command, only a connection's reads: its waits block
+# in slices this long on connections of their own whose reads time out just after a slice.
+_SYNC_BLOCK_MS = 5_000
 _WATCH_RETRIES = 20
 # How long a wait for events keeps reconnecting to a Redis that went away (a restart that
 # reloads its append-only file, a failover) before it fails with BrokerUnavailable.
@@ -190,11 +193,16 @@ class Client:
                 Encoder("utf-8", "strict", False).encode,  # type: ignore[no-untyped-call]
             ),
         )
+        self._waits = connections.sync_client(
+            settings.require_redis_url(),
+            **{**_CONNECTION, "socket_timeout": _SYNC_BLOCK_MS / 1000 + _ANSWER_WITHIN},
+        )
         self._threads = TransactionThreads(self._redis, settings)
         self._enqueue = Enqueuer(self._redis)
 
     def close(self) -> None:
         self._redis.close()
+        self._waits.close()
 
     def submit(
         self,
@@ -304,7 +312,9 @@ class Client:
                             f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
                             run_id=pending[0],
                         )
-                    response = self._redis.xread(dict[Any, Any](cursors), block=block)
+                    response = self._waits.xread(
+                        dict[Any, Any](cursors), block=min(block, _SYNC_BLOCK_MS)
+                    )
                 except REDIS_ERRORS as exc:
                     time.sleep(outage.pause(exc))
                     continue

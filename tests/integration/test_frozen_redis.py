@@ -88,3 +88,13 @@ async def test_an_awaited_wait_ends_at_its_timeout_when_redis_freezes(server: Fr
     await asyncio.to_thread(server.freeze_once_waiting)
     with pytest.raises(WaitTimeout):
         await asyncio.wait_for(waiting, HANG)
+
+
+@pytest.mark.timeout(90)
+def test_a_blocking_wait_ends_at_its_timeout_when_redis_freezes(server: Frozen) -> None:
+    run = _remote(server).submit("queued for good")
+    thread, raised = _in_thread(lambda: run.result(timeout=WAIT))
+    server.freeze_once_waiting()
+    thread.join(HANG)
+    assert not thread.is_alive(), f"result(timeout={WAIT}) still waiting after {HANG} s"
+    assert len(raised) == 1 and isinstance(raised[0], WaitTimeout), raised
