@@ -12,6 +12,13 @@ CANCEL_CHANNEL: Final = f"{PREFIX}:cancel"
 UNACKED: Final = "unacked"
 
 
+def unacked_scan(mutex_key: str) -> str:
+    """Set for one restore interval by the worker that scans kombu's `unacked` hash for messages
+    past the visibility timeout (worker/transport.py), so the cluster scans it once per interval
+    (named after kombu's restore mutex, which a transport option may rename)."""
+    return f"{mutex_key}:scanned"
+
+
 def status(run_id: str) -> str:
     """Signed status record (string)."""
     return f"{PREFIX}:{{{run_id}}}:status"

@@ -12,8 +12,8 @@ sorted set `unacked_index` (tag -> delivery time), each written and removed in M
 commands per run. The index only serves to find messages older than the visibility timeout. Here
 the delivery time travels in the hash entry itself (`[message, exchange, routing key, time]`),
 so a delivery is one HSET and an acknowledgement one HDEL, 2 commands per run, and
-`restore_visible` finds old entries by scanning the hash (once per restore interval, by the one
-worker holding kombu's restore mutex). Everything else behaves exactly as kombu's transport:
+`restore_visible` finds old entries by scanning the hash (once per restore interval for the
+whole cluster, under kombu's restore mutex). Everything else behaves exactly as kombu's transport:
 the same hash (KEDA's in-flight trigger, `dev`, the rejection check), the same visibility
 timeout, the same hand-back on shutdown.
 """
@@ -31,6 +31,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from runnable_k8s.store import keys
 
 log = logging.getLogger("runnable_k8s.worker")
 
@@ -107,6 +109,12 @@ class QoS(kombu_redis.QoS):
         if (self._vrestore_count - 1) % (interval or 1):
             return
         with self.channel.conn_or_acquire() as client:
+            # One scan per restore interval for the whole cluster, not one per worker: a scan
+            # reads every message in flight, where kombu's index query returned only old ones.
+            every = float(getattr(self.channel, "unacked_restore_interval", 10) or 10)
+            marker = keys.unacked_scan(self.unacked_mutex_key)
+            if not client.set(marker, b"1", nx=True, px=max(100, int(every * 900))):
+                return
             ceil = time.time() - self.visibility_timeout
             try:
                 with kombu_redis.Mutex(client, self.unacked_mutex_key, self.unacked_mutex_expire):
