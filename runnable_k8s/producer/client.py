@@ -141,7 +141,7 @@ class Client:
         records: Sequence[tuple[str, bytes, int]] = (),
         strategy: Strategy = threads.DEFAULT,
     ) -> None:
-        """Enqueue runs: statuses, large bodies and messages in one transaction, with
+        """Enqueue runs: statuses and messages in one script (large bodies just before it), with
         `records` (key, signed value, ttl s) beside them (e.g. a retry's link). A run with a
         `configurable.thread_id` waits for its thread as `strategy` says (store/threads.py).
 
