@@ -12,10 +12,10 @@ sorted set `unacked_index` (tag -> delivery time), each written and removed in M
 commands per run. The index only serves to find messages older than the visibility timeout. Here
 the delivery time travels in the hash entry itself (`[message, exchange, routing key, time]`),
 so a delivery is one HSET and an acknowledgement one HDEL, 2 commands per run, and
-`restore_visible` finds old entries by scanning the hash (once per restore interval for the
-whole cluster, under kombu's restore mutex). Everything else behaves exactly as kombu's transport:
-the same hash (KEDA's in-flight trigger, `dev`, the rejection check), the same visibility
-timeout, the same hand-back on shutdown.
+`restore_visible` finds old entries by scanning the hash (under kombu's restore mutex: at a
+worker's start, then once per restore interval for all the workers of one visibility timeout).
+Everything else behaves exactly as kombu's transport: the same hash (KEDA's in-flight trigger,
+`dev`, the rejection check), the same visibility timeout, the same hand-back on shutdown.
 """
 
 from __future__ import annotations
@@ -111,9 +111,13 @@ class QoS(kombu_redis.QoS):
         with self.channel.conn_or_acquire() as client:
             # One scan per restore interval for the whole cluster, not one per worker: a scan
             # reads every message in flight, where kombu's index query returned only old ones.
+            # Workers share the marker only with workers of the same visibility timeout (one
+            # with a shorter one must not wait for another's longer interval), and a worker's
+            # first restore (at start-up, or on a new channel) scans whatever the marker says.
             every = float(getattr(self.channel, "unacked_restore_interval", 10) or 10)
-            marker = keys.unacked_scan(self.unacked_mutex_key)
-            if not client.set(marker, b"1", nx=True, px=max(100, int(every * 900))):
+            marker = keys.unacked_scan(self.unacked_mutex_key, self.visibility_timeout)
+            marked = client.set(marker, b"1", nx=True, px=max(100, int(every * 900)))
+            if not marked and self._vrestore_count > 1:
                 return
             ceil = time.time() - self.visibility_timeout
             try:

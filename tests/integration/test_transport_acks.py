@@ -89,6 +89,7 @@ def test_an_entry_past_the_visibility_timeout_is_handed_back_and_a_young_one_is_
 
 
 def test_the_cluster_scans_the_unacked_hash_once_per_restore_interval(server: str) -> None:
+    # (Besides each worker's first restore, at its start, which always scans.)
     client = redis.Redis.from_url(server)
     options = {"visibility_timeout": 30, "unacked_restore_interval": 60}
     with (
@@ -96,13 +97,15 @@ def test_the_cluster_scans_the_unacked_hash_once_per_restore_interval(server: st
         Connection(server, transport=TRANSPORT, transport_options=options) as other,
     ):
         client.execute_command("CONFIG", "RESETSTAT")
-        one.default_channel.qos.restore_visible(num=0, interval=1)
-        other.default_channel.qos.restore_visible(num=0, interval=1)  # another worker, at once
-        one.default_channel.qos.restore_visible(num=0, interval=1)  # the same one, again
+        one.default_channel.qos.restore_visible(num=0, interval=1)  # its start-up scan
+        other.default_channel.qos.restore_visible(num=0, interval=1)  # another's, at its start
+        client.execute_command("CONFIG", "RESETSTAT")
+        one.default_channel.qos.restore_visible(num=0, interval=1)  # periodic: within the
+        other.default_channel.qos.restore_visible(num=0, interval=1)  # interval, no scan
         stats = client.info("commandstats")
-        assert 50 <= client.pttl("unacked_mutex:scanned") / 1000 <= 60
+        assert 50 <= client.pttl("unacked_mutex:scanned:30") / 1000 <= 60
     client.close()
-    assert int(stats["cmdstat_hscan"]["calls"]) == 1
+    assert "cmdstat_hscan" not in stats
 
 
 def test_a_rejected_message_goes_back_to_the_front_of_the_queue(server: str) -> None:
