@@ -28,7 +28,8 @@ from runnable_k8s import (
     WaitTimeout,
 )
 from runnable_k8s.models import DemoChatModel
-from runnable_k8s.producer.client import AsyncClient, new_run_id
+from runnable_k8s.producer.aclient import AsyncClient
+from runnable_k8s.producer.client import new_run_id
 from runnable_k8s.producer.handles import RemoteRun
 from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.codec import data_codec
@@ -299,7 +300,7 @@ def test_a_cancel_between_claim_and_start_still_cancels_the_run(redis_url: str) 
     async def scenario() -> tuple[str, str]:
         executor = Executor(settings)
         subscribed = await executor.redis.pubsub_numsub(keys.CANCEL_CHANNEL)
-        listener = asyncio.ensure_future(executor.listen_for_cancellations())
+        listener = asyncio.ensure_future(executor.cancellations.listen())
         producer = AsyncClient(settings, executor.protocol)
         try:
             # The listener is subscribed (other workers of the session may be too).
