@@ -159,7 +159,6 @@ def run_worker(
     logs.install(settings, executor.worker_id)
     metrics.serve(settings.metrics_port)
     loop = LoopThread()
-    loop.start()
     rescuer = Rescuer(
         executor.redis,
         settings.queue,
@@ -180,6 +179,10 @@ def run_worker(
         ),
     ]
     app = create_app(settings, executor, loop)
+    # The loop thread starts once Celery has set up logging: the background loops submitted
+    # above wait in its queue until then, so their first lines (a webhook delivered as the
+    # worker starts, a rescue) reach the worker's log. Nothing may `loop.run` before it.
+    logs.after_setup(app, loop.start)
     revocation.install(settings.require_redis_url(), executor.protocol)  # revoke = cancel
     argv = [
         # Celery's banner is not a log line: no banner when every line must be JSON.
@@ -204,6 +207,7 @@ def run_worker(
     try:
         app.worker_main(argv)
     finally:
+        loop.start()  # a no-op unless the worker stopped before it started: `_close` needs it
         for future in background:
             future.cancel()
         loop.submit(_close(executor)).result(timeout=5)
