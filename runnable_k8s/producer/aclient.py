@@ -103,12 +103,13 @@ class AsyncClient:
         # A notice that no worker could verify a run shortens the blocks until it is settled.
         watch = rejections.Watch(self.protocol)
         outage = _Outage()
+        tried = False
         with translated("lost Redis while waiting"):
             while cursors:
                 try:
                     await rejections.acheck_due(self._redis, watch)
                     block = watch.wait_ms(_block_ms(deadline))
-                    if block < 0:
+                    if block < 0 and tried:
                         pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
                         raise WaitTimeout(
                             f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
@@ -116,8 +117,12 @@ class AsyncClient:
                         )
                     # A frozen Redis takes the command and never answers: the read would wait
                     # out the socket timeout (above the longest block), past the deadline.
-                    async with asyncio.timeout(block / 1000 + _ANSWER_WITHIN):
-                        response = await self._redis.xread(dict[Any, Any](cursors), block=block)
+                    # Past the deadline, one read without a block (see `Client.events`).
+                    tried = True
+                    async with asyncio.timeout(max(block, 0) / 1000 + _ANSWER_WITHIN):
+                        response = await self._redis.xread(
+                            dict[Any, Any](cursors), block=None if block < 0 else block
+                        )
                 except REDIS_ERRORS as exc:
                     await asyncio.sleep(outage.pause(exc))
                     continue

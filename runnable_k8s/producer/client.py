@@ -207,19 +207,24 @@ class Client:
         # A notice that no worker could verify a run shortens the blocks until it is settled.
         watch = rejections.Watch(self.protocol)
         outage = _Outage()
+        tried = False
         with translated("lost Redis while waiting"):
             while cursors:
                 try:
                     rejections.check_due(self._redis, watch)
                     block = watch.wait_ms(_block_ms(deadline))
-                    if block < 0:
+                    if block < 0 and tried:
                         pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
                         raise WaitTimeout(
                             f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
                             run_id=pending[0],
                         )
+                    # Past the deadline, one read without a block: a run that has ended
+                    # answers even a wait of no time (`timeout=0`: "is it done?").
+                    tried = True
                     response = self._waits.xread(
-                        dict[Any, Any](cursors), block=min(block, _SYNC_BLOCK_MS)
+                        dict[Any, Any](cursors),
+                        block=None if block < 0 else min(block, _SYNC_BLOCK_MS),
                     )
                 except REDIS_ERRORS as exc:
                     time.sleep(outage.pause(exc))
