@@ -117,7 +117,8 @@ class BatchAPI(Runnable[Input, Output]):
         try:
             while queue or pending:
                 batch: list[RunRequest] = []
-                while queue and len(pending) + len(batch) < window:
+                # `pending` already holds the runs of `batch`: count them once.
+                while queue and len(pending) < window:
                     start, count, request = queue.pop()
                     pending[request.run_id] = (start, count)
                     batch.append(request)
