@@ -126,7 +126,14 @@ class BatchAPI(Runnable[Input, Output]):
                     client.submit(batch, strategy=strategy)
                 for event in client.events(list(pending), timeout=self._wait):
                     if event.outcome is not None:
-                        self._place(results, pending.pop(event.run_id), event.outcome)
+                        start, count = span = pending.pop(event.run_id)
+                        try:
+                            self._place(results, span, event.outcome)
+                        except RunnableK8sError as exc:
+                            # A malformed item list: an error in this run's places (no longer
+                            # pending, so the handler below would leave them None), and the
+                            # other runs go on.
+                            results[start : start + count] = [exc] * count
                         break
         except RunnableK8sError as exc:
             for start, count in pending.values():

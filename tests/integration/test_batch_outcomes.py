@@ -12,8 +12,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from runnable_k8s import RunnableK8s, Settings
+from runnable_k8s import RunnableK8s, Settings, SignatureRejected
 from runnable_k8s.embedded import EmbeddedRedis
+from runnable_k8s.protocol import stream
+from runnable_k8s.protocol.messages import Outcome, Protocol
 from runnable_k8s.store import keys
 from tests.conftest import make_settings
 from tests.support.models import SlowModel
@@ -69,3 +71,26 @@ def test_batch_keeps_as_many_runs_in_flight_as_asked(
     finally:
         caller.join(30)
         client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_malformed_item_list_is_an_error_in_its_places_not_none(server: str) -> None:
+    # Signed, so only a worker holding the key could write it (a bug of some version, or an
+    # insider): the caller must see an error, not outputs of None.
+    settings = make_settings(server, wait_timeout=20.0)
+    protocol = Protocol(settings)
+    client = redis.Redis.from_url(server)
+    caller, answers = _batch(settings, ["one", "two"])
+    try:
+        _waiting(client)
+        (run_id,) = _runs(client)
+        output = protocol.data.encode_data([{"ok": "yes", "v": 1}, {"ok": True, "v": 2}])
+        sealed = protocol.seal_outcome(Outcome(run_id, "succeeded", output=output))
+        client.xadd(keys.events(run_id), stream.signed_fields(stream.EntryKind.OUTCOME, sealed))
+    finally:
+        caller.join(30)
+        client.close()
+    assert answers, "batch() did not return"
+    (results,) = answers
+    assert len(results) == 2
+    assert all(isinstance(r, SignatureRejected) for r in results), results
