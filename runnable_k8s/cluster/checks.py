@@ -18,8 +18,9 @@ from runnable_k8s import connections
 from runnable_k8s.cluster import sentinel_checks
 from runnable_k8s.cluster.manifests import WORKER, WORKER_CONTAINER, Manifest
 from runnable_k8s.errors import ConfigurationError
-from runnable_k8s.protocol import keys, priority
+from runnable_k8s.protocol import priority
 from runnable_k8s.settings import ENV_PREFIX, Settings
+from runnable_k8s.store import keys
 from runnable_k8s.store.limits import WAITING as LIMITS_WAITING
 
 INFLIGHT_KEY = "unacked"

@@ -9,7 +9,8 @@ from runnable_k8s.cluster.checks import INFLIGHT_KEY
 from runnable_k8s.cluster.kube import KubeApi
 from runnable_k8s.cluster.manifests import WORKER
 from runnable_k8s.errors import RunnableK8sError
-from runnable_k8s.protocol import keys, priority
+from runnable_k8s.protocol import priority
+from runnable_k8s.store import keys
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ import click
 import redis
 
 from runnable_k8s.errors import RunnableK8sError
-from runnable_k8s.protocol import keys, priority
+from runnable_k8s.protocol import priority
 from runnable_k8s.settings import Settings, SigningKey
+from runnable_k8s.store import keys
 
 if TYPE_CHECKING:
     from runnable_k8s.dev.scaling import ScalingConfig

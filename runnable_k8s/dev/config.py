@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from runnable_k8s.errors import ConfigurationError
-from runnable_k8s.protocol import keys, priority
+from runnable_k8s.protocol import priority
+from runnable_k8s.store import keys
 
 HPA_SYNC_PERIOD = 15.0
 """kube-controller-manager's default `--horizontal-pod-autoscaler-sync-period`: the HPA syncs on

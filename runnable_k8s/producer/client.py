@@ -36,12 +36,12 @@ from runnable_k8s.errors import (
 from runnable_k8s.producer import durable, rejections
 from runnable_k8s.producer.stream_entries import Event, parse_entries
 from runnable_k8s.producer.thread_submit import entered_runs, raise_busy, rollback_record
-from runnable_k8s.protocol import keys, priority, task_message
+from runnable_k8s.protocol import priority, task_message
 from runnable_k8s.protocol.graph_state import reads_only
 from runnable_k8s.protocol.messages import Protocol, RunRequest, RunStatus
 from runnable_k8s.protocol.webhook import WebhookDelivery
 from runnable_k8s.settings import Settings
-from runnable_k8s.store import threads, webhooks
+from runnable_k8s.store import keys, threads, webhooks
 from runnable_k8s.store.cancel import queue_cancel as _queue_cancel
 from runnable_k8s.store.submit import AsyncEnqueuer, Enqueuer, Submission
 from runnable_k8s.store.threads import Strategy, TransactionThreads

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aredis
 
-from runnable_k8s.protocol import keys
+from runnable_k8s.store import keys
 
 log = logging.getLogger("runnable_k8s.worker")
 

@@ -34,13 +34,14 @@ from runnable_k8s.errors import (
     PayloadTooLarge,
     SerializationRefused,
 )
-from runnable_k8s.protocol import envelope, keys, rejection
+from runnable_k8s.protocol import envelope, rejection
 from runnable_k8s.protocol.allowlist import check_call_kwargs
 from runnable_k8s.protocol.interrupts import has_interrupts
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus, State
 from runnable_k8s.protocol.remote_config import import_config
 from runnable_k8s.protocol.tracing import remote_parent, sanitize
 from runnable_k8s.settings import Settings
+from runnable_k8s.store import keys
 from runnable_k8s.store.records import RunRecords
 from runnable_k8s.worker.cancellation import Cancellations
 from runnable_k8s.worker.claims import POLL as CLAIM_POLL

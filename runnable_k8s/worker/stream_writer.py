@@ -18,8 +18,8 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from runnable_k8s.errors import MessageRejected, RunnableK8sError
-from runnable_k8s.protocol import keys, stream
-from runnable_k8s.store import scripts
+from runnable_k8s.protocol import stream
+from runnable_k8s.store import keys, scripts
 from runnable_k8s.worker.outage import REDIS_ERRORS, ride_out
 
 if TYPE_CHECKING:

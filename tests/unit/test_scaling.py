@@ -22,7 +22,7 @@ from runnable_k8s.dev.scaling import (
     split_hold,
 )
 from runnable_k8s.errors import ConfigurationError
-from runnable_k8s.protocol import keys
+from runnable_k8s.store import keys
 from runnable_k8s.store.limits import WAITING
 
 FAST_UP = Rules(0.0, (Policy("Percent", 100, 30.0), Policy("Pods", 4, 30.0)), "Max")
