@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import click
 import redis
 
+from runnable_k8s import keda
 from runnable_k8s.errors import RunnableK8sError
-from runnable_k8s.protocol import priority
 from runnable_k8s.settings import Settings, SigningKey
 from runnable_k8s.store import keys
 
@@ -229,7 +229,7 @@ def _print_scaling(config: ScalingConfig, log_dir: Path) -> None:
 
 def _left_over(client: redis.Redis, queue: str) -> int:
     with contextlib.suppress(redis.RedisError, OSError):
-        return sum(int(client.llen(name)) for name in priority.lists(queue).values())
+        return keda.queue_counts(client, queue).queued
     return 0
 
 
