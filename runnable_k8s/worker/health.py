@@ -63,6 +63,12 @@ class Readiness:
         # A file left by this container's previous run (the emptyDir on /tmp outlives it), or
         # a previous process, would show this one ready before it consumes.
         self._remove()
+        # Once, at start, as for the liveness file: a folder removed later stays removed (the
+        # probe then fails, which is the truth).
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("readiness: cannot create %s: %s", self.path.parent, exc)
 
     @property
     def is_consuming(self) -> bool:
@@ -90,7 +96,6 @@ class Readiness:
 
     def _touch(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             touch(self.path)
         except OSError as exc:  # the probe will notice; keep serving
             log.warning("readiness: cannot touch %s: %s", self.path, exc)

@@ -9,9 +9,9 @@ import pytest
 import redis
 
 from runnable_k8s import RunnableK8s
-from runnable_k8s.dev.controller import trigger_lengths
 from runnable_k8s.dev.scaling import Policy, Rules, ScalingConfig
 from runnable_k8s.dev.session import DevSession
+from runnable_k8s.keda import trigger_lengths
 from runnable_k8s.models import DemoChatModel
 from runnable_k8s.settings import Settings
 from runnable_k8s.store import keys
