@@ -146,14 +146,17 @@ def _serve(
     from runnable_k8s.dev.session import DevSession
     from runnable_k8s.dev.view import LiveView, safe_echo
 
-    session = DevSession(
-        settings,
-        config,
-        log_dir,
-        base_env=dict(os.environ),
-        config_values=values,
-        restart_backoff=restart_backoff,
-    )
+    try:
+        session = DevSession(
+            settings,
+            config,
+            log_dir,
+            base_env=dict(os.environ),
+            config_values=values,
+            restart_backoff=restart_backoff,
+        )
+    except RunnableK8sError as exc:  # e.g. a ConfigMap value no worker would accept
+        raise click.ClickException(str(exc)) from exc
     view = LiveView(session.pool)
     session.pool.on_event = view.on_event
     session.controller.on_sample = view.on_sample

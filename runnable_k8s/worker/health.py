@@ -70,10 +70,6 @@ class Readiness:
         except OSError as exc:
             log.warning("readiness: cannot create %s: %s", self.path.parent, exc)
 
-    @property
-    def is_consuming(self) -> bool:
-        return self._consuming
-
     def consuming(self) -> None:
         """The consumer subscribed to the queue: the worker takes messages from now on."""
         with self._lock:
