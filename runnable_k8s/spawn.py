@@ -117,15 +117,19 @@ class WorkerProcess:
         self._log: IO[bytes] | None = open(log, "wb") if log else None  # noqa: SIM115 (closed in _closed)
         full_env = dict(env)
         full_env[ENV_PREFIX + "HEARTBEAT_FILE"] = str(self.heartbeat)
-        self.process = subprocess.Popen(
-            argv or worker_argv(),
-            env=full_env,
-            cwd=cwd,
-            stdout=self._log or subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=new_session,
-        )
+        try:
+            self.process = subprocess.Popen(
+                argv or worker_argv(),
+                env=full_env,
+                cwd=cwd,
+                stdout=self._log or subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=new_session,
+            )
+        except BaseException:
+            self._closed()
+            raise
 
     @property
     def pid(self) -> int:
