@@ -20,6 +20,7 @@ from runnable_k8s.connections import REDIS_ERRORS
 from runnable_k8s.errors import BrokerUnavailable, RunnableK8sError, RunNotFound, WaitTimeout
 from runnable_k8s.producer import durable, rejections
 from runnable_k8s.producer.client import (
+    _ANSWER_WITHIN,
     _CONNECTION,
     _WATCH_RETRIES,
     _block_ms,
@@ -101,18 +102,26 @@ class AsyncClient:
         # A notice that no worker could verify a run shortens the blocks until it is settled.
         watch = rejections.Watch(self.protocol)
         outage = _Outage()
+        tried = False
         with translated("lost Redis while waiting"):
             while cursors:
                 try:
                     await rejections.acheck_due(self._redis, watch)
                     block = watch.wait_ms(_block_ms(deadline))
-                    if block < 0:
+                    if block < 0 and tried:
                         pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
                         raise WaitTimeout(
                             f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
                             run_id=pending[0],
                         )
-                    response = await self._redis.xread(dict[Any, Any](cursors), block=block)
+                    # A frozen Redis takes the command and never answers: the read would wait
+                    # out the socket timeout (above the longest block), past the deadline.
+                    # Past the deadline, one read without a block (see `Client.events`).
+                    tried = True
+                    async with asyncio.timeout(max(block, 0) / 1000 + _ANSWER_WITHIN):
+                        response = await self._redis.xread(
+                            dict[Any, Any](cursors), block=None if block < 0 else block
+                        )
                 except REDIS_ERRORS as exc:
                     await asyncio.sleep(outage.pause(exc))
                     continue

@@ -117,7 +117,8 @@ class BatchAPI(Runnable[Input, Output]):
         try:
             while queue or pending:
                 batch: list[RunRequest] = []
-                while queue and len(pending) + len(batch) < window:
+                # `pending` already holds the runs of `batch`: count them once.
+                while queue and len(pending) < window:
                     start, count, request = queue.pop()
                     pending[request.run_id] = (start, count)
                     batch.append(request)
@@ -125,7 +126,14 @@ class BatchAPI(Runnable[Input, Output]):
                     client.submit(batch, strategy=strategy)
                 for event in client.events(list(pending), timeout=self._wait):
                     if event.outcome is not None:
-                        self._place(results, pending.pop(event.run_id), event.outcome)
+                        start, count = span = pending.pop(event.run_id)
+                        try:
+                            self._place(results, span, event.outcome)
+                        except RunnableK8sError as exc:
+                            # A malformed item list: an error in this run's places (no longer
+                            # pending, so the handler below would leave them None), and the
+                            # other runs go on.
+                            results[start : start + count] = [exc] * count
                         break
         except RunnableK8sError as exc:
             for start, count in pending.values():

@@ -37,6 +37,13 @@ from runnable_k8s.store.threads import Strategy, TransactionThreads
 
 # Longest single XREAD block; the loop re-arms it until the caller's deadline.
 _MAX_BLOCK_MS = 30_000
+# How long past its block an XREAD may go unanswered before the wait counts Redis as gone: a
+# frozen Redis (a hung server, a partition that drops no connection) takes the command and
+# never answers, and the socket timeout below would hold the caller long past its deadline.
+_ANSWER_WITHIN = 5.0
+# The blocking client cannot bound one command, only a connection's reads: its waits block
+# in slices this long on connections of their own whose reads time out just after a slice.
+_SYNC_BLOCK_MS = 5_000
 _WATCH_RETRIES = 20
 # How long a wait for events keeps reconnecting to a Redis that went away (a restart that
 # reloads its append-only file, a failover) before it fails with BrokerUnavailable.
@@ -112,11 +119,16 @@ class Client:
                 Encoder("utf-8", "strict", False).encode,  # type: ignore[no-untyped-call]
             ),
         )
+        self._waits = connections.sync_client(
+            settings.require_redis_url(),
+            **{**_CONNECTION, "socket_timeout": _SYNC_BLOCK_MS / 1000 + _ANSWER_WITHIN},
+        )
         self._threads = TransactionThreads(self._redis, settings)
         self._enqueue = Enqueuer(self._redis)
 
     def close(self) -> None:
         self._redis.close()
+        self._waits.close()
 
     def submit(
         self,
@@ -194,18 +206,25 @@ class Client:
         # A notice that no worker could verify a run shortens the blocks until it is settled.
         watch = rejections.Watch(self.protocol)
         outage = _Outage()
+        tried = False
         with translated("lost Redis while waiting"):
             while cursors:
                 try:
                     rejections.check_due(self._redis, watch)
                     block = watch.wait_ms(_block_ms(deadline))
-                    if block < 0:
+                    if block < 0 and tried:
                         pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
                         raise WaitTimeout(
                             f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
                             run_id=pending[0],
                         )
-                    response = self._redis.xread(dict[Any, Any](cursors), block=block)
+                    # Past the deadline, one read without a block: a run that has ended
+                    # answers even a wait of no time (`timeout=0`: "is it done?").
+                    tried = True
+                    response = self._waits.xread(
+                        dict[Any, Any](cursors),
+                        block=None if block < 0 else min(block, _SYNC_BLOCK_MS),
+                    )
                 except REDIS_ERRORS as exc:
                     time.sleep(outage.pause(exc))
                     continue

@@ -21,6 +21,7 @@ Everything else behaves exactly as kombu's transport: the same hash (KEDA's in-f
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,13 +47,17 @@ def _delivered_at(raw: Any) -> float | None:
     transport wrote, or anything else: the hash is read from Redis, so it is hostile)."""
     try:
         entry = loads(bytes_to_str(raw))  # type: ignore[no-untyped-call]
+        when = entry[3] if isinstance(entry, list) and len(entry) == 4 else None
+        # float() of a JSON integer too large for one raises: in the worker's event loop,
+        # that stopped every worker ("Unrecoverable error").
+        moment = (
+            float(when) if isinstance(when, int | float) and not isinstance(when, bool) else None
+        )
     except Exception:
         return None
-    if isinstance(entry, list) and len(entry) == 4:
-        when = entry[3]
-        if isinstance(when, int | float) and not isinstance(when, bool):
-            return float(when)
-    return None
+    # NaN and the infinities are never older than any visibility timeout: as times they would
+    # keep the entry (counted in flight) for good; untimed, it is restored (or dropped) as old.
+    return moment if moment is not None and math.isfinite(moment) else None
 
 
 class QoS(kombu_redis.QoS):

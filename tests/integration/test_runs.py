@@ -94,6 +94,25 @@ def test_unknown_id_is_a_clear_error_not_a_hang(settings: Settings) -> None:
         list(RemoteRun("does-not-exist", settings).stream())
 
 
+async def test_a_finished_run_answers_a_wait_of_no_time(
+    settings: Settings, worker: WorkerProcess
+) -> None:
+    # `timeout=0` asks "is it done?": a wait whose deadline has passed still reads what is
+    # there once (it raised WaitTimeout for a run that had succeeded, before any read).
+    run = RunnableK8s(bound=SlowModel(delay=0.01, chunks=2), settings=settings).submit("done")
+    assert run.result(timeout=30).content == "echo: done"
+    assert run.result(timeout=0).content == "echo: done"
+    assert (await run.aresult(timeout=0)).content == "echo: done"
+    assert "".join(str(c.content) for c in run.stream(timeout=0)) == "echo: done"
+    assert "".join([str(c.content) async for c in run.astream(timeout=0)]) == "echo: done"
+    unfinished = RunnableK8s(bound=SlowModel(delay=30.0), settings=settings).submit("not yet")
+    with pytest.raises(WaitTimeout):
+        unfinished.result(timeout=0)
+    with pytest.raises(WaitTimeout):
+        await unfinished.aresult(timeout=0)
+    unfinished.cancel()
+
+
 def test_wait_timeout_and_execution_timeout_are_distinct(
     settings: Settings, worker: WorkerProcess
 ) -> None:

@@ -8,13 +8,18 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
+from runnable_k8s import RunnableK8s
 from runnable_k8s.embedded import EmbeddedRedis
 from runnable_k8s.worker.transport import TRANSPORT
+from tests.conftest import make_settings
+from tests.support.models import SlowModel
+from tests.support.workers import WorkerProcess
 
 QUEUE = Queue("acks", Exchange("acks", type="direct"), routing_key="acks")
 
@@ -142,3 +147,34 @@ def _watch(url: str) -> tuple[list[str], threading.Thread]:
     thread.start()
     assert started.wait(5)
     return seen, thread
+
+
+@pytest.mark.timeout(120)
+def test_entries_with_times_no_clock_reads_neither_stop_a_worker_nor_stay_in_flight(
+    server: str, tmp_path: Path
+) -> None:
+    # Anyone who can write to Redis can write the unacked hash. An integer too large for a
+    # float stopped every worker at start ("Unrecoverable error: OverflowError"); NaN and the
+    # infinities compare as never old, so nothing restored them and they counted in flight
+    # (KEDA's trigger) for good.
+    client = redis.Redis.from_url(server)
+    times = {"huge": "1" + "0" * 400, "nan": "NaN", "inf": "Infinity", "ninf": "-Infinity"}
+    for tag, when in times.items():
+        client.hset("unacked", tag, f'[{{"body": "x"}}, "", "nowhere", {when}]')
+    settings = make_settings(server, time_limit=2.0)
+    worker = WorkerProcess(
+        settings, tmp_path, concurrency=2, env={"RUNNABLE_K8S_VISIBILITY_TIMEOUT": "3"}
+    )
+    try:
+        worker.wait_ready()
+        remote = RunnableK8s(bound=SlowModel(delay=0.01), settings=settings)
+        assert remote.invoke("still serving").content == "echo: still serving"
+        deadline = time.monotonic() + 30
+        while client.hexists("unacked", "nan") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = {k.decode() for k in client.hkeys("unacked")} & set(times)
+        assert not left, f"hostile entries still counted in flight: {left}"
+        assert worker.process.poll() is None, worker.log()[-3000:]
+    finally:
+        worker.stop()
+        client.close()
