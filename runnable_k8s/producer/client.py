@@ -31,10 +31,9 @@ from runnable_k8s.errors import (
     BrokerUnavailable,
     RunNotFound,
     SentinelUnavailable,
-    WaitTimeout,
 )
-from runnable_k8s.producer import durable, rejections
-from runnable_k8s.producer.stream_entries import Event, parse_entries
+from runnable_k8s.producer import durable, reader, rejections, waiting
+from runnable_k8s.producer.stream_entries import Event
 from runnable_k8s.producer.thread_submit import entered_runs, raise_busy, rollback_record
 from runnable_k8s.protocol import keys, priority, task_message
 from runnable_k8s.protocol.graph_state import reads_only
@@ -47,19 +46,14 @@ from runnable_k8s.store.submit import AsyncEnqueuer, Enqueuer, Submission
 from runnable_k8s.store.threads import Strategy, TransactionThreads
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
-# Longest single XREAD block; the loop re-arms it until the caller's deadline.
-_MAX_BLOCK_MS = 30_000
 _WATCH_RETRIES = 20
-# How long a wait for events keeps reconnecting to a Redis that went away (a restart that
-# reloads its append-only file, a failover) before it fails with BrokerUnavailable.
-_RECONNECT_FOR = 30.0
 _CONNECTION: dict[str, Any] = {
     "health_check_interval": 30,
     "socket_keepalive": True,
     "socket_connect_timeout": 5,
     # Above the longest XREAD block: redis-py's default read timeout (5 s) would end every
     # wait for a longer run with a timeout error.
-    "socket_timeout": _MAX_BLOCK_MS / 1000 + 10,
+    "socket_timeout": waiting.MAX_BLOCK_MS / 1000 + 10,
 }
 
 
@@ -144,36 +138,6 @@ def _turn_thread(request: RunRequest) -> str | None:
     return None if reads_only(request.graph) else threads.thread_of(request.config)
 
 
-class _Outage:
-    """A wait that rides out a Redis blip: the stream is durable and the cursors say what was
-    read, so reading again after a reconnect shows no gap and no repeat. Past
-    `_RECONNECT_FOR` seconds without Redis the wait gives up with the last error."""
-
-    def __init__(self) -> None:
-        self._since: float | None = None
-        self._delay = 0.1
-
-    def pause(self, exc: Exception) -> float:
-        now = time.monotonic()
-        self._since = now if self._since is None else self._since
-        if now - self._since > _RECONNECT_FOR:
-            raise exc
-        self._delay = min(self._delay * 2, 2.0)
-        return self._delay
-
-    def over(self) -> None:
-        self._since, self._delay = None, 0.1
-
-
-def _block_ms(deadline: float | None) -> int:
-    if deadline is None:
-        return _MAX_BLOCK_MS
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        return -1
-    return max(1, min(_MAX_BLOCK_MS, int(remaining * 1000)))
-
-
 def _status_or_none(protocol: Protocol, raw: Any, run_id: str) -> RunStatus | None:
     return None if not isinstance(raw, bytes) else protocol.open_status(raw, run_id)
 
@@ -203,6 +167,7 @@ class Client:
         )
         self._threads = TransactionThreads(self._redis, settings)
         self._enqueue = Enqueuer(self._redis)
+        self._reader = reader.SyncReader(self._redis)
 
     def close(self) -> None:
         self._redis.close()
@@ -306,43 +271,14 @@ class Client:
             raise BrokerUnavailable(f"cannot read the thread from Redis: {exc}") from exc
 
     def events(self, run_ids: Sequence[str], *, timeout: float | None) -> Iterator[Event]:
-        """Yield verified events of `run_ids` as they arrive, until each has an outcome.
+        """Yield verified events of `run_ids` as they arrive, until each has an outcome
+        (through the process's one stream reader, producer/reader.py).
 
         Raises:
             WaitTimeout: `timeout` seconds passed first (the runs go on).
             BrokerUnavailable: Redis went away while waiting.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        cursors = {keys.events(r): "0-0" for r in run_ids}
-        seen: dict[str, int] = {}
-        # A notice that no worker could verify a run shortens the blocks until it is settled.
-        watch = rejections.Watch(self.protocol)
-        outage = _Outage()
-        try:
-            while cursors:
-                try:
-                    rejections.check_due(self._redis, watch)
-                    block = watch.wait_ms(_block_ms(deadline))
-                    if block < 0:
-                        pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
-                        raise WaitTimeout(
-                            f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
-                            run_id=pending[0],
-                        )
-                    response = self._redis.xread(dict[Any, Any](cursors), block=block)
-                except _REDIS_ERRORS as exc:
-                    time.sleep(outage.pause(exc))
-                    continue
-                outage.over()
-                for event in parse_entries(self.protocol, response, cursors, seen, watch):
-                    if event.outcome is not None:
-                        cursors.pop(keys.events(event.run_id), None)
-                        watch.forget(event.run_id)
-                    yield event
-        except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"lost Redis while waiting: {exc}") from exc
-        except RedisError as exc:
-            raise BrokerError(f"lost Redis while waiting: Redis refused: {exc}") from exc
+        return waiting.events(self._redis, self._reader, self.protocol, run_ids, timeout=timeout)
 
     def cancel(self, run_id: str) -> RunStatus:
         """Cancel a run: a queued one is marked cancelled at once and never starts; a running
@@ -381,8 +317,10 @@ class AsyncClient:
         self._redis = connections.async_client(settings.require_redis_url(), **_CONNECTION)
         self._threads = TransactionThreads(self._redis, settings)
         self._enqueue = AsyncEnqueuer(self._redis)
+        self._reader = reader.AsyncReader(self._redis)
 
     async def aclose(self) -> None:
+        await self._reader.aclose()
         await self._redis.aclose()
 
     async def submit(
@@ -452,40 +390,9 @@ class AsyncClient:
         except RedisError as exc:
             raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
 
-    async def events(
-        self, run_ids: Sequence[str], *, timeout: float | None
-    ) -> AsyncIterator[Event]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        cursors = {keys.events(r): "0-0" for r in run_ids}
-        seen: dict[str, int] = {}
-        # A notice that no worker could verify a run shortens the blocks until it is settled.
-        watch = rejections.Watch(self.protocol)
-        outage = _Outage()
-        try:
-            while cursors:
-                try:
-                    await rejections.acheck_due(self._redis, watch)
-                    block = watch.wait_ms(_block_ms(deadline))
-                    if block < 0:
-                        pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
-                        raise WaitTimeout(
-                            f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
-                            run_id=pending[0],
-                        )
-                    response = await self._redis.xread(dict[Any, Any](cursors), block=block)
-                except _REDIS_ERRORS as exc:
-                    await asyncio.sleep(outage.pause(exc))
-                    continue
-                outage.over()
-                for event in parse_entries(self.protocol, response, cursors, seen, watch):
-                    if event.outcome is not None:
-                        cursors.pop(keys.events(event.run_id), None)
-                        watch.forget(event.run_id)
-                    yield event
-        except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"lost Redis while waiting: {exc}") from exc
-        except RedisError as exc:
-            raise BrokerError(f"lost Redis while waiting: Redis refused: {exc}") from exc
+    def events(self, run_ids: Sequence[str], *, timeout: float | None) -> AsyncIterator[Event]:
+        """See `Client.events`."""
+        return waiting.aevents(self._redis, self._reader, self.protocol, run_ids, timeout=timeout)
 
     async def cancel(self, run_id: str) -> RunStatus:
         try:
