@@ -167,6 +167,11 @@ class Registry:
         keeping up."""
         found: dict[str, str] = {}
         for key, subs in self._subs.items():
+            if len(subs) == 1:  # the usual case: one wait per stream
+                (sub,) = subs
+                if not sub.paused:
+                    found[key] = sub.cursors[key]
+                continue
             cursors = [sub.cursors[key] for sub in subs if not sub.paused]
             if cursors:
                 found[key] = min(cursors, key=_position)
@@ -177,9 +182,14 @@ class Registry:
         is not read again for that subscriber: it either ends its wait on it, or refuses a
         forged one (an error that ends the wait)."""
         for key, entries in reply:
+            if not entries:
+                continue
             for sub in list(self._subs.get(key, ())):
                 after = _position(sub.cursors[key])
-                mine = [(i, f) for i, f in entries if _position(i) > after]
+                if _position(entries[0][0]) > after:  # the usual case: all of them
+                    mine = entries
+                else:
+                    mine = [(i, f) for i, f in entries if _position(i) > after]
                 if not mine:
                     continue
                 sub.cursors[key] = mine[-1][0]
