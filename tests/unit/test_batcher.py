@@ -158,3 +158,21 @@ async def test_after_a_burst_a_pause_sends_the_next_item_at_once() -> None:
     await asyncio.sleep(0.005)  # far below the grown spacing (16 ms): it did not wait for it
     assert recorder.entries[-1] == [b"after"]
     await out.close()
+
+
+def test_a_streamed_sum_is_what_adding_chunk_by_chunk_gives() -> None:
+    from runnable_k8s.worker.streaming import _add, _Sum
+
+    cases: list[list[Any]] = [
+        ["a", "b", "c"],
+        ["a", 1, 2, "b", "c"],  # the sum starts again where a chunk cannot be added
+        [1, "a", "b"],
+        [[1], [2], "x", "y", [3]],
+        [],
+    ]
+    for chunks in cases:
+        total, expected = _Sum(), None
+        for chunk in chunks:
+            total.add(chunk)
+            expected = _add(expected, chunk)
+        assert total.value() == expected, chunks
