@@ -51,12 +51,14 @@ Reply = list[tuple[str, list[tuple[str, dict[Any, Any]]]]]
 
 
 def lost(exc: BaseException) -> BrokerUnavailable:
+    """Our error for a wait that lost Redis (for longer than `_RECONNECT_FOR`)."""
     if isinstance(exc, MasterNotFoundError):
         return SentinelUnavailable(f"lost Redis while waiting: no sentinel named a master: {exc}")
     return BrokerUnavailable(f"lost Redis while waiting: {exc}")
 
 
 def refused(exc: BaseException) -> BrokerError:
+    """Our error for a wait whose read Redis refused."""
     return BrokerError(f"lost Redis while waiting: Redis refused: {exc}")
 
 
