@@ -8,7 +8,10 @@ wait: a redis-py pool holds 100), and one command brings the entries of every st
 any, all of them (no COUNT). The reader runs only while someone waits: no command otherwise.
 
 A wait whose streams the read in flight misses (a new one) wakes the reader with `CLIENT
-UNBLOCK` (on another connection; the XREAD returns empty and the next covers every stream);
+UNBLOCK` (on another connection; the XREAD returns empty and the next covers every stream;
+only while the reader's connection is the one the id was read on, so at worst, right after a
+Redis restart renumbered the clients, another client's blocking read returns early, as if
+it had timed out, which every blocking reader handles);
 across an outage the reader reconnects (for up to 30 s, `waiting.Outage`) and reads on from
 its cursors, so nothing is skipped or repeated. A key that is not a stream (anyone who can
 write to Redis can put one there) fails its own waiters' waits, not everyone's.
@@ -114,6 +117,7 @@ class AsyncReader:
                     or self._round != round_
                     or client_id is None
                     or client_id < 0
+                    or self._id != client_id
                 ):
                     break  # the next read is computed after the change: nothing to wake
                 try:
@@ -244,6 +248,7 @@ class SyncReader:
                     or self._round != round_
                     or client_id is None
                     or client_id < 0
+                    or self._id != client_id
                 ):
                     return  # the next read is computed after the change: nothing to wake
             try:
