@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import click
 
+from runnable_k8s.cli_batch import batch
 from runnable_k8s.cli_failed import failed
 from runnable_k8s.cli_runs import COMMANDS
 from runnable_k8s.cluster.cli import cluster
@@ -167,5 +168,6 @@ def demo(question: str) -> None:
 main.add_command(cluster)
 main.add_command(dev)
 main.add_command(failed)
+main.add_command(batch)
 for _command in COMMANDS:
     main.add_command(_command)

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import redis
 import redis.asyncio as aredis
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from runnable_k8s.errors import ConfigurationError
@@ -35,6 +37,12 @@ PLAIN_SCHEMES = ("redis", "rediss")
 _DEFAULT_SENTINEL_PORT = 26379
 # Query parameters that describe the sentinels themselves, not the data nodes.
 _SENTINEL_ONLY = ("master_name", "sentinel_password", "sentinel_username")
+
+REDIS_ERRORS: Final = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+"""Errors that mean "Redis is not reachable right now" (redis-py's, which include a sentinel
+naming no master and a server still loading its data, and the socket errors it lets through),
+not "this command or message is bad": the one list behind every retry, ride-out and
+`BrokerUnavailable` of the producer and the worker."""
 
 
 @dataclass(frozen=True)

@@ -1,51 +1,43 @@
 """The producer's side of Redis: enqueue runs, read statuses, wait for outcomes and chunks.
 
-Waiting never polls: callers block on `XREAD` of the runs' event streams, which Redis answers
-the moment a worker appends to one. Only a run with a rejection notice in its stream is looked
-at again between blocks, until the notice is settled (producer/rejections.py). The synchronous
-and the asyncio clients share every decision (`_Plan`, `stream_entries`); only the I/O differs.
+Waiting never polls: every wait subscribes to its runs' event streams, and the process's one
+stream reader (producer/reader.py, one blocking XREAD for all of them) hands each its entries
+the moment a worker appends them (producer/waiting.py). Only a run with a rejection notice in
+its stream is looked at again between waits, until the notice is settled
+(producer/rejections.py). The asyncio client (aclient.py) shares every decision made here
+(`_Plan`, `waiting`, `stream_entries`); only the I/O differs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import hashlib
 import time
 import uuid
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, WatchError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.sentinel import MasterNotFoundError
+from redis.exceptions import WatchError
 
 from runnable_k8s import connections
-from runnable_k8s.errors import (
-    BrokerError,
-    BrokerUnavailable,
-    RunNotFound,
-    SentinelUnavailable,
-)
+from runnable_k8s.errors import BrokerUnavailable, RunnableK8sError, RunNotFound
 from runnable_k8s.producer import durable, reader, rejections, waiting
+from runnable_k8s.producer.redis_errors import translated
 from runnable_k8s.producer.stream_entries import Event
 from runnable_k8s.producer.thread_submit import entered_runs, raise_busy, rollback_record
 from runnable_k8s.protocol import keys, priority, task_message
 from runnable_k8s.protocol.graph_state import reads_only
-from runnable_k8s.protocol.messages import Protocol, RunRequest, RunStatus
+from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.protocol.webhook import WebhookDelivery
 from runnable_k8s.settings import Settings
 from runnable_k8s.store import threads, webhooks
 from runnable_k8s.store.cancel import queue_cancel as _queue_cancel
-from runnable_k8s.store.submit import AsyncEnqueuer, Enqueuer, Submission
+from runnable_k8s.store.submit import Enqueuer, Submission
 from runnable_k8s.store.threads import Strategy, TransactionThreads
 
-_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _WATCH_RETRIES = 20
 _CONNECTION: dict[str, Any] = {
     "health_check_interval": 30,
@@ -55,12 +47,6 @@ _CONNECTION: dict[str, Any] = {
     # wait for a longer run with a timeout error.
     "socket_timeout": waiting.MAX_BLOCK_MS / 1000 + 10,
 }
-
-
-def _unavailable(doing: str, exc: BaseException) -> BrokerUnavailable:
-    if isinstance(exc, MasterNotFoundError):
-        return SentinelUnavailable(f"{doing}: no sentinel named a master: {exc}")
-    return BrokerUnavailable(f"{doing}: {exc}")
 
 
 def new_run_id() -> str:
@@ -221,23 +207,17 @@ class Client:
 
     def _write(self, write: Callable[[], None], probe: tuple[str, str]) -> None:
         """One enqueue, waited for by a replica when asked (REPLICA_ACKS), Redis errors ours."""
-        try:
+        with translated("cannot enqueue on Redis"):
             if self.settings.replica_acks:
                 durable.enqueue(self._redis, self.settings, write, *probe)
             else:
                 write()
-        except _REDIS_ERRORS as exc:
-            raise _unavailable("cannot enqueue on Redis", exc) from exc
-        except RedisError as exc:
-            raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
 
     def _stop_holder(self, holder: str, *, rollback: bool) -> None:
         """Strategy interrupt / rollback: the new run is first in line; stop the one running."""
         if rollback:
-            try:
+            with translated("cannot request a rollback on Redis"):
                 self._redis.set(*rollback_record(self.protocol, holder))
-            except _REDIS_ERRORS as exc:
-                raise BrokerUnavailable(f"cannot request a rollback on Redis: {exc}") from exc
         with contextlib.suppress(RunNotFound):
             self.cancel(holder)
 
@@ -249,26 +229,18 @@ class Client:
             # A queued run no worker could verify is recorded as failed here too.
             return rejections.settle(self._redis, self.protocol, status)
 
-        try:
+        with translated("cannot read status from Redis"):
             return durable.read(self.settings, read)
-        except _REDIS_ERRORS as exc:
-            raise _unavailable("cannot read status from Redis", exc) from exc
-        except RedisError as exc:
-            raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
 
     def webhook(self, run_id: str) -> WebhookDelivery | None:
         """The run's verified webhook record, None without one (store/webhooks.py)."""
-        try:
+        with translated("cannot read webhook from Redis"):
             return webhooks.read(self._redis, self.protocol.signer, run_id)
-        except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot read webhook from Redis: {exc}") from exc
 
     def thread_position(self, run_id: str) -> int | None:
         """See `RemoteRun.thread_position`."""
-        try:
+        with translated("cannot read the thread from Redis"):
             return threads.position(self._redis, run_id)
-        except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot read the thread from Redis: {exc}") from exc
 
     def events(self, run_ids: Sequence[str], *, timeout: float | None) -> Iterator[Event]:
         """Yield verified events of `run_ids` as they arrive, until each has an outcome
@@ -280,6 +252,18 @@ class Client:
         """
         return waiting.events(self._redis, self._reader, self.protocol, run_ids, timeout=timeout)
 
+    def outcome(self, run_id: str, *, timeout: float | None) -> Outcome:
+        """The one wait for a run's end: its verified outcome, whatever it streamed before.
+
+        Raises:
+            WaitTimeout: `timeout` seconds passed first (the run goes on).
+            BrokerUnavailable: Redis went away while waiting.
+        """
+        for event in self.events([run_id], timeout=timeout):
+            if event.outcome is not None:
+                return event.outcome
+        raise RunnableK8sError(f"run {run_id} ended without an outcome")
+
     def cancel(self, run_id: str) -> RunStatus:
         """Cancel a run: a queued one is marked cancelled at once and never starts; a running
         one is cancelled by its worker. Returns the status before cancelling.
@@ -287,156 +271,29 @@ class Client:
         Raises:
             RunNotFound: no such run.
         """
-        try:
-            with self._redis.pipeline(transaction=True) as pipe:
-                for _ in range(_WATCH_RETRIES):
-                    try:
-                        pipe.watch(keys.status(run_id))  # type: ignore[no-untyped-call]
-                        status = _existing(self.protocol, pipe.get(keys.status(run_id)), run_id)
-                        pipe.multi()
-                        _queue_cancel(pipe, self.protocol, status)
-                        if status.state == "queued":  # out of its thread's line (if any)
-                            self._threads.queue_leave(pipe, run_id, now=time.time())
-                        pipe.execute()
-                        return status
-                    except WatchError:
-                        continue
-        except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot cancel on Redis: {exc}") from exc
-        except RedisError as exc:
-            raise BrokerError(f"cannot cancel on Redis: Redis refused: {exc}") from exc
+        with translated("cannot cancel on Redis"), self._redis.pipeline(transaction=True) as pipe:
+            for _ in range(_WATCH_RETRIES):
+                try:
+                    pipe.watch(keys.status(run_id))  # type: ignore[no-untyped-call]
+                    status = _existing(self.protocol, pipe.get(keys.status(run_id)), run_id)
+                    pipe.multi()
+                    _queue_cancel(pipe, self.protocol, status)
+                    if status.state == "queued":  # out of its thread's line (if any)
+                        self._threads.queue_leave(pipe, run_id, now=time.time())
+                    pipe.execute()
+                    return status
+                except WatchError:
+                    continue
         raise BrokerUnavailable(f"run {run_id} changed state too often to cancel")
 
 
-class AsyncClient:
-    """asyncio producer client: awaiting an outcome holds no thread. One per event loop."""
-
-    def __init__(self, settings: Settings, protocol: Protocol) -> None:
-        self.settings = settings
-        self.protocol = protocol
-        self._redis = connections.async_client(settings.require_redis_url(), **_CONNECTION)
-        self._threads = TransactionThreads(self._redis, settings)
-        self._enqueue = AsyncEnqueuer(self._redis)
-        self._reader = reader.AsyncReader(self._redis)
-
-    async def aclose(self) -> None:
-        await self._reader.aclose()
-        await self._redis.aclose()
-
-    async def submit(
-        self, requests: Sequence[RunRequest], *, strategy: Strategy = threads.DEFAULT
-    ) -> None:
-        if not any(_turn_thread(r) is not None for r in requests):
-            submission = Submission(self.protocol, requests)
-            await self._write(lambda: self._enqueue(submission), submission.probe)
-            return
-        plan = _Plan(self.protocol, requests)
-
-        async def write() -> None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for key, value, ttl in plan.sets:
-                    pipe.set(key, value, ex=ttl)
-                if plan.messages:
-                    pipe.zadd(plan.pending_key, plan.pending)
-                    for queue, messages in plan.messages.items():
-                        pipe.lpush(queue, *messages)
-                if plan.webhooks:
-                    pipe.zadd(plan.webhooks_key, plan.webhooks)
-                for run_id, thread_id, life in plan.threads:
-                    await self._threads.queue_enter(
-                        pipe, run_id, thread_id, strategy, now=plan.now, life=life
-                    )
-                replies[:] = await pipe.execute()
-
-        replies: list[Any] = []
-        await self._write(write, plan.probe)
-        for entered in entered_runs(plan.threads, replies):
-            if entered.verdict == "waiting" and strategy in ("interrupt", "rollback"):
-                await self._stop_holder(entered.holder, rollback=strategy == "rollback")
-        raise_busy(plan.threads, replies)
-
-    async def _write(self, write: Callable[[], Awaitable[None]], probe: tuple[str, str]) -> None:
-        """One enqueue, waited for by a replica when asked (REPLICA_ACKS), Redis errors ours."""
-        try:
-            if self.settings.replica_acks:
-                await durable.aenqueue(self._redis, self.settings, write, *probe)
-            else:
-                await write()
-        except _REDIS_ERRORS as exc:
-            raise _unavailable("cannot enqueue on Redis", exc) from exc
-        except RedisError as exc:
-            raise BrokerError(f"cannot enqueue on Redis: Redis refused: {exc}") from exc
-
-    async def _stop_holder(self, holder: str, *, rollback: bool) -> None:
-        if rollback:
-            try:
-                await self._redis.set(*rollback_record(self.protocol, holder))
-            except _REDIS_ERRORS as exc:
-                raise BrokerUnavailable(f"cannot request a rollback on Redis: {exc}") from exc
-        with contextlib.suppress(RunNotFound):
-            await self.cancel(holder)
-
-    async def status(self, run_id: str) -> RunStatus:
-
-        async def read() -> RunStatus:
-            raw = await self._redis.get(keys.status(run_id))
-            status = _existing(self.protocol, raw, run_id)
-            return await rejections.asettle(self._redis, self.protocol, status)
-
-        try:
-            return await durable.aread(self.settings, read)
-        except _REDIS_ERRORS as exc:
-            raise _unavailable("cannot read status from Redis", exc) from exc
-        except RedisError as exc:
-            raise BrokerError(f"cannot read status from Redis: Redis refused: {exc}") from exc
-
-    def events(self, run_ids: Sequence[str], *, timeout: float | None) -> AsyncIterator[Event]:
-        """See `Client.events`."""
-        return waiting.aevents(self._redis, self._reader, self.protocol, run_ids, timeout=timeout)
-
-    async def cancel(self, run_id: str) -> RunStatus:
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for _ in range(_WATCH_RETRIES):
-                    try:
-                        await pipe.watch(keys.status(run_id))
-                        raw = await pipe.get(keys.status(run_id))
-                        status = _existing(self.protocol, raw, run_id)
-                        pipe.multi()  # type: ignore[no-untyped-call]
-                        _queue_cancel(pipe, self.protocol, status)
-                        if status.state == "queued":  # out of its thread's line (if any)
-                            await self._threads.queue_leave(pipe, run_id, now=time.time())
-                        await pipe.execute()
-                        return status
-                    except WatchError:
-                        continue
-        except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot cancel on Redis: {exc}") from exc
-        except RedisError as exc:
-            raise BrokerError(f"cannot cancel on Redis: Redis refused: {exc}") from exc
-        raise BrokerUnavailable(f"run {run_id} changed state too often to cancel")
-
-
-# One client per settings (and per event loop for asyncio): connection pools are shared by
-# every RunnableK8s built from the same settings, and die with their loop.
+# One client per settings: connection pools are shared by every RunnableK8s built from the
+# same settings (producer/aclient.py keeps the asyncio ones, per event loop).
 _clients: dict[Settings, Client] = {}
-_async_clients: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[Settings, AsyncClient]
-] = weakref.WeakKeyDictionary()
 
 
 def client_for(settings: Settings) -> Client:
     client = _clients.get(settings)
     if client is None:
         client = _clients.setdefault(settings, Client(settings))
-    return client
-
-
-def async_client_for(settings: Settings) -> AsyncClient:
-    loop = asyncio.get_running_loop()
-    per_loop = _async_clients.setdefault(loop, {})
-    client = per_loop.get(settings)
-    if client is None:
-        client = AsyncClient(settings, client_for(settings).protocol)
-        per_loop[settings] = client
     return client

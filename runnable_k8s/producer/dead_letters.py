@@ -17,19 +17,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from runnable_k8s import connections
-from runnable_k8s.errors import (
-    BrokerError,
-    BrokerUnavailable,
-    MessageRejected,
-    RunNotFound,
-    SignatureRejected,
-)
+from runnable_k8s.errors import MessageRejected, RunNotFound, SignatureRejected
 from runnable_k8s.producer.client import client_for, new_run_id
+from runnable_k8s.producer.redis_errors import translated
 from runnable_k8s.protocol import envelope as env
 from runnable_k8s.protocol import stream, task_message
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
@@ -37,7 +28,6 @@ from runnable_k8s.settings import Settings
 from runnable_k8s.store.dead_letters import DEAD_LETTER_STATES, DeadLetterIndex, retry_link_record
 
 STATES: Final = DEAD_LETTER_STATES
-_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _FAR_FUTURE: Final = 4102444800.0  # links expire by Redis TTL, like statuses
 
 
@@ -216,10 +206,6 @@ class DeadLetters:
         since = None if older_than is None else time.time() - older_than
         return int(self._call(lambda: self._index.purge(since)))
 
+    @translated("cannot read dead letters from Redis")
     def _call(self, operation: Any) -> Any:
-        try:
-            return operation()
-        except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot read dead letters from Redis: {exc}") from exc
-        except RedisError as exc:
-            raise BrokerError(f"dead letters: Redis refused: {exc}") from exc
+        return operation()

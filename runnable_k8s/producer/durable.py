@@ -20,28 +20,42 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.sentinel import MasterNotFoundError
 
 from runnable_k8s import replication
-from runnable_k8s.errors import BrokerUnavailable, NotReplicated, SentinelUnavailable
+from runnable_k8s.connections import REDIS_ERRORS
+from runnable_k8s.errors import NotReplicated
+from runnable_k8s.producer.redis_errors import unavailable
 from runnable_k8s.settings import Settings
 
-_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _FIRST_PAUSE = 0.05
 _LONGEST_PAUSE = 1.0
 T = TypeVar("T")
 
 
+class _Pauses:
+    """Capped exponential pauses within `failover_wait`: the one pace of every retry here."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.deadline = time.monotonic() + settings.failover_wait
+        self.pause = _FIRST_PAUSE
+
+    def next(self) -> float | None:
+        """Seconds to pause before the next attempt; None once `failover_wait` is spent."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        pause = min(self.pause, remaining)
+        self.pause = min(self.pause * 2, _LONGEST_PAUSE)
+        return pause
+
+
 class _Attempts:
-    """Pauses between attempts, and the error to raise once `failover_wait` is over."""
+    """The enqueue's attempts, and the error to raise once `failover_wait` is over."""
 
     def __init__(self, settings: Settings, run_id: str) -> None:
         self.settings = settings
         self.run_id = run_id
-        self.deadline = time.monotonic() + settings.failover_wait
-        self.pause = _FIRST_PAUSE
+        self.pauses = _Pauses(settings)
         self.uncertain = False
         self.last: BaseException | None = None
         self.short = False
@@ -50,23 +64,19 @@ class _Attempts:
         """Record a failed attempt; the seconds to pause before the next, or raise."""
         self.uncertain = True
         self.last, self.short = exc, exc is None
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
+        pause = self.pauses.next()
+        if pause is None:
             raise self.error()
-        pause = min(self.pause, remaining)
-        self.pause = min(self.pause * 2, _LONGEST_PAUSE)
         return pause
 
     def error(self) -> Exception:
         wait = self.settings.failover_wait
-        if self.short:
+        if self.short or self.last is None:
             return NotReplicated(
                 f"run {self.run_id} is on the Redis master, but its replicas did not all "
                 f"acknowledge it within {wait} s"
             )
-        if isinstance(self.last, MasterNotFoundError):
-            return SentinelUnavailable(f"no master from the sentinels within {wait} s: {self.last}")
-        return BrokerUnavailable(f"cannot enqueue on Redis within {wait} s: {self.last}")
+        return unavailable(f"cannot enqueue on Redis within {wait} s", self.last)
 
 
 # One fence per client, so its replica count is read once a second, not per enqueue.
@@ -102,7 +112,7 @@ def enqueue(
                 return
             fence.forget()
             time.sleep(attempts.failed(None))
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             fence.forget()
             time.sleep(attempts.failed(exc))
 
@@ -126,7 +136,7 @@ async def aenqueue(
                 return
             fence.forget()
             await asyncio.sleep(attempts.failed(None))
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             fence.forget()
             await asyncio.sleep(attempts.failed(exc))
 
@@ -136,29 +146,27 @@ def read(settings: Settings, call: Callable[[], T]) -> T:
     `replica_acks` is set (a high-availability deployment); once otherwise."""
     if not settings.replica_acks:
         return call()
-    deadline = time.monotonic() + settings.failover_wait
-    pause = _FIRST_PAUSE
+    pauses = _Pauses(settings)
     while True:
         try:
             return call()
-        except _REDIS_ERRORS:
-            if time.monotonic() + pause > deadline:
+        except REDIS_ERRORS:
+            pause = pauses.next()
+            if pause is None:
                 raise
             time.sleep(pause)
-            pause = min(pause * 2, _LONGEST_PAUSE)
 
 
 async def aread(settings: Settings, call: Callable[[], Awaitable[T]]) -> T:
     """The asyncio twin of `read`."""
     if not settings.replica_acks:
         return await call()
-    deadline = time.monotonic() + settings.failover_wait
-    pause = _FIRST_PAUSE
+    pauses = _Pauses(settings)
     while True:
         try:
             return await call()
-        except _REDIS_ERRORS:
-            if time.monotonic() + pause > deadline:
+        except REDIS_ERRORS:
+            pause = pauses.next()
+            if pause is None:
                 raise
             await asyncio.sleep(pause)
-            pause = min(pause * 2, _LONGEST_PAUSE)

@@ -18,10 +18,10 @@ from langchain_core.runnables import RunnableConfig
 from runnable_k8s.errors import (
     ConfigurationError,
     DisallowedObject,
-    RunnableK8sError,
     SerializationRefused,
 )
-from runnable_k8s.producer.client import async_client_for, client_for
+from runnable_k8s.producer.aclient import async_client_for
+from runnable_k8s.producer.client import client_for
 from runnable_k8s.producer.results import unwrap
 from runnable_k8s.protocol.graph_state import GraphCall, snapshot_from_data
 from runnable_k8s.protocol.remote_config import export_config
@@ -74,10 +74,8 @@ class GraphStateAPI:
         client = client_for(self.settings)
         request = self._graph_request(call, config, values)
         client.submit([request])
-        for event in client.events([request.run_id], timeout=self._wait):
-            if event.outcome is not None:
-                return unwrap(client.protocol, event.outcome), request.run_id
-        raise RunnableK8sError(f"run {request.run_id} ended without an outcome")
+        outcome = client.outcome(request.run_id, timeout=self._wait)
+        return unwrap(client.protocol, outcome), request.run_id
 
     async def _acall(
         self, call: GraphCall, config: RunnableConfig, values: Any = None
@@ -85,10 +83,8 @@ class GraphStateAPI:
         client = async_client_for(self.settings)
         request = self._graph_request(call, config, values)
         await client.submit([request])
-        async for event in client.events([request.run_id], timeout=self._wait):
-            if event.outcome is not None:
-                return unwrap(client.protocol, event.outcome), request.run_id
-        raise RunnableK8sError(f"run {request.run_id} ended without an outcome")
+        outcome = await client.outcome(request.run_id, timeout=self._wait)
+        return unwrap(client.protocol, outcome), request.run_id
 
     # -- get_state ----------------------------------------------------------------------------
 

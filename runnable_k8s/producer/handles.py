@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from runnable_k8s.errors import RunnableK8sError, UnknownEventId
-from runnable_k8s.producer.client import async_client_for, client_for
+from runnable_k8s.errors import UnknownEventId
+from runnable_k8s.producer.aclient import async_client_for
+from runnable_k8s.producer.client import client_for
 from runnable_k8s.producer.results import error_for, unwrap
 from runnable_k8s.producer.stream_entries import Event
 from runnable_k8s.protocol.messages import COMPLETED_STATES, Protocol, RunStatus
@@ -74,10 +75,7 @@ class RemoteRun:
         """
         client = client_for(self.settings)
         client.status(self.id)
-        for event in client.events([self.id], timeout=self._wait(timeout)):
-            if event.outcome is not None:
-                return unwrap(client.protocol, event.outcome)
-        raise RunnableK8sError(f"run {self.id} ended without an outcome")
+        return unwrap(client.protocol, client.outcome(self.id, timeout=self._wait(timeout)))
 
     def stream(
         self,
@@ -121,10 +119,8 @@ class RemoteRun:
         """Like `result`, awaiting without holding a thread."""
         client = async_client_for(self.settings)
         await client.status(self.id)
-        async for event in client.events([self.id], timeout=self._wait(timeout)):
-            if event.outcome is not None:
-                return unwrap(client.protocol, event.outcome)
-        raise RunnableK8sError(f"run {self.id} ended without an outcome")
+        outcome = await client.outcome(self.id, timeout=self._wait(timeout))
+        return unwrap(client.protocol, outcome)
 
     async def astream(
         self,

@@ -32,15 +32,14 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import RedisError, ResponseError
 
+from runnable_k8s.connections import REDIS_ERRORS
 from runnable_k8s.producer.waiting import (
-    LOST,
     MAX_BLOCK_MS,
     Outage,
     Registry,
     Subscription,
     lost,
     parse_reply,
-    refused,
 )
 
 # CLIENT UNBLOCK tries (1 ms apart) while the read it targets has not reached Redis yet.
@@ -126,7 +125,7 @@ class AsyncReader:
                 except ResponseError:
                     self._block = _FALLBACK_BLOCK_MS
                     break
-                except LOST:
+                except REDIS_ERRORS:
                     break  # the reader reconnects, and reads every stream again
                 await asyncio.sleep(0.001)  # the XREAD has not reached Redis yet
 
@@ -162,7 +161,7 @@ class AsyncReader:
         except ResponseError as exc:
             self._registry.reading = None
             bad = await _non_streams(self._client, streams)
-            self._registry.fail(refused(exc), bad or None)
+            self._registry.fail(lost(exc), bad or None)
             return None
         finally:
             self._registry.reading = None
@@ -174,11 +173,11 @@ class AsyncReader:
             while self._registry.streams():
                 try:
                     raw = await self._read()
-                except LOST as exc:
+                except REDIS_ERRORS as exc:
                     await self._drop()
                     try:
                         await asyncio.sleep(outage.pause(exc))
-                    except LOST:
+                    except REDIS_ERRORS:
                         self._registry.fail(lost(exc))
                         return
                     continue
@@ -189,7 +188,7 @@ class AsyncReader:
                 await asyncio.sleep(0)
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
-                self._registry.fail(refused(exc) if isinstance(exc, RedisError) else exc)
+                self._registry.fail(lost(exc) if isinstance(exc, RedisError) else exc)
             await self._drop()
             raise
 
@@ -257,7 +256,7 @@ class SyncReader:
             except ResponseError:
                 self._block = _FALLBACK_BLOCK_MS
                 return
-            except LOST:
+            except REDIS_ERRORS:
                 return  # the reader reconnects, and reads every stream again
             time.sleep(0.001)  # the XREAD has not reached Redis yet
 
@@ -297,7 +296,7 @@ class SyncReader:
             kinds = [self._client.type(key) for key in streams]
             bad = [k for k, kind in zip(streams, kinds, strict=True) if kind not in _NOT_STREAMS]
             with self._lock:
-                self._registry.fail(refused(exc), bad or None)
+                self._registry.fail(lost(exc), bad or None)
             return None
         finally:
             with self._lock:
@@ -312,11 +311,11 @@ class SyncReader:
                         self._idle.wait()
                 try:
                     raw = self._read()
-                except LOST as exc:
+                except REDIS_ERRORS as exc:
                     self._drop()
                     try:
                         time.sleep(outage.pause(exc))
-                    except LOST:
+                    except REDIS_ERRORS:
                         with self._lock:
                             self._registry.fail(lost(exc))
                         outage = Outage()
@@ -327,6 +326,6 @@ class SyncReader:
         except BaseException as exc:
             # Never die silently: every waiter gets the error; the next subscribe starts anew.
             with self._lock:
-                self._registry.fail(refused(exc) if isinstance(exc, RedisError) else exc)
+                self._registry.fail(lost(exc) if isinstance(exc, RedisError) else exc)
             self._drop()
             raise

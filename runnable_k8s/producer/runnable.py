@@ -6,15 +6,13 @@ so the caller's callbacks and tracers see the remote step as one run with its in
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
 from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.runnables.config import get_config_list
 from langchain_core.runnables.graph import Graph
 from langchain_core.runnables.utils import ConfigurableFieldSpec, Input, Output
 from pydantic import BaseModel
@@ -22,28 +20,29 @@ from pydantic import BaseModel
 from runnable_k8s.errors import (
     ConfigurationError,
     DisallowedObject,
-    RunnableK8sError,
     SerializationRefused,
 )
-from runnable_k8s.producer.client import async_client_for, client_for, new_run_id
+from runnable_k8s.producer.aclient import async_client_for
+from runnable_k8s.producer.batching import BatchAPI
+from runnable_k8s.producer.client import client_for, new_run_id
 from runnable_k8s.producer.graph_state import GraphStateAPI
 from runnable_k8s.producer.handles import RemoteRun
 from runnable_k8s.producer.replay import EventReplayer, wants_events
-from runnable_k8s.producer.results import error_for, unwrap, unwrap_items
+from runnable_k8s.producer.results import error_for, unwrap
 from runnable_k8s.protocol.allowlist import check_call_kwargs
 from runnable_k8s.protocol.codec import runnable_codec
 from runnable_k8s.protocol.graph_state import GraphCall
-from runnable_k8s.protocol.messages import COMPLETED_STATES, Mode, Outcome, RunRequest
+from runnable_k8s.protocol.messages import COMPLETED_STATES, Mode, RunRequest
 from runnable_k8s.protocol.priority import check as priority_of
 from runnable_k8s.protocol.remote_config import export_config
 from runnable_k8s.protocol.tracing import trace_headers
 from runnable_k8s.protocol.webhook import check_webhook
 from runnable_k8s.settings import Settings
 from runnable_k8s.store.threads import DEFAULT as DEFAULT_STRATEGY
-from runnable_k8s.store.threads import Strategy, check_strategy, thread_of
+from runnable_k8s.store.threads import Strategy, check_strategy
 
 
-class RunnableK8s(GraphStateAPI, Runnable[Input, Output]):
+class RunnableK8s(GraphStateAPI, BatchAPI[Input, Output]):
     """Run `bound` (or the registered runnable `ref`) on runnable-k8s workers.
 
     Example:
@@ -70,7 +69,8 @@ class RunnableK8s(GraphStateAPI, Runnable[Input, Output]):
         UnknownMultitaskStrategy: `multitask_strategy` is not one of the four.
         UnknownPriority: `priority` is not one of the three.
 
-    A compiled LangGraph graph run by reference also offers its state API: `get_state`,
+    `batch` and `abatch` send inputs in chunks, one run each (see `BatchAPI`). A compiled
+    LangGraph graph run by reference also offers its state API: `get_state`,
     `get_state_history`, `update_state` and their async forms (see `GraphStateAPI`).
 
     Not supported: callbacks inside the remote run report to the caller only as the one
@@ -233,10 +233,8 @@ class RunnableK8s(GraphStateAPI, Runnable[Input, Output]):
         strategy = self._strategy(kwargs)
         request = self._request("invoke", input, remote, kwargs, run_manager=run_manager)
         client.submit([request], strategy=strategy)
-        for event in client.events([request.run_id], timeout=self._wait):
-            if event.outcome is not None:
-                return cast(Output, unwrap(client.protocol, event.outcome))
-        raise RunnableK8sError(f"run {request.run_id} ended without an outcome")
+        outcome = client.outcome(request.run_id, timeout=self._wait)
+        return cast(Output, unwrap(client.protocol, outcome))
 
     async def ainvoke(
         self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
@@ -256,145 +254,8 @@ class RunnableK8s(GraphStateAPI, Runnable[Input, Output]):
         strategy = self._strategy(kwargs)
         request = self._request("invoke", input, remote, kwargs, run_manager=run_manager)
         await client.submit([request], strategy=strategy)
-        async for event in client.events([request.run_id], timeout=self._wait):
-            if event.outcome is not None:
-                return cast(Output, unwrap(client.protocol, event.outcome))
-        raise RunnableK8sError(f"run {request.run_id} ended without an outcome")
-
-    # -- batch ------------------------------------------------------------------------------
-
-    def _chunking(self, count: int, configs: Sequence[dict[str, Any]]) -> tuple[int, int]:
-        """(inputs per task, tasks in flight) honouring `max_concurrency`."""
-        limit = configs[0].get("max_concurrency") if configs else None
-        # A run holds one thread: inputs on threads travel one per task.
-        size = 1 if any(thread_of(c) for c in configs) else self.settings.batch_chunk_size
-        if not limit:
-            return size, max(1, -(-count // size))
-        size = max(1, min(size, limit))
-        return size, max(1, limit // size)
-
-    def _batch_requests(
-        self, inputs: Sequence[Input], configs: Sequence[dict[str, Any]], kwargs: dict[str, Any]
-    ) -> list[tuple[int, int, RunRequest]]:
-        """(first index, input count, request) per task."""
-        size, _ = self._chunking(len(inputs), configs)
-        requests = []
-        for start in range(0, len(inputs), size):
-            part = list(inputs[start : start + size])
-            part_configs = list(configs[start : start + size])
-            request = self._request("batch", part, part_configs[0], kwargs, part_configs)
-            requests.append((start, len(part), request))
-        return requests
-
-    def batch(
-        self,
-        inputs: list[Input],
-        config: RunnableConfig | list[RunnableConfig] | None = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any | None,
-    ) -> list[Output]:
-        if not inputs:
-            return []
-        remote = [export_config(c) for c in get_config_list(config, len(inputs))]
-        return self._batch_with_config(
-            self._batch,
-            inputs,
-            config,
-            return_exceptions=return_exceptions,
-            _remote=remote,
-            **kwargs,
-        )
-
-    def _batch(
-        self,
-        inputs: list[Input],
-        run_manager: list[CallbackManagerForChainRun],
-        config: list[RunnableConfig],
-        **kwargs: Any,
-    ) -> list[Exception | Output]:
-        client = client_for(self.settings)
-        remote = kwargs.pop("_remote")
-        strategy = self._strategy(kwargs)
-        requests = self._batch_requests(inputs, remote, kwargs)
-        _, window = self._chunking(len(inputs), remote)
-        results: list[Any] = [None] * len(inputs)
-        pending: dict[str, tuple[int, int]] = {}
-        queue = list(reversed(requests))
-        try:
-            while queue or pending:
-                batch: list[RunRequest] = []
-                while queue and len(pending) + len(batch) < window:
-                    start, count, request = queue.pop()
-                    pending[request.run_id] = (start, count)
-                    batch.append(request)
-                if batch:
-                    client.submit(batch, strategy=strategy)
-                for event in client.events(list(pending), timeout=self._wait):
-                    if event.outcome is not None:
-                        self._place(results, pending.pop(event.run_id), event.outcome)
-                        break
-        except RunnableK8sError as exc:
-            for start, count in pending.values():
-                results[start : start + count] = [exc] * count
-            for start, count, _ in queue:
-                results[start : start + count] = [exc] * count
-        return results
-
-    def _place(self, results: list[Any], span: tuple[int, int], outcome: Outcome) -> None:
-        start, count = span
-        protocol = client_for(self.settings).protocol
-        results[start : start + count] = unwrap_items(protocol, outcome, count)
-
-    async def abatch(
-        self,
-        inputs: list[Input],
-        config: RunnableConfig | list[RunnableConfig] | None = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any | None,
-    ) -> list[Output]:
-        if not inputs:
-            return []
-        remote = [export_config(c) for c in get_config_list(config, len(inputs))]
-        return await self._abatch_with_config(
-            self._abatch,
-            inputs,
-            config,
-            return_exceptions=return_exceptions,
-            _remote=remote,
-            **kwargs,
-        )
-
-    async def _abatch(
-        self,
-        inputs: list[Input],
-        run_manager: list[AsyncCallbackManagerForChainRun],
-        config: list[RunnableConfig],
-        **kwargs: Any,
-    ) -> list[Exception | Output]:
-        client = async_client_for(self.settings)
-        remote = kwargs.pop("_remote")
-        strategy = self._strategy(kwargs)
-        requests = self._batch_requests(inputs, remote, kwargs)
-        _, window = self._chunking(len(inputs), remote)
-        results: list[Any] = [None] * len(inputs)
-        gate = asyncio.Semaphore(window)
-
-        async def run_one(start: int, count: int, request: RunRequest) -> None:
-            async with gate:
-                try:
-                    await client.submit([request], strategy=strategy)
-                    async for event in client.events([request.run_id], timeout=self._wait):
-                        if event.outcome is not None:
-                            results[start : start + count] = unwrap_items(
-                                client.protocol, event.outcome, count
-                            )
-                except RunnableK8sError as exc:
-                    results[start : start + count] = [exc] * count
-
-        await asyncio.gather(*(run_one(*entry) for entry in requests))
-        return results
+        outcome = await client.outcome(request.run_id, timeout=self._wait)
+        return cast(Output, unwrap(client.protocol, outcome))
 
     # -- stream -----------------------------------------------------------------------------
 

@@ -21,13 +21,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import redis
 import redis.asyncio as aredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.sentinel import MasterNotFoundError
 
-from runnable_k8s.errors import BrokerError, BrokerUnavailable, SentinelUnavailable, WaitTimeout
+from runnable_k8s.connections import REDIS_ERRORS
+from runnable_k8s.errors import BrokerError, WaitTimeout
 from runnable_k8s.producer import rejections
+from runnable_k8s.producer.redis_errors import translate
 from runnable_k8s.producer.stream_entries import Event, parse_entries
 from runnable_k8s.protocol import keys, stream
 from runnable_k8s.protocol.messages import Protocol
@@ -44,22 +43,17 @@ _RECONNECT_FOR: Final = 30.0
 # waiter that stops taking events costs memory in Redis (as before the shared reader), not
 # in this process.
 _MAX_QUEUED: Final = 64
-LOST: Final = (RedisConnectionError, RedisTimeoutError, OSError)
 _OUTCOME: Final = stream.EntryKind.OUTCOME.wire
 
 Reply = list[tuple[str, list[tuple[str, dict[Any, Any]]]]]
 
 
-def lost(exc: BaseException) -> BrokerUnavailable:
-    """Our error for a wait that lost Redis (for longer than `_RECONNECT_FOR`)."""
-    if isinstance(exc, MasterNotFoundError):
-        return SentinelUnavailable(f"lost Redis while waiting: no sentinel named a master: {exc}")
-    return BrokerUnavailable(f"lost Redis while waiting: {exc}")
-
-
-def refused(exc: BaseException) -> BrokerError:
-    """Our error for a wait whose read Redis refused."""
-    return BrokerError(f"lost Redis while waiting: Redis refused: {exc}")
+def lost(exc: BaseException) -> BrokerError:
+    """Our error for a wait that lost Redis (for longer than `_RECONNECT_FOR`) or whose read
+    Redis refused (producer/redis_errors.py)."""
+    return translate("lost Redis while waiting", exc) or BrokerError(
+        f"lost Redis while waiting: {exc}"
+    )
 
 
 class Outage:
@@ -242,7 +236,7 @@ def events(
         while waiting:
             try:
                 rejections.check_due(client, watch)
-            except LOST as exc:
+            except REDIS_ERRORS as exc:
                 time.sleep(outage.pause(exc))
                 continue
             outage.over()
@@ -261,10 +255,8 @@ def events(
                     waiting.discard(keys.events(event.run_id))
                     watch.forget(event.run_id)
                 yield event
-    except LOST as exc:
+    except RedisError as exc:  # the rejection checks' own commands
         raise lost(exc) from exc
-    except RedisError as exc:
-        raise refused(exc) from exc
     finally:
         reader.unsubscribe(sub)
 
@@ -289,7 +281,7 @@ async def aevents(
         while waiting:
             try:
                 await rejections.acheck_due(client, watch)
-            except LOST as exc:
+            except REDIS_ERRORS as exc:
                 await asyncio.sleep(outage.pause(exc))
                 continue
             outage.over()
@@ -312,10 +304,8 @@ async def aevents(
                     waiting.discard(keys.events(event.run_id))
                     watch.forget(event.run_id)
                 yield event
-    except LOST as exc:
+    except RedisError as exc:  # the rejection checks' own commands
         raise lost(exc) from exc
-    except RedisError as exc:
-        raise refused(exc) from exc
     finally:
         reader.unsubscribe(sub)
 

@@ -15,15 +15,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from runnable_k8s.connections import REDIS_ERRORS
 
 log = logging.getLogger("runnable_k8s.worker")
 
 T = TypeVar("T")
 
-# Errors that mean "Redis is not reachable right now", not "this message is bad".
-REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+__all__ = ["REDIS_ERRORS", "ride_out"]
 
 
 async def ride_out(

@@ -28,7 +28,8 @@ from runnable_k8s import (
     WaitTimeout,
 )
 from runnable_k8s.models import DemoChatModel
-from runnable_k8s.producer.client import AsyncClient, new_run_id
+from runnable_k8s.producer.aclient import AsyncClient
+from runnable_k8s.producer.client import new_run_id
 from runnable_k8s.producer.handles import RemoteRun
 from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.codec import data_codec

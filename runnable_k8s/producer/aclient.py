@@ -1,0 +1,156 @@
+"""The asyncio twin of `client.Client`: awaiting an outcome holds no thread.
+
+Every decision is `client.py`'s or `waiting.py`'s (`_Plan`, `waiting`, `stream_entries`); only the
+I/O is awaited here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+from redis.exceptions import WatchError
+
+from runnable_k8s import connections
+from runnable_k8s.errors import BrokerUnavailable, RunnableK8sError, RunNotFound
+from runnable_k8s.producer import durable, reader, rejections, waiting
+from runnable_k8s.producer.client import (
+    _CONNECTION,
+    _WATCH_RETRIES,
+    _existing,
+    _Plan,
+    _turn_thread,
+    client_for,
+)
+from runnable_k8s.producer.redis_errors import translated
+from runnable_k8s.producer.stream_entries import Event
+from runnable_k8s.producer.thread_submit import entered_runs, raise_busy, rollback_record
+from runnable_k8s.protocol import keys
+from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
+from runnable_k8s.settings import Settings
+from runnable_k8s.store import threads
+from runnable_k8s.store.cancel import queue_cancel as _queue_cancel
+from runnable_k8s.store.submit import AsyncEnqueuer, Submission
+from runnable_k8s.store.threads import Strategy, TransactionThreads
+
+
+class AsyncClient:
+    """asyncio producer client: awaiting an outcome holds no thread. One per event loop."""
+
+    def __init__(self, settings: Settings, protocol: Protocol) -> None:
+        self.settings = settings
+        self.protocol = protocol
+        self._redis = connections.async_client(settings.require_redis_url(), **_CONNECTION)
+        self._threads = TransactionThreads(self._redis, settings)
+        self._enqueue = AsyncEnqueuer(self._redis)
+        self._reader = reader.AsyncReader(self._redis)
+
+    async def aclose(self) -> None:
+        await self._reader.aclose()
+        await self._redis.aclose()
+
+    async def submit(
+        self, requests: Sequence[RunRequest], *, strategy: Strategy = threads.DEFAULT
+    ) -> None:
+        if not any(_turn_thread(r) is not None for r in requests):
+            submission = Submission(self.protocol, requests)
+            await self._write(lambda: self._enqueue(submission), submission.probe)
+            return
+        plan = _Plan(self.protocol, requests)
+
+        async def write() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for key, value, ttl in plan.sets:
+                    pipe.set(key, value, ex=ttl)
+                if plan.messages:
+                    pipe.zadd(plan.pending_key, plan.pending)
+                    for queue, messages in plan.messages.items():
+                        pipe.lpush(queue, *messages)
+                if plan.webhooks:
+                    pipe.zadd(plan.webhooks_key, plan.webhooks)
+                for run_id, thread_id, life in plan.threads:
+                    await self._threads.queue_enter(
+                        pipe, run_id, thread_id, strategy, now=plan.now, life=life
+                    )
+                replies[:] = await pipe.execute()
+
+        replies: list[Any] = []
+        await self._write(write, plan.probe)
+        for entered in entered_runs(plan.threads, replies):
+            if entered.verdict == "waiting" and strategy in ("interrupt", "rollback"):
+                await self._stop_holder(entered.holder, rollback=strategy == "rollback")
+        raise_busy(plan.threads, replies)
+
+    async def _write(self, write: Callable[[], Awaitable[None]], probe: tuple[str, str]) -> None:
+        """One enqueue, waited for by a replica when asked (REPLICA_ACKS), Redis errors ours."""
+        with translated("cannot enqueue on Redis"):
+            if self.settings.replica_acks:
+                await durable.aenqueue(self._redis, self.settings, write, *probe)
+            else:
+                await write()
+
+    async def _stop_holder(self, holder: str, *, rollback: bool) -> None:
+        if rollback:
+            with translated("cannot request a rollback on Redis"):
+                await self._redis.set(*rollback_record(self.protocol, holder))
+        with contextlib.suppress(RunNotFound):
+            await self.cancel(holder)
+
+    async def status(self, run_id: str) -> RunStatus:
+
+        async def read() -> RunStatus:
+            raw = await self._redis.get(keys.status(run_id))
+            status = _existing(self.protocol, raw, run_id)
+            return await rejections.asettle(self._redis, self.protocol, status)
+
+        with translated("cannot read status from Redis"):
+            return await durable.aread(self.settings, read)
+
+    def events(self, run_ids: Sequence[str], *, timeout: float | None) -> AsyncIterator[Event]:
+        """See `Client.events` (this event loop's one stream reader, producer/reader.py)."""
+        return waiting.aevents(self._redis, self._reader, self.protocol, run_ids, timeout=timeout)
+
+    async def outcome(self, run_id: str, *, timeout: float | None) -> Outcome:
+        """The asyncio twin of `Client.outcome`."""
+        async for event in self.events([run_id], timeout=timeout):
+            if event.outcome is not None:
+                return event.outcome
+        raise RunnableK8sError(f"run {run_id} ended without an outcome")
+
+    async def cancel(self, run_id: str) -> RunStatus:
+        with translated("cannot cancel on Redis"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for _ in range(_WATCH_RETRIES):
+                    try:
+                        await pipe.watch(keys.status(run_id))
+                        raw = await pipe.get(keys.status(run_id))
+                        status = _existing(self.protocol, raw, run_id)
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        _queue_cancel(pipe, self.protocol, status)
+                        if status.state == "queued":  # out of its thread's line (if any)
+                            await self._threads.queue_leave(pipe, run_id, now=time.time())
+                        await pipe.execute()
+                        return status
+                    except WatchError:
+                        continue
+        raise BrokerUnavailable(f"run {run_id} changed state too often to cancel")
+
+
+# One client per settings and event loop: its connection pool dies with its loop.
+_async_clients: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[Settings, AsyncClient]
+] = weakref.WeakKeyDictionary()
+
+
+def async_client_for(settings: Settings) -> AsyncClient:
+    loop = asyncio.get_running_loop()
+    per_loop = _async_clients.setdefault(loop, {})
+    client = per_loop.get(settings)
+    if client is None:
+        client = AsyncClient(settings, client_for(settings).protocol)
+        per_loop[settings] = client
+    return client
