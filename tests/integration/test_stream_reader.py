@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from runnable_k8s import RunnableK8s, Settings
-from runnable_k8s.producer.client import async_client_for, client_for
+from runnable_k8s.producer.aclient import async_client_for
+from runnable_k8s.producer.client import client_for
 from runnable_k8s.producer.handles import RemoteRun
 from tests.support.models import SlowModel
 from tests.support.workers import WorkerProcess
