@@ -29,6 +29,12 @@ class SignatureRejected(MessageRejected):
     """A message is unsigned, malformed, or its HMAC does not match (tampered or forged)."""
 
 
+class ForgedMessage(SignatureRejected):
+    """A message's HMAC does not match (forged, tampered with, or signed with another key), or
+    a genuine message was moved where it does not belong: read as another kind of message, or
+    under another run's id."""
+
+
 class PayloadTooLarge(MessageRejected):
     """A body exceeds `RUNNABLE_K8S_MAX_BODY_BYTES` (checked before parsing)."""
 

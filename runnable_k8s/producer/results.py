@@ -15,7 +15,9 @@ from runnable_k8s.errors import (
     SigningKeyMismatch,
 )
 from runnable_k8s.protocol import rejection
+from runnable_k8s.protocol.batch import ItemFailed, decode_items
 from runnable_k8s.protocol.messages import COMPLETED_STATES, Outcome, Protocol
+from runnable_k8s.protocol.reasons import Reason
 
 
 def error_for(outcome: Outcome) -> RunError:
@@ -27,18 +29,18 @@ def error_for(outcome: Outcome) -> RunError:
         return RunExpired(
             f"run {run_id} waited in the queue past its expiry and was not run", run_id=run_id
         )
-    if outcome.reason == "timeout":
+    cause = outcome.cause
+    if cause is Reason.TIMEOUT:
         return ExecutionTimeout(
             f"run {run_id} exceeded the worker's time limit and was cancelled", run_id=run_id
         )
-    label = rejection.label_of(outcome.reason)
-    if label == "bad_signature":
-        return SigningKeyMismatch(f"run {run_id}: {outcome.reason}", run_id=run_id)
-    if label is not None:
+    if cause is Reason.UNVERIFIED:
+        if rejection.label_of(outcome.reason) == "bad_signature":
+            return SigningKeyMismatch(f"run {run_id}: {outcome.reason}", run_id=run_id)
         return RunRejected(f"run {run_id}: {outcome.reason}", run_id=run_id)
-    if outcome.reason.startswith("rejected"):
+    if cause is Reason.REJECTED:
         return RunRejected(f"worker refused run {run_id}: {outcome.reason}", run_id=run_id)
-    if outcome.reason == "interrupted":
+    if cause is Reason.INTERRUPTED:
         # Its worker was lost mid-stream; a stream cannot start over without repeating chunks.
         return RemoteError(
             "RemoteError",
@@ -65,23 +67,15 @@ def unwrap_items(protocol: Protocol, outcome: Outcome, count: int) -> list[Any]:
     if outcome.state not in COMPLETED_STATES:
         error = error_for(outcome)
         return [error] * count
-    items = protocol.data.decode_data(outcome.output)
-    if not isinstance(items, list) or len(items) != count:
-        raise SignatureRejected(f"batch run {outcome.run_id} returned a malformed item list")
-    results: list[Any] = []
-    for item in items:
-        if isinstance(item, dict) and item.get("ok") is True:
-            results.append(item.get("v"))
-        elif isinstance(item, dict) and isinstance(item.get("e"), dict):
-            err = item["e"]
-            results.append(
-                RemoteError(
-                    str(err.get("type", "")),
-                    str(err.get("message", "")),
-                    str(err.get("traceback", "")),
-                    run_id=outcome.run_id,
-                )
-            )
-        else:
-            raise SignatureRejected(f"batch run {outcome.run_id} returned a malformed item")
-    return results
+    try:
+        items = decode_items(protocol.data.decode_data(outcome.output), count)
+    except SignatureRejected as exc:
+        raise SignatureRejected(f"run {outcome.run_id}: {exc}") from exc
+    return [
+        RemoteError(
+            item.failure.type, item.failure.message, item.failure.traceback, run_id=outcome.run_id
+        )
+        if isinstance(item, ItemFailed)
+        else item
+        for item in items
+    ]

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from runnable_k8s.errors import MessageExpired, PayloadTooLarge, SignatureRejected
+from runnable_k8s.errors import ForgedMessage, MessageExpired, PayloadTooLarge, SignatureRejected
 from runnable_k8s.settings import SigningKey
 
 VERSION: Final = 1
@@ -168,9 +168,9 @@ class Signer:
         else:
             body = inline_body
         if not hmac.compare_digest(mac, self._mac(head, body)):
-            raise SignatureRejected("signature mismatch (forged or tampered message)")
+            raise ForgedMessage("signature mismatch (forged or tampered message)")
         if got_kind != kind:
-            raise SignatureRejected(f"expected a {kind!r} envelope, got {got_kind!r}")
+            raise ForgedMessage(f"expected a {kind!r} envelope, got {got_kind!r}")
         envelope = Envelope(got_kind, run_id, expires_at, body, flags, VERSION)
         if check_expiry and (time.time() if now is None else now) > envelope.expires_at:
             raise MessageExpired(f"{kind} {run_id} expired")

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
-from runnable_k8s.errors import SignatureRejected
+from runnable_k8s.errors import ForgedMessage, SignatureRejected
 from runnable_k8s.protocol import envelope as env
-from runnable_k8s.protocol import stream
+from runnable_k8s.protocol import reasons, stream
 from runnable_k8s.protocol.codec import data_codec, pack, runnable_codec, unpack
 from runnable_k8s.protocol.graph_state import GraphCall
 from runnable_k8s.settings import Settings
@@ -87,6 +87,15 @@ class RemoteFailure:
     def as_json(self) -> dict[str, str]:
         return {"type": self.type, "message": self.message, "traceback": self.traceback}
 
+    @classmethod
+    def from_json(cls, error: dict[str, Any]) -> RemoteFailure:
+        """What `as_json` wrote (read from a signed message: missing fields read as empty)."""
+        return cls(
+            str(error.get("type", "")),
+            str(error.get("message", "")),
+            str(error.get("traceback", "")),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -97,11 +106,16 @@ class Outcome:
     output: bytes = b"null"
     error: RemoteFailure | None = None
     reason: str = ""
-    """Why it did not succeed, for states other than failed: timeout, rejected, ..."""
+    """Why it did not succeed, when not a remote error (protocol/reasons.py)."""
     attempt: int = 1
     chunks: int = 0
     """Stream entries (chunks and events) published before this outcome: readers check they
     saw exactly these, in order."""
+
+    @property
+    def cause(self) -> reasons.Reason | None:
+        """The kind of `reason` (None: none, or free text)."""
+        return reasons.reason_of(self.reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,13 +262,7 @@ class Protocol:
         _same_run(envelope, run_id)
         head, segments = unpack(envelope.body)
         error = head.get("error")
-        failure = None
-        if isinstance(error, dict):
-            failure = RemoteFailure(
-                str(error.get("type", "")),
-                str(error.get("message", "")),
-                str(error.get("traceback", "")),
-            )
+        failure = RemoteFailure.from_json(error) if isinstance(error, dict) else None
         state = head.get("state")
         chunks = head.get("chunks", 0)
         if state not in TERMINAL_STATES or len(segments) != 1 or not isinstance(chunks, int):
@@ -346,7 +354,7 @@ class Protocol:
 def _same_run(envelope: env.Envelope, run_id: str) -> None:
     # A valid message copied into another run's key must not be accepted there.
     if envelope.run_id != run_id:
-        raise SignatureRejected(f"message belongs to run {envelope.run_id}, not {run_id}")
+        raise ForgedMessage(f"message belongs to run {envelope.run_id}, not {run_id}")
 
 
 def _far_future() -> float:

@@ -39,18 +39,17 @@ hint to check, never trusted) and fields `d` (digest) and `r` (a reason label).
 from __future__ import annotations
 
 import hashlib
-from typing import Final
+from typing import Final, Literal
 
-from runnable_k8s.protocol import stream
+from runnable_k8s.protocol import reasons, stream
+from runnable_k8s.protocol.reasons import Reason
 
 NOTICE: Final = stream.EntryKind.NOTICE.wire
 """The `k` field of a notice entry in a run's event stream."""
 
-REASONS: Final = ("bad_signature", "too_large", "malformed")
+Label = Literal["bad_signature", "too_large", "malformed"]
+REASONS: Final[tuple[Label, ...]] = ("bad_signature", "too_large", "malformed")
 """Reason labels a notice may carry (the worker's rejected-message metric labels)."""
-
-PREFIX: Final = "unverified"
-"""How the recorded reason of a run no worker could verify begins."""
 
 _DOMAIN: Final = b"runnable-k8s/rejected/v1\n"
 
@@ -86,12 +85,12 @@ def digest(wire: bytes, beside: bytes | None) -> str:
 
 def reason(label: str) -> str:
     """The recorded reason of a run a worker could not verify, for the reason `label`."""
-    return f"{PREFIX} ({label}): {_EXPLAIN.get(label, _EXPLAIN['malformed'])}"
+    return reasons.unverified(label, _EXPLAIN.get(label, _EXPLAIN["malformed"]))
 
 
-def label_of(recorded: str) -> str | None:
+def label_of(recorded: str) -> Label | None:
     """The reason label of a recorded reason written by `reason`, else None."""
-    if not recorded.startswith(f"{PREFIX} ("):
+    if reasons.reason_of(recorded) is not Reason.UNVERIFIED:
         return None
-    label = recorded[len(PREFIX) + 2 :].split(")", 1)[0]
-    return label if label in REASONS else "malformed"
+    label = reasons.detail_of(recorded)
+    return next((known for known in REASONS if known == label), "malformed")

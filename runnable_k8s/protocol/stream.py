@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from runnable_k8s.errors import SignatureRejected
+from runnable_k8s.errors import ForgedMessage, SignatureRejected
 from runnable_k8s.protocol import envelope as env
 from runnable_k8s.protocol.codec import unpack
 
@@ -126,7 +126,7 @@ def open_batch(signer: env.Signer, wire: bytes, run_id: str) -> list[Item]:
     """
     envelope = signer.open(wire, kind=env.CHUNK)
     if envelope.run_id != run_id:
-        raise SignatureRejected(f"message belongs to run {envelope.run_id}, not {run_id}")
+        raise ForgedMessage(f"message belongs to run {envelope.run_id}, not {run_id}")
     head, segments = unpack(envelope.body)
     first, kinds = head.get("n"), head.get("k")
     if (

@@ -16,11 +16,13 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-from runnable_k8s.errors import SignatureRejected, WebhookRefused
+from runnable_k8s.errors import ForgedMessage, SignatureRejected, WebhookRefused
+from runnable_k8s.protocol import interrupts
 from runnable_k8s.protocol.envelope import WEBHOOK, Envelope, Signer
+from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
 from runnable_k8s.settings import Settings, SigningKey
 
 SIGNATURE_HEADER: Final = "X-RunnableK8s-Signature"
@@ -77,6 +79,27 @@ def sign(secret: SigningKey, body: bytes, timestamp: int) -> str:
     """The signature header's value for `body` sent at `timestamp`."""
     mac = hmac.new(secret.reveal(), f"{timestamp}.".encode() + body, hashlib.sha256)
     return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def payload(status: RunStatus, outcome: Outcome | None, protocol: Protocol) -> bytes:
+    """The JSON body a receiver gets: the run's status and, when recorded, its output or error
+    (LangChain objects in their serialized form, as `runnable-k8s result` prints them)."""
+    body: dict[str, Any] = {
+        "run_id": status.run_id,
+        "state": status.state,
+        "name": status.name,
+        "attempt": status.attempt,
+        "reason": status.reason,
+        "created_at": status.created_at,
+        "started_at": status.started_at,
+        "finished_at": status.finished_at,
+        "output": None,
+        "error": None,
+    }
+    if outcome is not None:
+        body["output"] = interrupts.plain(protocol.data.decode_data(outcome.output))
+        body["error"] = outcome.error.as_json() if outcome.error is not None else None
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def verify_webhook(
@@ -151,7 +174,7 @@ def open_delivery(signer: Signer, wire: bytes, run_id: str) -> WebhookDelivery:
     """Raises: SignatureRejected (forged, tampered, another run's, or malformed)."""
     envelope = signer.open(wire, kind=WEBHOOK)
     if envelope.run_id != run_id:
-        raise SignatureRejected("webhook record of another run")
+        raise ForgedMessage("webhook record of another run")
     try:
         raw = json.loads(envelope.body)
         url, state, attempts = raw["url"], raw["state"], raw["attempts"]

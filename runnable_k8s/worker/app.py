@@ -20,10 +20,11 @@ from runnable_k8s.protocol.task_message import TASK_NAME
 from runnable_k8s.settings import Settings
 from runnable_k8s.worker import durability, logs, memory, revocation, task_state, transport
 from runnable_k8s.worker.consumer import guarded_consumer
-from runnable_k8s.worker.execution import REDIS_ERRORS, Executor
+from runnable_k8s.worker.execution import Executor
 from runnable_k8s.worker.health import heartbeat
 from runnable_k8s.worker.loop import LoopThread
 from runnable_k8s.worker.metrics import WorkerMetrics
+from runnable_k8s.worker.outage import REDIS_ERRORS
 from runnable_k8s.worker.priorities import watch_depth
 from runnable_k8s.worker.rescue import Rescuer
 from runnable_k8s.worker.transport import SENTINEL_TRANSPORT, TRANSPORT
@@ -170,7 +171,7 @@ def run_worker(
     executor.on_ended = deliverer.due.due_now
     background = [
         loop.submit(deliverer.forever()),
-        loop.submit(executor.listen_for_cancellations()),
+        loop.submit(executor.cancellations.listen()),
         loop.submit(rescuer.forever()),
         loop.submit(
             heartbeat(executor.redis, settings.heartbeat_file, settings.heartbeat_interval, metrics)
@@ -213,4 +214,4 @@ def run_worker(
 async def _close(executor: Executor) -> None:
     await asyncio.sleep(0)
     await executor.redis.aclose()
-    executor.close_sync_redis()
+    executor.clients.close_sync()

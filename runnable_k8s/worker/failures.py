@@ -8,12 +8,14 @@ import traceback
 from runnable_k8s.errors import (
     ConfigurationError,
     DisallowedObject,
+    ForgedMessage,
     MessageExpired,
     MessageRejected,
     PayloadTooLarge,
 )
 from runnable_k8s.protocol.allowlist import import_object
 from runnable_k8s.protocol.messages import Outcome, RemoteFailure
+from runnable_k8s.protocol.reasons import Reason
 from runnable_k8s.worker.metrics import RejectReason, RunOutcome
 
 
@@ -52,15 +54,15 @@ def reject_reason(exc: MessageRejected) -> RejectReason:
         return "expired"
     if isinstance(exc, DisallowedObject):
         return "disallowed"
-    if str(exc).startswith(("signature mismatch", "expected a ", "message belongs to run")):
+    if isinstance(exc, ForgedMessage):
         return "bad_signature"
     return "malformed"
 
 
 def outcome_label(outcome: Outcome) -> RunOutcome:
-    if outcome.state == "failed" and outcome.reason == "timeout":
+    if outcome.state == "failed" and outcome.cause is Reason.TIMEOUT:
         return "timeout"
-    if outcome.state == "failed" and outcome.reason.startswith("rejected"):
+    if outcome.state == "failed" and outcome.cause is Reason.REJECTED:
         return "rejected"
     if outcome.state in ("succeeded", "interrupted", "cancelled", "expired"):
         return outcome.state
@@ -69,6 +71,6 @@ def outcome_label(outcome: Outcome) -> RunOutcome:
 
 def short_reason(outcome: Outcome) -> str:
     # A rejection's text may quote the refused object: logs get its kind instead.
-    if outcome.reason.startswith("rejected"):
+    if outcome.cause is Reason.REJECTED:
         return "disallowed"
     return outcome.reason or (outcome.error.type if outcome.error else "")

@@ -44,6 +44,13 @@ def run_event(
     logger.log(level, message, *args, extra={_FIELDS: fields})
 
 
+def forged(what: str, run_id: str, exc: Exception) -> None:
+    """A record of a run (status, cancellation, ...) failed verification and was ignored."""
+    logging.getLogger("runnable_k8s.worker").warning(
+        "ignored unverifiable %s run=%s reason=%s", what, run_id, exc
+    )
+
+
 class JsonFormatter(logging.Formatter):
     """ts, level, event, run_id, name, attempt, duration, outcome, reason, worker, logger,
     message (and exc for a traceback): always these keys, null when not applicable."""

@@ -17,16 +17,17 @@ import asyncio
 import contextlib
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Final
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import redis.asyncio as aredis
 
 from runnable_k8s.errors import MessageRejected, RunnableK8sError
 from runnable_k8s.protocol import keys, stream
-from runnable_k8s.store import scripts
+from runnable_k8s.protocol import messages as wire
+from runnable_k8s.settings import Settings
+from runnable_k8s.store import streams
 from runnable_k8s.worker.outage import REDIS_ERRORS, ride_out
-
-if TYPE_CHECKING:
-    from runnable_k8s.worker.execution import Executor
-    from runnable_k8s.worker.streaming import Progress
 
 # Rounds of "forged entries removed, first entry tried again" before giving up.
 _FIRST_TRIES: Final = 3
@@ -66,6 +67,30 @@ _SETTLE_S: Final = 5.0
 Batch = list[tuple[stream.ItemKind, bytes]]
 
 
+class StreamHost(Protocol):
+    """What a stream is written with (the worker's executor). A protocol, not the executor's
+    class: the executor imports this module, and the stream writer must not import it back."""
+
+    @property
+    def protocol(self) -> wire.Protocol: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def redis(self) -> aredis.Redis: ...
+
+
+@dataclass
+class Progress:
+    """How many entries a run has published (a stream that has begun cannot be retried), and
+    the error that made publishing give up, if any: that one is the worker's, never the
+    runnable's (a runnable that raises a Redis error of its own fails its run)."""
+
+    published: int = 0
+    own_error: BaseException | None = None
+
+
 class StreamInterrupted(RunnableK8sError):
     """This run's stream already holds another delivery's entries: the run ends "interrupted"
     after the `entries` (items) the reader has (never the runnable's failure)."""
@@ -82,7 +107,7 @@ def _id(raw: Any) -> bytes:
 class EntryWriter:
     """Appends sealed batches to one run's stream, counting items in `progress`."""
 
-    def __init__(self, executor: Executor, run_id: str, progress: Progress) -> None:
+    def __init__(self, executor: StreamHost, run_id: str, progress: Progress) -> None:
         self._executor = executor
         self._run_id = run_id
         self._progress = progress
@@ -126,21 +151,10 @@ class EntryWriter:
                 appender = _appenders[redis] = _Appender(redis)
             return _id(await appender.xadd(self._stream, stream.signed_fields(kind, sealed)))
         ttl = int(self._executor.settings.result_ttl)
-        # Loaded again by redis-py if Redis restarted and forgot it.
-        first = scripts.aload(redis, "stream_first")
-        args = [
-            kind.value,
-            sealed,
-            ttl,
-            stream.EntryKind.CHUNK.value,
-            stream.EntryKind.EVENT.value,
-            stream.FIELD_KIND,
-            stream.FIELD_MESSAGE,
-        ]
         for _ in range(_FIRST_TRIES):
-            reply = await first(keys=[self._stream], args=args)
+            reply = await streams.append_first(redis, self._stream, kind, sealed, ttl)
             if not isinstance(reply, int):
-                return _id(reply)
+                return reply
             # Redis cannot check signatures: the script counted chunk-like entries, which
             # anyone who can write to Redis can add. Only signed entries of this run are an
             # earlier delivery's (its worker was lost mid-stream: going on, or starting over,

@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from langchain_core.messages import BaseMessageChunk, message_chunk_to_message
 
@@ -20,10 +19,7 @@ from runnable_k8s.errors import SerializationRefused
 from runnable_k8s.protocol import stream
 from runnable_k8s.protocol.remote_config import json_safe_mapping
 from runnable_k8s.worker.graphs import GraphStream
-from runnable_k8s.worker.stream_writer import Batcher, EntryWriter
-
-if TYPE_CHECKING:
-    from runnable_k8s.worker.execution import Executor
+from runnable_k8s.worker.stream_writer import Batcher, EntryWriter, Progress, StreamHost
 
 # Callback events of models that cross the boundary (see README, "Streaming events").
 MODEL_EVENTS: Final = frozenset(
@@ -37,16 +33,6 @@ MODEL_EVENTS: Final = frozenset(
     }
 )
 _EVENT_DATA_KEYS: Final = ("input", "chunk", "output")
-
-
-@dataclass
-class Progress:
-    """How many entries a run has published (a stream that has begun cannot be retried), and
-    the error that made publishing give up, if any: that one is the worker's, never the
-    runnable's (a runnable that raises a Redis error of its own fails its run)."""
-
-    published: int = 0
-    own_error: BaseException | None = None
 
 
 def _add(total: Any, chunk: Any) -> Any:
@@ -100,7 +86,7 @@ class StreamPublisher:
     through a `Batcher` (worker/stream_writer.py), at once or with the others produced while
     a write was in flight."""
 
-    def __init__(self, executor: Executor, run_id: str, progress: Progress) -> None:
+    def __init__(self, executor: StreamHost, run_id: str, progress: Progress) -> None:
         self._executor = executor
         self._progress = progress
         writer = EntryWriter(executor, run_id, progress)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 from typing import Any, Final
@@ -21,13 +20,14 @@ import httpx
 import redis.asyncio as aredis
 
 from runnable_k8s.errors import SignatureRejected, WebhookRefused
-from runnable_k8s.protocol import interrupts, keys
+from runnable_k8s.protocol import keys, stream
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
 from runnable_k8s.protocol.webhook import (
     RUN_HEADER,
     SIGNATURE_HEADER,
     WebhookDelivery,
     check_url,
+    payload,
     sign,
 )
 from runnable_k8s.settings import Settings
@@ -120,7 +120,7 @@ class Deliverer:
             outcome = await self._outcome(run_id)
         except SignatureRejected:  # a tampered stream: the signed status alone goes out
             outcome = None
-        body = _payload(status, outcome, self._protocol)
+        body = payload(status, outcome, self._protocol)
         attempt = delivery.attempts + 1
         headers = {
             "Content-Type": "application/json",
@@ -166,32 +166,10 @@ class Deliverer:
         """The run's signed outcome: the last entry of its event stream."""
         entries: Any = await self._client.xrevrange(keys.events(run_id), count=1)
         for _, fields in entries or []:
-            wire = fields.get(b"m") if isinstance(fields, dict) else None
-            if fields.get(b"k") == b"r" and isinstance(wire, bytes):
-                return self._protocol.open_outcome(wire, run_id)
+            if stream.entry_kind(fields) == stream.EntryKind.OUTCOME.wire:
+                return self._protocol.open_outcome(stream.entry_message(fields), run_id)
         return None
 
     def _count(self, result: str) -> None:
         if self._metrics is not None:
             self._metrics.webhooks.labels(result=result).inc()
-
-
-def _payload(status: RunStatus, outcome: Outcome | None, protocol: Protocol) -> bytes:
-    """The JSON a receiver gets: the run's status and, when recorded, its output or error."""
-    body: dict[str, Any] = {
-        "run_id": status.run_id,
-        "state": status.state,
-        "name": status.name,
-        "attempt": status.attempt,
-        "reason": status.reason,
-        "created_at": status.created_at,
-        "started_at": status.started_at,
-        "finished_at": status.finished_at,
-        "output": None,
-        "error": None,
-    }
-    if outcome is not None:
-        # LangChain objects in their serialized form, as `runnable-k8s result` prints them.
-        body["output"] = interrupts.plain(protocol.data.decode_data(outcome.output))
-        body["error"] = outcome.error.as_json() if outcome.error is not None else None
-    return json.dumps(body, separators=(",", ":")).encode()

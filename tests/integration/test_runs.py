@@ -300,7 +300,7 @@ def test_a_cancel_between_claim_and_start_still_cancels_the_run(redis_url: str) 
     async def scenario() -> tuple[str, str]:
         executor = Executor(settings)
         subscribed = await executor.redis.pubsub_numsub(keys.CANCEL_CHANNEL)
-        listener = asyncio.ensure_future(executor.listen_for_cancellations())
+        listener = asyncio.ensure_future(executor.cancellations.listen())
         producer = AsyncClient(settings, executor.protocol)
         try:
             # The listener is subscribed (other workers of the session may be too).

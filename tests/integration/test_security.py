@@ -276,7 +276,7 @@ def test_the_body_is_read_once_where_the_pool_thread_read_it(
         finally:
             executor.leases.stop()
             await executor.redis.aclose()
-            executor.close_sync_redis()
+            executor.clients.close_sync()
 
     asyncio.run(scenario())
     assert "Pichu" in run.result(timeout=30).content

@@ -42,9 +42,9 @@ def test_pool_thread_client_waits_for_a_free_connection(settings: Settings) -> N
         with ThreadPoolExecutor(_AT_ONCE) as threads:
             replies = list(
                 threads.map(
-                    lambda _: executor.sync_redis.blpop([key], timeout=0.3), range(_AT_ONCE)
+                    lambda _: executor.clients.sync.blpop([key], timeout=0.3), range(_AT_ONCE)
                 )
             )
     finally:
-        executor.close_sync_redis()
+        executor.clients.close_sync()
     assert replies == [None] * _AT_ONCE

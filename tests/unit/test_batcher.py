@@ -12,8 +12,8 @@ import pytest
 
 from runnable_k8s.protocol import stream
 from runnable_k8s.protocol.codec import data_codec
-from runnable_k8s.worker.stream_writer import Batch, Batcher, EntryWriter
-from runnable_k8s.worker.streaming import Progress, StreamPublisher
+from runnable_k8s.worker.stream_writer import Batch, Batcher, EntryWriter, Progress
+from runnable_k8s.worker.streaming import StreamPublisher
 
 C = stream.ItemKind.CHUNK
 
