@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import queue
 import time
+import typing
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import redis
 import redis.asyncio as aredis
@@ -31,9 +32,6 @@ from runnable_k8s.producer.stream_entries import Event, parse_entries
 from runnable_k8s.protocol import keys, stream
 from runnable_k8s.protocol.messages import Protocol
 
-if TYPE_CHECKING:
-    from runnable_k8s.producer.reader import AsyncReader, SyncReader
-
 # Longest single XREAD block; the reader re-arms it while anyone waits.
 MAX_BLOCK_MS: Final = 30_000
 # How long a reader keeps reconnecting to a Redis that went away (a restart that reloads
@@ -46,6 +44,17 @@ _MAX_QUEUED: Final = 64
 _OUTCOME: Final = stream.EntryKind.OUTCOME.wire
 
 Reply = list[tuple[str, list[tuple[str, dict[Any, Any]]]]]
+
+
+class Reader(typing.Protocol):
+    """What a wait needs of its process's reader (producer/reader.py, which imports this
+    module: a protocol keeps the imports one way)."""
+
+    def subscribe(self, stream_keys: Sequence[str]) -> Subscription: ...
+
+    def unsubscribe(self, sub: Subscription) -> None: ...
+
+    def taken(self, sub: Subscription) -> None: ...
 
 
 def lost(exc: BaseException) -> BrokerError:
@@ -213,7 +222,7 @@ class Registry:
 
 def events(
     client: redis.Redis,
-    reader: SyncReader,
+    reader: Reader,
     protocol: Protocol,
     run_ids: Sequence[str],
     *,
@@ -263,7 +272,7 @@ def events(
 
 async def aevents(
     client: aredis.Redis,
-    reader: AsyncReader,
+    reader: Reader,
     protocol: Protocol,
     run_ids: Sequence[str],
     *,
