@@ -16,35 +16,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from runnable_k8s import connections
+from runnable_k8s.env_values import ENV_PREFIX, SigningKey, from_text, to_text
 from runnable_k8s.errors import ConfigurationError
-from runnable_k8s.limits import Limit, parse_limits
+from runnable_k8s.limits import Limit
 
-ENV_PREFIX = "RUNNABLE_K8S_"
+# Re-exported: callers import the key type and the prefix from here, beside Settings.
+__all__ = ["ENV_PREFIX", "Settings", "SigningKey"]
+
 _SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
-
-
-class SigningKey:
-    """The shared HMAC key. Its value never appears in `repr`, `str` or logs."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: bytes) -> None:
-        self._value = value
-
-    def reveal(self) -> bytes:
-        """Return the raw key bytes (for the signer only)."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "SigningKey('**********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, SigningKey) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True)
@@ -306,7 +285,7 @@ class Settings:
         env = dict(self.extra)
         for name in _FIELD_TYPES:
             if name not in _DERIVED:
-                env[ENV_PREFIX + name.upper()] = _unparse(getattr(self, name))
+                env[ENV_PREFIX + name.upper()] = to_text(getattr(self, name))
         return env
 
 
@@ -316,46 +295,12 @@ _DERIVED = frozenset({"extra", "redact_values", "openai_available"})
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
 
 
-def _unparse(value: Any) -> str:
-    """What `_parse` reads back as `value`."""
-    if value is None:
-        return ""
-    if isinstance(value, SigningKey):
-        return value.reveal().decode()
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, tuple) and all(isinstance(item, Limit) for item in value):
-        return "; ".join(limit.rule() for limit in value)
-    if isinstance(value, tuple):
-        return ",".join(value)
-    if isinstance(value, float):
-        return repr(value)  # the shortest text that reads back as the same float
-    return str(value)
-
-
 def _parse(key: str, raw: str) -> Any:
     kind = str(_FIELD_TYPES[key])
-    name = ENV_PREFIX + key.upper()
     try:
-        if key == "limits":
-            return parse_limits(raw)
-        if key in ("signing_key", "webhook_secret"):
-            return SigningKey(raw.encode()) if raw else None
-        if kind.startswith("tuple"):
-            return tuple(part.strip() for part in raw.split(",") if part.strip())
-        if kind == "bool":
-            lowered = raw.strip().lower()
-            if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off", ""}:
-                raise ValueError(raw)
-            return lowered in {"1", "true", "yes", "on"}
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind.startswith("str | None"):
-            return raw or None
-        return raw
+        return from_text(kind, raw)
     except ValueError as exc:
+        name = ENV_PREFIX + key.upper()
         raise ConfigurationError(f"{name}: cannot read {kind} from the value given") from exc
 
 

@@ -160,7 +160,6 @@ def run_worker(
     logs.install(settings, executor.worker_id)
     metrics.serve(settings.metrics_port)
     loop = LoopThread()
-    loop.start()
     rescuer = Rescuer(
         executor.redis,
         settings.queue,
@@ -182,6 +181,10 @@ def run_worker(
     ]
     app = create_app(settings, executor, loop)
     revocation.install(settings.require_redis_url(), executor.protocol)  # revoke = cancel
+    # The loop thread starts once Celery has set up logging: the background loops submitted
+    # above wait in its queue until then, so their first lines (a webhook delivered as the
+    # worker starts, a rescue) reach the worker's log. Nothing may `loop.run` before it.
+    logs.after_setup(app, loop.start)
     argv = [
         # Celery's banner is not a log line: no banner when every line must be JSON.
         *(["--quiet"] if settings.log_json else []),
@@ -207,6 +210,7 @@ def run_worker(
     finally:
         for future in background:
             future.cancel()
+        loop.start()  # a no-op unless the worker stopped before it started: `_close` needs it
         loop.submit(_close(executor)).result(timeout=5)
         loop.stop()
 

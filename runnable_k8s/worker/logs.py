@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from celery import signals
+from celery import Celery, signals
 
 from runnable_k8s.settings import Settings
 
@@ -141,3 +142,21 @@ def install(settings: Settings, worker: str) -> None:
     if settings.log_json:
         # Python warnings would otherwise go to stderr as plain text.
         logging.captureWarnings(True)
+
+
+def after_setup(app: Celery, start: Callable[[], None]) -> None:
+    """Call `start` in `app`'s worker once Celery has set up logging, before its consumer
+    takes a message.
+
+    Celery configures its handlers inside `worker_main` (the worker's init); until then a
+    `runnable_k8s` INFO line finds no handler and is dropped, and a WARNING reaches stderr
+    through Python's last-resort handler, neither redacted nor JSON. `celeryd_after_setup`
+    comes after that set-up and before the consumer starts (Celery's `Worker.on_start`).
+    """
+
+    def started(instance: Any = None, **_: Any) -> None:
+        # Celery's signals are process-wide: answer only this app's worker.
+        if getattr(instance, "app", None) is app:
+            start()
+
+    signals.celeryd_after_setup.connect(started, weak=False)

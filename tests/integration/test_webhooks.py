@@ -228,9 +228,9 @@ def test_redirects_are_not_followed(
     assert [path for path, _, _ in receiver.posts if not path.endswith("/redirect")] == []
 
 
-def test_a_delivery_survives_the_worker_that_finished_the_run(
-    hooked: Settings, port: int, logs_dir: Path
-) -> None:
+def _orphaned_delivery(hooked: Settings, port: int, logs_dir: Path) -> tuple[Any, dict[str, str]]:
+    """A finished run whose webhook is left due by a worker killed after attempt 1 (nothing
+    listened on the port then), and the environment of workers that may deliver it."""
     env = {
         "RUNNABLE_K8S_WEBHOOK_ALLOW": f"http://127.0.0.1:{port}/hooks/",
         "RUNNABLE_K8S_WEBHOOK_SECRET": SECRET,
@@ -246,6 +246,13 @@ def test_a_delivery_survives_the_worker_that_finished_the_run(
         first.wait_for_log(f"webhook of run={run.id} attempt=1", timeout=30)
     finally:
         first.kill()  # SIGKILL: nothing of it runs after this
+    return run, env
+
+
+def test_a_delivery_survives_the_worker_that_finished_the_run(
+    hooked: Settings, port: int, logs_dir: Path
+) -> None:
+    run, env = _orphaned_delivery(hooked, port, logs_dir)
     receiver = Receiver(port)
     receiver.start()
     second = WorkerProcess(hooked, logs_dir, concurrency=2, env=env, name="hooks-second")
@@ -258,3 +265,23 @@ def test_a_delivery_survives_the_worker_that_finished_the_run(
     # The first worker was gone before anything listened: only the second could deliver.
     assert hook.state == "delivered" and hook.attempts >= 2
     assert [path for path, _, _ in receiver.posts] == ["/hooks/orphan"]
+
+
+def test_a_delivery_made_as_the_worker_starts_is_in_its_log(
+    hooked: Settings, port: int, logs_dir: Path
+) -> None:
+    # The deliverer's first turn is the first thing a starting worker's loops do. They once
+    # started before Celery set up logging, so this INFO line went nowhere.
+    run, env = _orphaned_delivery(hooked, port, logs_dir)
+    time.sleep(2.5)  # past the retry's backoff: the delivery is due when the next worker starts
+    receiver = Receiver(port)
+    receiver.start()
+    second = WorkerProcess(hooked, logs_dir, concurrency=2, env=env, name="hooks-starting")
+    try:
+        second.wait_ready()
+        hook = _settled(run, timeout=60)
+        assert hook.state == "delivered", hook
+        second.wait_for_log(f"delivered webhook of run={run.id} attempt={hook.attempts}")
+    finally:
+        second.stop()
+        receiver.stop()
