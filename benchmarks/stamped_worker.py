@@ -58,14 +58,14 @@ def stamp_async(owner: Any, attribute: str, before: str | None, after: str | Non
 
 
 def install() -> None:
-    from kombu.transport import redis as kombu_redis
     from langchain_core.runnables.base import RunnableSequence
 
     from runnable_k8s.store import records
-    from runnable_k8s.worker import execution
+    from runnable_k8s.worker import execution, transport
 
-    # The consumer thread has popped the message and records it as unacknowledged.
-    stamp_sync(kombu_redis.QoS, "append", "consumer", None)
+    # The consumer thread has popped the message and records it as unacknowledged (the
+    # worker's own transport: its QoS writes the record without kombu's `append`).
+    stamp_sync(transport.QoS, "append", "consumer", None)
     # The Celery task starts in a pool thread (its first call reads any body beside it).
     stamp_sync(execution.Executor, "fetch_beside", "task", None)
     stamp_async(execution.Executor, "handle", "loop", None)

@@ -1,7 +1,7 @@
 """The asyncio twin of `client.Client`: awaiting an outcome holds no thread.
 
-Every decision is `client.py`'s or `waiting.py`'s (`_Plan`, `waiting`, `stream_entries`); only the
-I/O is awaited here.
+Every decision is `client.py`'s, `waiting.py`'s (the waits on the shared stream reader) or
+the store's (`Submission`); only the I/O is awaited here.
 """
 
 from __future__ import annotations
@@ -22,13 +22,11 @@ from runnable_k8s.producer.client import (
     _CONNECTION,
     _WATCH_RETRIES,
     _existing,
-    _Plan,
-    _turn_thread,
     client_for,
 )
 from runnable_k8s.producer.redis_errors import translated
 from runnable_k8s.producer.stream_entries import Event
-from runnable_k8s.producer.thread_submit import entered_runs, raise_busy, rollback_record
+from runnable_k8s.producer.thread_submit import raise_busy, rollback_record
 from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.settings import Settings
@@ -56,34 +54,18 @@ class AsyncClient:
     async def submit(
         self, requests: Sequence[RunRequest], *, strategy: Strategy = threads.DEFAULT
     ) -> None:
-        if not any(_turn_thread(r) is not None for r in requests):
-            submission = Submission(self.protocol, requests)
-            await self._write(lambda: self._enqueue(submission), submission.probe)
-            return
-        plan = _Plan(self.protocol, requests)
+        submission = Submission(self.protocol, requests, strategy=strategy)
+        replies: list[Any] = []
 
         async def write() -> None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for key, value, ttl in plan.sets:
-                    pipe.set(key, value, ex=ttl)
-                if plan.messages:
-                    pipe.zadd(plan.pending_key, plan.pending)
-                    for queue, messages in plan.messages.items():
-                        pipe.lpush(queue, *messages)
-                if plan.webhooks:
-                    pipe.zadd(plan.webhooks_key, plan.webhooks)
-                for run_id, thread_id, life in plan.threads:
-                    await self._threads.queue_enter(
-                        pipe, run_id, thread_id, strategy, now=plan.now, life=life
-                    )
-                replies[:] = await pipe.execute()
+            replies.append(await self._enqueue(submission))
 
-        replies: list[Any] = []
-        await self._write(write, plan.probe)
-        for entered in entered_runs(plan.threads, replies):
-            if entered.verdict == "waiting" and strategy in ("interrupt", "rollback"):
-                await self._stop_holder(entered.holder, rollback=strategy == "rollback")
-        raise_busy(plan.threads, replies)
+        await self._write(write, submission.probe)
+        entered = submission.entered(replies[0] if replies else None)
+        for run in entered:
+            if run.verdict == "waiting" and strategy in ("interrupt", "rollback"):
+                await self._stop_holder(run.holder, rollback=strategy == "rollback")
+        raise_busy(entered)
 
     async def _write(self, write: Callable[[], Awaitable[None]], probe: tuple[str, str]) -> None:
         """One enqueue, waited for by a replica when asked (REPLICA_ACKS), Redis errors ours."""

@@ -5,14 +5,12 @@ stream reader (producer/reader.py, one blocking XREAD for all of them) hands eac
 the moment a worker appends them (producer/waiting.py). Only a run with a rejection notice in
 its stream is looked at again between waits, until the notice is settled
 (producer/rejections.py). The asyncio client (aclient.py) shares every decision made here
-(`_Plan`, `waiting`, `stream_entries`); only the I/O differs.
+(`waiting`, `stream_entries`, and the store's `Submission`); only the I/O differs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -27,9 +25,8 @@ from runnable_k8s.errors import BrokerUnavailable, RunnableK8sError, RunNotFound
 from runnable_k8s.producer import durable, reader, rejections, waiting
 from runnable_k8s.producer.redis_errors import translated
 from runnable_k8s.producer.stream_entries import Event
-from runnable_k8s.producer.thread_submit import entered_runs, raise_busy, rollback_record
-from runnable_k8s.protocol import keys, priority, task_message
-from runnable_k8s.protocol.graph_state import reads_only
+from runnable_k8s.producer.thread_submit import raise_busy, rollback_record
+from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.protocol.webhook import WebhookDelivery
 from runnable_k8s.settings import Settings
@@ -51,77 +48,6 @@ _CONNECTION: dict[str, Any] = {
 
 def new_run_id() -> str:
     return uuid.uuid4().hex
-
-
-def _queued_status(protocol: Protocol, request: RunRequest, now: float) -> bytes:
-    return protocol.seal_status(
-        RunStatus(request.run_id, "queued", request.name, 0, created_at=now)
-    )
-
-
-def _description(request: RunRequest) -> str:
-    # What Flower and `celery inspect` show: never the payload.
-    return f"{request.mode} {request.name} run={request.run_id}"[:200]
-
-
-class _Plan:
-    """The Redis commands of one submission, computed once for either client."""
-
-    def __init__(self, protocol: Protocol, requests: Sequence[RunRequest]) -> None:
-        settings = protocol.settings
-        now = time.time()
-        ttl = int(settings.result_ttl)
-        self.sets: list[tuple[str, bytes, int]] = []
-        # Per priority list (protocol/priority.py), each LPUSHed in the same transaction.
-        self.messages: dict[str, list[str]] = {}
-        self.pending: dict[str, float] = {}
-        self.webhooks: dict[str, float] = {}
-        # Runs with a thread_id: queued by the thread script instead (store/threads.py).
-        self.threads: list[tuple[str, str, int]] = []
-        self.now = now
-        for original in requests:
-            queued = _queued_status(protocol, original, now)
-            # The worker starts the run by compare-and-set against this exact record, without
-            # reading it first: the request names it by digest.
-            request = dataclasses.replace(
-                original, queued_digest=hashlib.sha1(queued).hexdigest(), created_at=now
-            )
-            wire, beside = protocol.seal_request(request)
-            self.sets.append((keys.status(request.run_id), queued, ttl))
-            life = max(1, int(request.expires_at - now) + int(settings.time_limit) + 60)
-            if beside is not None:
-                self.sets.append((keys.body(request.run_id), beside, life))
-            queue = priority.list_name(settings.queue, priority.check(request.priority))
-            message = task_message.build(
-                wire.decode(),
-                run_id=request.run_id,
-                queue=queue,
-                description=_description(request),
-            )
-            # Kept until a worker starts the run, so a message the broker loses (Redis dying
-            # between a worker's BRPOP and kombu's bookkeeping) can be enqueued again.
-            self.sets.append((keys.message(request.run_id), message.encode(), life))
-            if request.webhook is not None:
-                record, look = webhooks.plan(protocol.signer, request.run_id, request.webhook, now)
-                self.sets.append((keys.webhook(request.run_id), record, ttl))
-                self.webhooks[request.run_id] = look
-            thread_id = _turn_thread(request)
-            if thread_id is not None:
-                self.threads.append((request.run_id, thread_id, life))
-                continue
-            self.messages.setdefault(queue, []).append(message)
-            self.pending[request.run_id] = now
-        self.queue = settings.queue
-        self.pending_key = keys.pending(settings.queue)
-        self.webhooks_key = keys.webhooks(settings.queue)
-        # A key the transaction sets, and its run: whether it survived a failover.
-        self.probe = (self.sets[0][0], requests[0].run_id)
-
-
-def _turn_thread(request: RunRequest) -> str | None:
-    """The thread whose turn a run waits for. A state read (get_state) waits for none: it reads
-    the thread's last checkpoint while a run goes on, as in-process (see graph_state)."""
-    return None if reads_only(request.graph) else threads.thread_of(request.config)
 
 
 def _status_or_none(protocol: Protocol, raw: Any, run_id: str) -> RunStatus | None:
@@ -165,7 +91,7 @@ class Client:
         records: Sequence[tuple[str, bytes, int]] = (),
         strategy: Strategy = threads.DEFAULT,
     ) -> None:
-        """Enqueue runs: statuses, large bodies and messages in one transaction, with
+        """Enqueue runs: statuses and messages in one script (large bodies just before it), with
         `records` (key, signed value, ttl s) beside them (e.g. a retry's link). A run with a
         `configurable.thread_id` waits for its thread as `strategy` says (store/threads.py).
 
@@ -174,36 +100,15 @@ class Client:
             ThreadBusy: strategy "reject" and a run's thread was held; none of the runs on a
                 busy thread was enqueued.
         """
-        if not any(_turn_thread(r) is not None for r in requests):
-            # The usual case, one script (store/submit.py); runs on a thread go through the
-            # thread scripts in a transaction below.
-            submission = Submission(self.protocol, requests, records)
-            self._write(lambda: self._enqueue(submission), submission.probe)
-            return
-        plan = _Plan(self.protocol, requests)
-
-        def write() -> None:
-            with self._redis.pipeline(transaction=True) as pipe:
-                for key, value, ttl in [*plan.sets, *records]:
-                    pipe.set(key, value, ex=ttl)
-                if plan.messages:
-                    pipe.zadd(plan.pending_key, plan.pending)
-                    for queue, messages in plan.messages.items():
-                        pipe.lpush(queue, *messages)
-                if plan.webhooks:
-                    pipe.zadd(plan.webhooks_key, plan.webhooks)
-                for run_id, thread_id, life in plan.threads:
-                    self._threads.queue_enter(
-                        pipe, run_id, thread_id, strategy, now=plan.now, life=life
-                    )
-                replies[:] = pipe.execute()
-
+        # One script for every run, on a thread or not (store/submit.py, store/threads.py).
+        submission = Submission(self.protocol, requests, records, strategy=strategy)
         replies: list[Any] = []
-        self._write(write, plan.probe)
-        for entered in entered_runs(plan.threads, replies):
-            if entered.verdict == "waiting" and strategy in ("interrupt", "rollback"):
-                self._stop_holder(entered.holder, rollback=strategy == "rollback")
-        raise_busy(plan.threads, replies)
+        self._write(lambda: replies.append(self._enqueue(submission)), submission.probe)
+        entered = submission.entered(replies[0] if replies else None)
+        for run in entered:
+            if run.verdict == "waiting" and strategy in ("interrupt", "rollback"):
+                self._stop_holder(run.holder, rollback=strategy == "rollback")
+        raise_busy(entered)
 
     def _write(self, write: Callable[[], None], probe: tuple[str, str]) -> None:
         """One enqueue, waited for by a replica when asked (REPLICA_ACKS), Redis errors ours."""

@@ -12,6 +12,14 @@ CANCEL_CHANNEL: Final = f"{PREFIX}:cancel"
 UNACKED: Final = "unacked"
 
 
+def unacked_scan(mutex_key: str, visibility_timeout: float) -> str:
+    """Set for one restore interval by the worker that scans kombu's `unacked` hash for messages
+    past `visibility_timeout` (worker/transport.py), so the workers of one visibility timeout
+    scan it once per interval (named after kombu's restore mutex, which a transport option may
+    rename)."""
+    return f"{mutex_key}:scanned:{visibility_timeout:g}"
+
+
 def status(run_id: str) -> str:
     """Signed status record (string)."""
     return f"{PREFIX}:{{{run_id}}}:status"

@@ -10,8 +10,8 @@ exact bytes it expects to replace. Two round trips per run, usually:
    `read` (one pipeline) tells what happened, and the claim is tried again;
 2. `finish` (lua/finish.lua): append the outcome, write the final status, release the lease
    and drop the large body and the message copy, unless the status changed since the run
-   started; a run that failed or expired is indexed as a dead letter instead, its request and
-   body kept.
+   started (the write itself answers what it replaced: SET ... GET, no read first); a run
+   that failed or expired is indexed as a dead letter instead, its request and body kept.
 """
 
 from __future__ import annotations
@@ -182,6 +182,7 @@ class RunRecords:
             self._dead_ttl if dead else "",
             repr(time.time()),
             run_id,
+            max(self._ttl, self._dead_ttl),
         ]
         if len(sealed) < LARGE_OUTCOME:
             done = await self._finish(keys=keys_, args=[*args, sealed, *after])

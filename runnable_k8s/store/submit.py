@@ -1,5 +1,6 @@
 """The producer's enqueue: a run's "queued" record, its message copy and pending entry, and its
-Celery message, written in one step (lua/enqueue.lua).
+Celery message, written in one step (lua/enqueue.lua). A run on a LangGraph thread goes through
+the same script, which also takes its thread or puts it in the thread's line (store/threads.py).
 
 The worker starts the run by compare-and-set against the exact "queued" record, without reading
 it first: the request names it by digest. The message copy and the pending entry are what the
@@ -19,7 +20,7 @@ import redis.asyncio as aredis
 
 from runnable_k8s.protocol import priority, task_message
 from runnable_k8s.protocol.messages import Protocol, RunRequest, RunStatus
-from runnable_k8s.store import keys, scripts, webhooks
+from runnable_k8s.store import keys, scripts, threads, webhooks
 
 Record = tuple[str, bytes, int]
 """A key, its signed value and its ttl in seconds."""
@@ -38,7 +39,12 @@ class Submission:
     """The Redis writes of one submission, computed once for either client."""
 
     def __init__(
-        self, protocol: Protocol, requests: Sequence[RunRequest], records: Sequence[Record] = ()
+        self,
+        protocol: Protocol,
+        requests: Sequence[RunRequest],
+        records: Sequence[Record] = (),
+        *,
+        strategy: threads.Strategy = threads.DEFAULT,
     ) -> None:
         settings = protocol.settings
         now = time.time()
@@ -48,6 +54,10 @@ class Submission:
         self.bodies: list[Record] = []
         self.runs: list[tuple[float, str, str, int]] = []  # score, run id, message, list
         self.webhooks: list[tuple[float, str]] = []  # first look, run id
+        # Runs that take turns on a thread: (run id, thread id, score, message, list, life).
+        self.threaded: list[tuple[str, str, float, str, int, int]] = []
+        self.strategy = strategy
+        self.settings = settings
         for original in requests:
             queued = protocol.seal_status(
                 RunStatus(original.run_id, "queued", original.name, 0, created_at=now)
@@ -73,7 +83,13 @@ class Submission:
             # `result_ttl` of its latest start, as when claims moved it aside with that TTL).
             kept = max(1, int(request.expires_at - now) + ttl)
             self.records.append((keys.message(request.run_id), message.encode(), kept))
-            self.runs.append((now, request.run_id, message, _SLOT[level]))
+            thread_id = threads.turn_of(request)
+            if thread_id is None:
+                self.runs.append((now, request.run_id, message, _SLOT[level]))
+            else:
+                self.threaded.append(
+                    (request.run_id, thread_id, now, message, _SLOT[level], max(life, kept))
+                )
             if request.webhook is not None:
                 record, look = webhooks.plan(protocol.signer, request.run_id, request.webhook, now)
                 self.records.append((keys.webhook(request.run_id), record, ttl))
@@ -94,14 +110,42 @@ class Submission:
             keys.webhooks(self.queue),
             *(key for key, _, _ in self.records),
         ]
-        args: list[Any] = [len(self.records), len(self.runs), len(self.webhooks)]
+        args: list[Any] = [
+            len(self.records),
+            len(self.runs),
+            len(self.webhooks),
+            len(self.threaded),
+            self.strategy,
+        ]
         for _, value, ttl in self.records:
             args += [value, ttl]
         for score, run_id, message, slot in self.runs:
             args += [repr(score), run_id, message, slot]
         for look, run_id in self.webhooks:
             args += [repr(look), run_id]
+        hold = threads.hold_ttl(self.settings)
+        line = hold + int(self.settings.result_ttl)
+        for run_id, thread_id, score, message, slot, life in self.threaded:
+            thread = threads.thread_key(self.queue, thread_id)
+            keys_ += [
+                thread,
+                threads.waiting_key(self.queue, thread_id),
+                threads.link_key(run_id),
+                keys.status(run_id),
+                keys.message(run_id),
+                keys.body(run_id),
+            ]
+            args += [run_id, repr(score), message, slot, hold, max(life, hold), thread, line]
         return keys_, args
+
+    def entered(self, reply: Any) -> list[threads.Entered]:
+        """What the script made of each thread run (`reply` is its answer), in order."""
+        if not self.threaded or not isinstance(reply, list):
+            return []
+        return [
+            threads.parse_entered(run[0], pair)
+            for run, pair in zip(self.threaded, reply, strict=True)
+        ]
 
 
 class Enqueuer:
@@ -112,11 +156,12 @@ class Enqueuer:
         self._client = client
         self._script = scripts.load(client, "enqueue")
 
-    def __call__(self, submission: Submission) -> None:
+    def __call__(self, submission: Submission) -> Any:
+        """Returns the script's reply (`Submission.entered` reads it)."""
         for key, value, ttl in submission.bodies:
             self._client.set(key, value, ex=ttl)
         keys_, args = submission.script_call()
-        self._script(keys=keys_, args=args)
+        return self._script(keys=keys_, args=args)
 
 
 class AsyncEnqueuer:
@@ -126,11 +171,11 @@ class AsyncEnqueuer:
         self._client = client
         self._script = scripts.aload(client, "enqueue")
 
-    async def __call__(self, submission: Submission) -> None:
+    async def __call__(self, submission: Submission) -> Any:
         for key, value, ttl in submission.bodies:
             await self._client.set(key, value, ex=ttl)
         keys_, args = submission.script_call()
-        await self._script(keys=keys_, args=args)
+        return await self._script(keys=keys_, args=args)
 
 
 def enqueue(client: redis.Redis, submission: Submission) -> None:

@@ -1,15 +1,15 @@
 """One run at a time per LangGraph thread (`configurable.thread_id`), with LangGraph's
 multitask strategies.
 
-A thread is held by a RUN id, never by a worker: the producer's enqueue either takes the free
-thread for its run (and queues the message as any run's) or puts the run in the thread's
-waiting line, where it is in neither the Celery queue nor the pending set (so no worker slot,
-no KEDA count, no rescue). When the holder ends (its outcome recorded, or cancelled while
-queued) `leave` hands the thread to the next waiting run by pushing that run's kept message
-copy (`rk8s:{run}:message`) onto the queue. A SIGKILLed worker's run is redelivered still
-holding its thread, so nothing else of the thread starts meanwhile. A hold lasts at most
-`hold_ttl` without renewal (each delivery renews it), so a run lost in some way nobody
-records cannot block its thread for ever.
+A thread is held by a RUN id, never by a worker: the producer's enqueue (one script for any run,
+lua/enqueue.lua) either takes the free thread for its run (and queues the message as any run's)
+or puts the run in the thread's waiting line, where it is in neither the Celery queue nor the
+pending set (so no worker slot, no KEDA count, no rescue). When the holder ends (its outcome
+recorded, or cancelled while queued) `leave` hands the thread to the next waiting run by pushing
+that run's kept message copy (`rk8s:{run}:message`) onto the queue. A SIGKILLed worker's run is
+redelivered still holding its thread, so nothing else of the thread starts meanwhile. A hold
+lasts at most `hold_ttl` without renewal (each delivery renews it), so a run lost in some way
+nobody records cannot block its thread for ever.
 
 Keys (the thread id is hashed: any string is a valid thread id, and key names stay short):
 `rk8s:thread:<queue>:<sha1>` holds the holder's run id, `...:waiting` is the line (a list of
@@ -30,6 +30,8 @@ import redis.asyncio as aredis
 
 from runnable_k8s.errors import UnknownMultitaskStrategy
 from runnable_k8s.protocol import keys
+from runnable_k8s.protocol.graph_state import reads_only
+from runnable_k8s.protocol.messages import RunRequest
 from runnable_k8s.settings import Settings
 from runnable_k8s.store import scripts
 
@@ -60,6 +62,12 @@ def thread_of(config: Mapping[str, Any] | None) -> str | None:
         return None
     thread_id = configurable.get("thread_id")
     return thread_id if isinstance(thread_id, str) else None
+
+
+def turn_of(request: RunRequest) -> str | None:
+    """The thread whose turn a run waits for. A state read (get_state) waits for none: it reads
+    the thread's last checkpoint while a run goes on, as in-process (see graph_state)."""
+    return None if reads_only(request.graph) else thread_of(request.config)
 
 
 def thread_key(queue: str, thread_id: str) -> str:
@@ -104,8 +112,8 @@ def hold_ttl(settings: Settings) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Entered:
-    """What `queue_enter` came to, per run: its verdict and the run holding the thread
-    (for 'waiting' and 'busy')."""
+    """What the enqueue script made of a run on a thread: its verdict and the run holding
+    the thread (for 'waiting' and 'busy')."""
 
     run_id: str
     verdict: Verdict
@@ -122,52 +130,12 @@ def parse_entered(run_id: str, reply: Any) -> Entered:
 
 
 class TransactionThreads:
-    """The thread scripts queued into an enqueue or cancel transaction (a producer's, or a
-    worker's answer to a Celery revoke)."""
+    """The thread script queued into a cancel transaction (a producer's, or a worker's answer
+    to a Celery revoke). Entering a thread is part of the enqueue script (lua/enqueue.lua)."""
 
     def __init__(self, client: redis.Redis | aredis.Redis, settings: Settings) -> None:
         self._settings = settings
-        self._enter = client.register_script(scripts.source("thread_enter"))
         self._leave = client.register_script(scripts.source("thread_leave"))
-
-    def queue_enter(
-        self,
-        pipe: Any,
-        run_id: str,
-        thread_id: str,
-        strategy: Strategy,
-        *,
-        now: float,
-        life: int,
-    ) -> Any:
-        """Queue, inside the enqueue MULTI (after the run's status and message copy were
-        set), the step that queues the run or puts it in its thread's line. Its reply parses
-        with `parse_entered`. On an asyncio pipeline, await what this returns."""
-        settings = self._settings
-        queue = settings.queue
-        thread = thread_key(queue, thread_id)
-        return self._enter(
-            keys=[
-                thread,
-                waiting_key(queue, thread_id),
-                queue,
-                keys.pending(queue),
-                link_key(run_id),
-                keys.status(run_id),
-                keys.message(run_id),
-                keys.body(run_id),
-            ],
-            args=[
-                run_id,
-                strategy,
-                repr(now),
-                hold_ttl(settings),
-                max(life, hold_ttl(settings)),
-                thread,
-                hold_ttl(settings) + int(settings.result_ttl),
-            ],
-            client=pipe,
-        )
 
     def queue_leave(self, pipe: Any, run_id: str, *, now: float) -> Any:
         """Queue, inside a cancel's MULTI, taking a run that never started out of its

@@ -1,38 +1,65 @@
-"""kombu's Redis transport, hardened against items on the queue that are not messages.
+"""kombu's Redis transport, hardened against items on the queue that are not messages, and with
+a cheaper record of unacknowledged messages.
 
 Anyone who can write to Redis can LPUSH bytes onto the queue list. Stock kombu parses the item
 inside its event loop and an undecodable one kills the whole worker ("Unrecoverable error:
 JSONDecodeError"), taking every running run with it. Here such an item is logged and dropped
 (BRPOP already removed it). It also keeps one blocking client per connection pool instead of
-building one per acknowledgement, and records and forgets an unacknowledged message with two
-commands instead of a four-command transaction. Everything else behaves exactly as kombu's
-transport.
+building one per acknowledgement.
+
+kombu records a delivered message in two keys: the hash `unacked` (tag -> message) and the
+sorted set `unacked_index` (tag -> delivery time), each written and removed in MULTI/EXEC, 8
+commands per run. The index only serves to find messages older than the visibility timeout. Here
+the delivery time travels in the hash entry itself (`[message, exchange, routing key, time]`),
+so a delivery is one HSET and an acknowledgement one HDEL, 2 commands per run, and
+`restore_visible` finds old entries by scanning the hash (under kombu's restore mutex: at a
+worker's start, then once per restore interval for all the workers of one visibility timeout).
+Everything else behaves exactly as kombu's transport: the same hash (KEDA's in-flight trigger,
+`dev`, the rejection check), the same visibility timeout, the same hand-back on shutdown.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from queue import Empty
-from typing import Any
+from typing import Any, Final
 
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
+from kombu.utils.json import dumps, loads
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from runnable_k8s.store import keys
 
 log = logging.getLogger("runnable_k8s.worker")
 
 
+# Hash entries read per HSCAN page while looking for messages past the visibility timeout.
+_SCAN_PAGE: Final = 500
+
+
+def _delivered_at(raw: Any) -> float | None:
+    """The delivery time in an `unacked` entry; None when it has none (an entry kombu's own
+    transport wrote, or anything else: the hash is read from Redis, so it is hostile)."""
+    try:
+        entry = loads(bytes_to_str(raw))  # type: ignore[no-untyped-call]
+    except Exception:
+        return None
+    if isinstance(entry, list) and len(entry) == 4:
+        when = entry[3]
+        if isinstance(when, int | float) and not isinstance(when, bool):
+            return float(when)
+    return None
+
+
 class QoS(kombu_redis.QoS):
-    # kombu writes the unacknowledged record (ZADD index, HSET hash) and removes it (ZREM, HDEL)
-    # each in MULTI/EXEC: 8 commands per run, where 4 do the work. Without the transaction,
-    # Redis dying between the two commands of a pair leaves one of two states, both harmless
-    # in the order used here: an index entry without its hash entry (kombu's restore drops it;
-    # a message never recorded is what the rescue sweep pushes back, store/rescue.py), never a
-    # hash entry without an index entry (a message nothing would restore, counted in flight
-    # forever). So the record is written index first, and removed hash first.
+    # The unacknowledged record is one hash entry carrying its own delivery time (see the
+    # module). One command each way needs no transaction: Redis dying between a BRPOP and the
+    # HSET leaves a message recorded nowhere, which the rescue sweep pushes back (it is still
+    # pending, store/rescue.py), as it did when Redis died between kombu's BRPOP and MULTI.
     @contextmanager
     def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
         if pipe:
@@ -41,11 +68,83 @@ class QoS(kombu_redis.QoS):
         with self.channel.conn_or_acquire(client) as acquired:
             yield acquired.pipeline(transaction=False)
 
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        delivery = message.delivery_info
+        entry = [message._raw, delivery["exchange"], delivery["routing_key"], time.time()]
+        with self.channel.conn_or_acquire() as client:
+            client.hset(self.unacked_key, delivery_tag, dumps(entry))  # type: ignore[no-untyped-call]
+        # What kombu's append does next: remember the delivery in this process.
+        super(kombu_redis.QoS, self).append(message, delivery_tag)  # type: ignore[no-untyped-call]
+
     def _remove_from_indices(self, delivery_tag: Any, pipe: Any = None) -> Any:
         with self.pipe_or_acquire(pipe) as used:
-            return used.hdel(self.unacked_key, delivery_tag).zrem(
-                self.unacked_index_key, delivery_tag
-            )
+            # An index entry a worker of kombu's own format left (a rolling upgrade) goes too:
+            # only on a restore, which is rare; an acknowledgement is the HDEL alone.
+            if pipe is not None:
+                used.zrem(self.unacked_index_key, delivery_tag)
+            return used.hdel(self.unacked_key, delivery_tag)
+
+    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
+        # kombu's own, for entries of either format (three fields, or four with the time).
+        def restore_transaction(pipe: Any) -> None:
+            raw = pipe.hget(self.unacked_key, tag)
+            pipe.multi()
+            self._remove_from_indices(tag, pipe)
+            if not raw:
+                return
+            try:
+                entry = loads(bytes_to_str(raw))  # type: ignore[no-untyped-call]
+                message, exchange, routing_key = entry[0], entry[1], entry[2]
+            except Exception as exc:  # hostile: drop the entry, as BRPOP drops a bad item
+                log.warning("dropped unacked entry %r: not a kombu record (%s)", tag, exc)
+                return
+            self.channel._do_restore_message(message, exchange, routing_key, pipe, leftmost)
+
+        with self.channel.conn_or_acquire(client) as acquired:
+            acquired.transaction(restore_transaction, self.unacked_key)
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        # kombu's own, finding the old entries by their time in the hash instead of the index.
+        self._vrestore_count += 1
+        if (self._vrestore_count - 1) % (interval or 1):
+            return
+        with self.channel.conn_or_acquire() as client:
+            # One scan per restore interval for the whole cluster, not one per worker: a scan
+            # reads every message in flight, where kombu's index query returned only old ones.
+            # Workers share the marker only with workers of the same visibility timeout (one
+            # with a shorter one must not wait for another's longer interval), and a worker's
+            # first restore (at start-up, or on a new channel) scans whatever the marker says.
+            every = float(getattr(self.channel, "unacked_restore_interval", 10) or 10)
+            marker = keys.unacked_scan(self.unacked_mutex_key, self.visibility_timeout)
+            marked = client.set(marker, b"1", nx=True, px=max(100, int(every * 900)))
+            if not marked and self._vrestore_count > 1:
+                return
+            ceil = time.time() - self.visibility_timeout
+            try:
+                with kombu_redis.Mutex(client, self.unacked_mutex_key, self.unacked_mutex_expire):
+                    for tag in self._visible(client, ceil, num):
+                        self.restore_by_tag(tag, client)
+            except kombu_redis.MutexHeld:
+                pass
+
+    def _visible(self, client: Any, ceil: float, num: int | None) -> list[Any]:
+        """Tags of entries delivered before `ceil` (at most `num`; None or 0: all)."""
+        found: list[Any] = []
+        untimed: list[Any] = []
+        for tag, raw in client.hscan_iter(self.unacked_key, count=_SCAN_PAGE):
+            when = _delivered_at(raw)
+            if when is None:
+                untimed.append(tag)
+            elif when <= ceil:
+                found.append(tag)
+        if untimed:
+            # An entry without a time: by kombu's index if it has one (a worker of kombu's
+            # format wrote it), else restored as old (nothing else ever would).
+            scores = client.zmscore(self.unacked_index_key, untimed)
+            found += [
+                t for t, score in zip(untimed, scores, strict=True) if not score or score <= ceil
+            ]
+        return found[:num] if num else found
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         # kombu hands a requeued message back with LPUSH, to the end of the line (BRPOP takes
@@ -57,9 +156,9 @@ class QoS(kombu_redis.QoS):
         if not requeue:
             super().reject(delivery_tag, requeue=False)  # type: ignore[no-untyped-call]
             return
-        self.restore_by_tag(delivery_tag, leftmost=False)  # type: ignore[no-untyped-call]
+        self.restore_by_tag(delivery_tag, leftmost=False)
         # What kombu's own reject does next: forget the delivery (the restore's transaction
-        # already took it out of the unacked hash and index).
+        # already took it out of the unacked hash).
         super(kombu_redis.QoS, self).ack(delivery_tag)  # type: ignore[no-untyped-call]
 
 

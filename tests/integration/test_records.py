@@ -98,6 +98,43 @@ async def test_finish_on_a_changed_status_records_nothing_and_releases_the_lease
     assert await client.exists(keys.lock(run_id)) == 0  # this worker is done either way
 
 
+@pytest.mark.parametrize("size", SIZES.values(), ids=list(SIZES))
+async def test_finish_after_the_status_expired_writes_no_status_back(
+    client: aredis.Redis, settings: Settings, size: int
+) -> None:
+    # The final status is written by the same command that reads what it replaces: when
+    # nothing was there (the record expired), the script must not leave its own behind.
+    protocol = Protocol(settings)
+    status = await running(client, protocol)
+    run_id, outcome = status.run_id, outcome_of(status, size)
+    expected = digest(protocol.seal_status(status))
+    await client.delete(keys.status(run_id))
+
+    assert not await records(client, settings).finish(
+        expected, finished(status), outcome, owner=OWNER
+    )
+
+    assert await client.exists(keys.status(run_id), keys.lock(run_id)) == 0
+    assert await client.xrange(keys.events(run_id)) == []  # no outcome appended
+
+
+async def test_finish_on_a_changed_status_puts_it_back_with_a_bounded_ttl(
+    client: aredis.Redis, settings: Settings
+) -> None:
+    protocol = Protocol(settings)
+    status = await running(client, protocol)
+    run_id, outcome = status.run_id, outcome_of(status, 100)
+    other = protocol.seal_status(finished(status))  # another delivery finished the run
+    await client.set(keys.status(run_id), other, ex=30)
+
+    assert not await records(client, settings).finish(
+        digest(protocol.seal_status(status)), finished(status), outcome, owner=OWNER
+    )
+
+    assert await client.get(keys.status(run_id)) == other
+    assert 0 < await client.ttl(keys.status(run_id)) <= 600  # the records' own ttl at most
+
+
 async def test_large_finish_against_a_forged_key_of_another_type_records_nothing(
     client: aredis.Redis, settings: Settings
 ) -> None:

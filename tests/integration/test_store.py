@@ -19,7 +19,7 @@ from runnable_k8s.settings import Settings
 from runnable_k8s.store import keys
 from runnable_k8s.store.records import RunRecords, digest
 from runnable_k8s.store.rescue import Sweeper
-from runnable_k8s.store.submit import Submission, aenqueue, enqueue
+from runnable_k8s.store.submit import Enqueuer, Submission, aenqueue, enqueue
 from tests.conftest import make_settings
 
 OWNER = "worker-a:delivery-1"
@@ -265,6 +265,8 @@ async def test_finish_after_another_claim_records_nothing_and_keeps_the_other_le
     done = RunStatus(run.run_id, "succeeded", "probe", 1, created_at=1.0, finished_at=3.0)
     outcome = Outcome(run.run_id, "succeeded", output=b'"ok"', attempt=1)
     assert not await store.finish(written, done, outcome, owner=OWNER)
+    # The write that answered the compare-and-set was put back: the other claim's record stays.
+    assert await client.get(keys.status(run.run_id)) == b"the other claim's record"
     assert await client.get(keys.lock(run.run_id)) == b"worker-b:2"
     assert await client.exists(keys.events(run.run_id)) == 0
     assert await client.exists(keys.message(run.run_id)) == 1
@@ -285,7 +287,8 @@ async def test_one_run_costs_these_commands_on_the_store_path(
     settings: Settings, client: aredis.Redis, sync_client: redis.Redis
 ) -> None:
     """Enqueue 5 (EVALSHA, SET status, SET copy, ZADD, LPUSH); claim 4 (EVALSHA, ZREM, SET NX,
-    SET); finish 6 (EVALSHA, GET, XADD, EXPIRE, SET, DEL). README "Redis commands per run"."""
+    SET); finish 5 (EVALSHA, SET with GET, XADD, EXPIRE, DEL). README "Redis commands per
+    run"."""
     warm = request()
     store, written = await _claimed(settings, client, sync_client, warm)  # loads the scripts
     done = RunStatus(warm.run_id, "succeeded", "probe", 1, created_at=1.0, finished_at=3.0)
@@ -312,6 +315,44 @@ async def test_one_run_costs_these_commands_on_the_store_path(
     wanted: dict[str, Any] = {
         "enqueue": {"evalsha": 1, "set": 2, "zadd": 1, "lpush": 1},
         "claim": {"evalsha": 1, "zrem": 1, "set": 2},
-        "finish": {"evalsha": 1, "get": 1, "xadd": 1, "expire": 1, "set": 1, "del": 1},
+        "finish": {"evalsha": 1, "xadd": 1, "expire": 1, "set": 1, "del": 1},
     }
     assert steps == wanted
+
+
+def on_thread(thread_id: str) -> RunRequest:
+    run = request()
+    run.config["configurable"] = {"thread_id": thread_id}
+    return run
+
+
+def test_a_run_on_a_thread_is_enqueued_by_the_one_script_without_a_transaction(
+    settings: Settings, sync_client: redis.Redis
+) -> None:
+    protocol = Protocol(settings)
+    enqueue(sync_client, Submission(protocol, [on_thread("warm-up")]))  # loads the script
+    first, second, third = on_thread("t"), on_thread("t"), on_thread("t")
+    before = commands(sync_client)
+    submission = Submission(protocol, [first])
+    (entered,) = submission.entered(Enqueuer(sync_client)(submission))
+    # EVALSHA; SET status, SET copy; GET holder, SET holder, SET link; ZADD pending; LPUSH.
+    assert spent(before, commands(sync_client)) == {
+        "evalsha": 1,
+        "set": 4,
+        "get": 1,
+        "zadd": 1,
+        "lpush": 1,
+    }
+    assert (entered.verdict, entered.holder) == ("started", "")
+    assert sync_client.zscore(keys.pending(settings.queue), first.run_id) is not None
+
+    waiting = Submission(protocol, [second])
+    (entered,) = waiting.entered(Enqueuer(sync_client)(waiting))
+    assert (entered.verdict, entered.holder) == ("waiting", first.run_id)
+    assert sync_client.zscore(keys.pending(settings.queue), second.run_id) is None
+    assert sync_client.llen(settings.queue) == 2  # the warm-up's and the first's messages
+
+    refused = Submission(protocol, [third], strategy="reject")
+    (entered,) = refused.entered(Enqueuer(sync_client)(refused))
+    assert (entered.verdict, entered.holder) == ("busy", first.run_id)
+    assert sync_client.exists(keys.status(third.run_id), keys.message(third.run_id)) == 0

@@ -1,10 +1,12 @@
-"""The worker's kombu transport records and forgets an unacknowledged message with two plain
-commands each (no MULTI/EXEC), index before hash when recording and hash before index when
-forgetting, on a real Redis-protocol server."""
+"""The worker's kombu transport records an unacknowledged message with one HSET (its delivery
+time inside the entry, no `unacked_index`) and forgets it with one HDEL, and still hands back
+messages older than the visibility timeout, on a real Redis-protocol server."""
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +16,8 @@ from kombu import Connection, Exchange, Queue
 from runnable_k8s.embedded import EmbeddedRedis
 from runnable_k8s.worker.transport import TRANSPORT
 
+QUEUE = Queue("acks", Exchange("acks", type="direct"), routing_key="acks")
+
 
 @pytest.fixture
 def server() -> Iterator[str]:
@@ -21,19 +25,27 @@ def server() -> Iterator[str]:
         yield url
 
 
-def test_a_delivery_and_its_ack_cost_four_commands_in_a_safe_order(server: str) -> None:
+def _publish(connection: Connection, body: object) -> None:
+    with connection.Producer() as producer:
+        producer.publish(body, exchange=QUEUE.exchange, routing_key="acks", declare=[QUEUE])
+
+
+def test_a_delivery_and_its_ack_cost_two_commands(server: str) -> None:
     client = redis.Redis.from_url(server)
-    queue = Queue("acks", Exchange("acks", type="direct"), routing_key="acks")
     with Connection(server, transport=TRANSPORT) as connection:
-        with connection.Producer() as producer:
-            producer.publish({"n": 1}, exchange=queue.exchange, routing_key="acks", declare=[queue])
-        simple = connection.SimpleQueue(queue)
+        _publish(connection, {"n": 1})
+        simple = connection.SimpleQueue(QUEUE)
         client.execute_command("CONFIG", "RESETSTAT")
         seen, watching = _watch(server)
+        before = time.time()
         message = simple.get(timeout=5)
-        assert client.hlen("unacked") == 1 and client.zcard("unacked_index") == 1
+        assert client.hlen("unacked") == 1 and client.exists("unacked_index") == 0
+        (entry,) = client.hvals("unacked")
+        raw, exchange, routing_key, delivered_at = json.loads(entry)
+        assert raw["headers"] == message.headers and (exchange, routing_key) == ("acks", "acks")
+        assert before <= delivered_at <= time.time()
         message.ack()
-        assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+        assert client.hlen("unacked") == 0
         simple.close()
     stats = client.info("commandstats")
     client.set("monitor-stop", b"1")
@@ -41,11 +53,73 @@ def test_a_delivery_and_its_ack_cost_four_commands_in_a_safe_order(server: str) 
     client.close()
     calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
     assert "multi" not in calls and "exec" not in calls
-    assert (calls["zadd"], calls["hset"], calls["hdel"], calls["zrem"]) == (1, 1, 1, 1)
-    # Redis dying between the two commands of a pair leaves an index entry without a hash entry
-    # (kombu's restore drops it), never a hash entry that nothing would restore.
-    order = [c for c in seen if c in ("ZADD", "HSET", "HDEL", "ZREM")]
-    assert order == ["ZADD", "HSET", "HDEL", "ZREM"]
+    assert "zadd" not in calls and "zrem" not in calls
+    assert (calls["hset"], calls["hdel"]) == (1, 1)
+    assert [c for c in seen if c in ("ZADD", "HSET", "HDEL", "ZREM")] == ["HSET", "HDEL"]
+
+
+def test_an_entry_past_the_visibility_timeout_is_handed_back_and_a_young_one_is_not(
+    server: str,
+) -> None:
+    client = redis.Redis.from_url(server)
+    options = {"visibility_timeout": 30}
+    with Connection(server, transport=TRANSPORT, transport_options=options) as connection:
+        _publish(connection, {"n": "old"})
+        _publish(connection, {"n": "young"})
+        simple = connection.SimpleQueue(QUEUE)
+        old, young = simple.get(timeout=5), simple.get(timeout=5)
+        assert client.llen("acks") == 0 and client.hlen("unacked") == 2
+        # As if the old one had been delivered 60 s ago to a worker that then died.
+        tag = old.delivery_tag
+        entry = json.loads(client.hget("unacked", tag))
+        entry[3] -= 60
+        client.hset("unacked", tag, json.dumps(entry))
+        # An entry of kombu's own format (no time) with an old index score, and a hostile one.
+        client.hset("unacked", "kombu-format", json.dumps([entry[0], "acks", "acks"]))
+        client.zadd("unacked_index", {"kombu-format": time.time() - 60})
+        client.hset("unacked", "hostile", b"not json")
+        connection.default_channel.qos.restore_visible(num=0, interval=1)
+        assert client.hkeys("unacked") == [young.delivery_tag.encode()]
+        assert client.zcard("unacked_index") == 0
+        assert sorted(json.loads(m)["body"] for m in client.lrange("acks", 0, -1)) == sorted(
+            [entry[0]["body"]] * 2
+        )
+        simple.close()
+    client.close()
+
+
+def test_the_cluster_scans_the_unacked_hash_once_per_restore_interval(server: str) -> None:
+    # (Besides each worker's first restore, at its start, which always scans.)
+    client = redis.Redis.from_url(server)
+    options = {"visibility_timeout": 30, "unacked_restore_interval": 60}
+    with (
+        Connection(server, transport=TRANSPORT, transport_options=options) as one,
+        Connection(server, transport=TRANSPORT, transport_options=options) as other,
+    ):
+        client.execute_command("CONFIG", "RESETSTAT")
+        one.default_channel.qos.restore_visible(num=0, interval=1)  # its start-up scan
+        other.default_channel.qos.restore_visible(num=0, interval=1)  # another's, at its start
+        client.execute_command("CONFIG", "RESETSTAT")
+        one.default_channel.qos.restore_visible(num=0, interval=1)  # periodic: within the
+        other.default_channel.qos.restore_visible(num=0, interval=1)  # interval, no scan
+        stats = client.info("commandstats")
+        assert 50 <= client.pttl("unacked_mutex:scanned:30") / 1000 <= 60
+    client.close()
+    assert "cmdstat_hscan" not in stats
+
+
+def test_a_rejected_message_goes_back_to_the_front_of_the_queue(server: str) -> None:
+    client = redis.Redis.from_url(server)
+    with Connection(server, transport=TRANSPORT) as connection:
+        _publish(connection, {"n": 1})
+        _publish(connection, {"n": 2})
+        simple = connection.SimpleQueue(QUEUE)
+        first = simple.get(timeout=5)
+        first.requeue()
+        assert client.hlen("unacked") == 0
+        assert simple.get(timeout=5).payload == {"n": 1}  # still next, not behind n=2
+        simple.close()
+    client.close()
 
 
 def _watch(url: str) -> tuple[list[str], threading.Thread]:

@@ -23,12 +23,12 @@ SHORT = {"RUNNABLE_K8S_VISIBILITY_TIMEOUT": "5"}
 
 
 def message_age(client: redis.Redis, run_id: str) -> float:
-    """Seconds since kombu delivered the run's message (its `unacked_index` score)."""
-    for tag, raw in client.hgetall(keys.UNACKED).items():
-        if json.loads(raw)[0]["headers"]["id"] == run_id:
-            score = client.zscore("unacked_index", tag)
-            assert score is not None, f"run {run_id} is unacked but not in unacked_index"
-            return time.time() - float(score)
+    """Seconds since kombu delivered the run's message (the time in its `unacked` entry)."""
+    for raw in client.hvals(keys.UNACKED):
+        entry = json.loads(raw)
+        if entry[0]["headers"]["id"] == run_id:
+            assert len(entry) == 4, f"run {run_id}'s unacked entry has no delivery time"
+            return time.time() - float(entry[3])
     raise AssertionError(f"run {run_id} is not in the unacked hash")
 
 
