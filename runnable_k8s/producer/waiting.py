@@ -29,8 +29,9 @@ from runnable_k8s.errors import BrokerError, WaitTimeout
 from runnable_k8s.producer import rejections
 from runnable_k8s.producer.redis_errors import translate
 from runnable_k8s.producer.stream_entries import Event, parse_entries
-from runnable_k8s.protocol import keys, stream
+from runnable_k8s.protocol import stream
 from runnable_k8s.protocol.messages import Protocol
+from runnable_k8s.store import keys
 
 # Longest single XREAD block; the reader re-arms it while anyone waits.
 MAX_BLOCK_MS: Final = 30_000
