@@ -56,9 +56,10 @@ class Stamps:
         self.points.append((name, time.monotonic_ns()))
 
     def install(self) -> None:
-        from runnable_k8s.producer import client
+        from runnable_k8s.producer import client, waiting
 
-        parse = client.parse_entries
+        # The waits parse what the process's stream reader hands them (producer/waiting.py).
+        parse = waiting.parse_entries
         mark = self.mark
 
         class StampedSubmission(client.Submission):
@@ -73,7 +74,7 @@ class Stamps:
             return parse(*args)
 
         client.Submission = StampedSubmission  # type: ignore[misc]
-        client.parse_entries = stamped_parse  # type: ignore[assignment]
+        waiting.parse_entries = stamped_parse  # type: ignore[assignment]
 
 
 def runs(producer: list[tuple[str, int]], worker: list[tuple[str, int]]) -> list[dict[str, int]]:

@@ -66,9 +66,8 @@ def s3(ours: Ours, worker: AnyWorker, settings: Any, sizes: Sizes, out: Results)
     `memory_runs`, its own queue in `settings`): its peak RSS while it holds them all.
 
     The runs are submitted with `stream=True` (the worker publishes every token to each run's
-    stream) and read once they end, each checked: a caller that held 1,000 blocking reads at
-    once would compete with the worker for the same cores (and needs more connections than one
-    redis-py asyncio pool's 100)."""
+    stream) and read once they end, each checked: a caller that followed 1,000 streams at once
+    would compete with the worker for the same cores."""
     from benchmarks.models import streamed_text
 
     tokens = round(sizes.memory_seconds / sizes.memory_interval)

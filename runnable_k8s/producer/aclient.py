@@ -1,7 +1,7 @@
 """The asyncio twin of `client.Client`: awaiting an outcome holds no thread.
 
-Every decision is `client.py`'s (`_Outage`, `_block_ms`, `stream_entries`) or the store's
-(`Submission`); only the I/O is awaited here.
+Every decision is `client.py`'s, `waiting.py`'s (the waits on the shared stream reader) or
+the store's (`Submission`); only the I/O is awaited here.
 """
 
 from __future__ import annotations
@@ -16,20 +16,16 @@ from typing import Any
 from redis.exceptions import WatchError
 
 from runnable_k8s import connections
-from runnable_k8s.connections import REDIS_ERRORS
-from runnable_k8s.errors import BrokerUnavailable, RunnableK8sError, RunNotFound, WaitTimeout
-from runnable_k8s.producer import durable, rejections
+from runnable_k8s.errors import BrokerUnavailable, RunnableK8sError, RunNotFound
+from runnable_k8s.producer import durable, reader, rejections, waiting
 from runnable_k8s.producer.client import (
-    _ANSWER_WITHIN,
     _CONNECTION,
     _WATCH_RETRIES,
-    _block_ms,
     _existing,
-    _Outage,
     client_for,
 )
 from runnable_k8s.producer.redis_errors import translated
-from runnable_k8s.producer.stream_entries import Event, parse_entries
+from runnable_k8s.producer.stream_entries import Event
 from runnable_k8s.producer.thread_submit import raise_busy, rollback_record
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.settings import Settings
@@ -48,8 +44,10 @@ class AsyncClient:
         self._redis = connections.async_client(settings.require_redis_url(), **_CONNECTION)
         self._threads = TransactionThreads(self._redis, settings)
         self._enqueue = AsyncEnqueuer(self._redis)
+        self._reader = reader.AsyncReader(self._redis)
 
     async def aclose(self) -> None:
+        await self._reader.aclose()
         await self._redis.aclose()
 
     async def submit(
@@ -93,44 +91,9 @@ class AsyncClient:
         with translated("cannot read status from Redis"):
             return await durable.aread(self.settings, read)
 
-    async def events(
-        self, run_ids: Sequence[str], *, timeout: float | None
-    ) -> AsyncIterator[Event]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        cursors = {keys.events(r): "0-0" for r in run_ids}
-        seen: dict[str, int] = {}
-        # A notice that no worker could verify a run shortens the blocks until it is settled.
-        watch = rejections.Watch(self.protocol)
-        outage = _Outage()
-        tried = False
-        with translated("lost Redis while waiting"):
-            while cursors:
-                try:
-                    await rejections.acheck_due(self._redis, watch)
-                    block = watch.wait_ms(_block_ms(deadline))
-                    if block < 0 and tried:
-                        pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
-                        raise WaitTimeout(
-                            f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
-                            run_id=pending[0],
-                        )
-                    # A frozen Redis takes the command and never answers: the read would wait
-                    # out the socket timeout (above the longest block), past the deadline.
-                    # Past the deadline, one read without a block (see `Client.events`).
-                    tried = True
-                    async with asyncio.timeout(max(block, 0) / 1000 + _ANSWER_WITHIN):
-                        response = await self._redis.xread(
-                            dict[Any, Any](cursors), block=None if block < 0 else block
-                        )
-                except REDIS_ERRORS as exc:
-                    await asyncio.sleep(outage.pause(exc))
-                    continue
-                outage.over()
-                for event in parse_entries(self.protocol, response, cursors, seen, watch):
-                    if event.outcome is not None:
-                        cursors.pop(keys.events(event.run_id), None)
-                        watch.forget(event.run_id)
-                    yield event
+    def events(self, run_ids: Sequence[str], *, timeout: float | None) -> AsyncIterator[Event]:
+        """See `Client.events` (this event loop's one stream reader, producer/reader.py)."""
+        return waiting.aevents(self._redis, self._reader, self.protocol, run_ids, timeout=timeout)
 
     async def outcome(self, run_id: str, *, timeout: float | None) -> Outcome:
         """The asyncio twin of `Client.outcome`."""

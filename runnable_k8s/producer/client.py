@@ -1,11 +1,11 @@
 """The producer's side of Redis: enqueue runs, read statuses, wait for outcomes and chunks.
 
-Waiting never polls: callers block on `XREAD` of the runs' event streams, which Redis answers
-the moment a worker appends to one. Only a run with a rejection notice in its stream is looked
-at again between blocks, until the notice is settled (producer/rejections.py). The asyncio
-client (aclient.py) shares every decision made here (`_Outage`, `stream_entries`, and the
-store's `Submission`);
-only the I/O differs.
+Waiting never polls: every wait subscribes to its runs' event streams, and the process's one
+stream reader (producer/reader.py, one blocking XREAD for all of them) hands each its entries
+the moment a worker appends them (producer/waiting.py). Only a run with a rejection notice in
+its stream is looked at again between waits, until the notice is settled
+(producer/rejections.py). The asyncio client (aclient.py) shares every decision made here
+(`waiting`, `stream_entries`, and the store's `Submission`); only the I/O differs.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from redis.connection import PythonRespSerializer
 from redis.exceptions import WatchError
 
 from runnable_k8s import connections
-from runnable_k8s.connections import REDIS_ERRORS
-from runnable_k8s.errors import BrokerUnavailable, RunnableK8sError, RunNotFound, WaitTimeout
-from runnable_k8s.producer import durable, rejections
+from runnable_k8s.errors import BrokerUnavailable, RunnableK8sError, RunNotFound
+from runnable_k8s.producer import durable, reader, rejections, waiting
 from runnable_k8s.producer.redis_errors import translated
-from runnable_k8s.producer.stream_entries import Event, parse_entries
+from runnable_k8s.producer.stream_entries import Event
 from runnable_k8s.producer.thread_submit import raise_busy, rollback_record
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.protocol.webhook import WebhookDelivery
@@ -35,61 +34,19 @@ from runnable_k8s.store.cancel import queue_cancel as _queue_cancel
 from runnable_k8s.store.submit import Enqueuer, Submission
 from runnable_k8s.store.threads import Strategy, TransactionThreads
 
-# Longest single XREAD block; the loop re-arms it until the caller's deadline.
-_MAX_BLOCK_MS = 30_000
-# How long past its block an XREAD may go unanswered before the wait counts Redis as gone: a
-# frozen Redis (a hung server, a partition that drops no connection) takes the command and
-# never answers, and the socket timeout below would hold the caller long past its deadline.
-_ANSWER_WITHIN = 5.0
-# The blocking client cannot bound one command, only a connection's reads: its waits block
-# in slices this long on connections of their own whose reads time out just after a slice.
-_SYNC_BLOCK_MS = 5_000
 _WATCH_RETRIES = 20
-# How long a wait for events keeps reconnecting to a Redis that went away (a restart that
-# reloads its append-only file, a failover) before it fails with BrokerUnavailable.
-_RECONNECT_FOR = 30.0
 _CONNECTION: dict[str, Any] = {
     "health_check_interval": 30,
     "socket_keepalive": True,
     "socket_connect_timeout": 5,
     # Above the longest XREAD block: redis-py's default read timeout (5 s) would end every
     # wait for a longer run with a timeout error.
-    "socket_timeout": _MAX_BLOCK_MS / 1000 + 10,
+    "socket_timeout": waiting.MAX_BLOCK_MS / 1000 + 10,
 }
 
 
 def new_run_id() -> str:
     return uuid.uuid4().hex
-
-
-class _Outage:
-    """A wait that rides out a Redis blip: the stream is durable and the cursors say what was
-    read, so reading again after a reconnect shows no gap and no repeat. Past
-    `_RECONNECT_FOR` seconds without Redis the wait gives up with the last error."""
-
-    def __init__(self) -> None:
-        self._since: float | None = None
-        self._delay = 0.1
-
-    def pause(self, exc: Exception) -> float:
-        now = time.monotonic()
-        self._since = now if self._since is None else self._since
-        if now - self._since > _RECONNECT_FOR:
-            raise exc
-        self._delay = min(self._delay * 2, 2.0)
-        return self._delay
-
-    def over(self) -> None:
-        self._since, self._delay = None, 0.1
-
-
-def _block_ms(deadline: float | None) -> int:
-    if deadline is None:
-        return _MAX_BLOCK_MS
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        return -1
-    return max(1, min(_MAX_BLOCK_MS, int(remaining * 1000)))
 
 
 def _status_or_none(protocol: Protocol, raw: Any, run_id: str) -> RunStatus | None:
@@ -119,16 +76,12 @@ class Client:
                 Encoder("utf-8", "strict", False).encode,  # type: ignore[no-untyped-call]
             ),
         )
-        self._waits = connections.sync_client(
-            settings.require_redis_url(),
-            **{**_CONNECTION, "socket_timeout": _SYNC_BLOCK_MS / 1000 + _ANSWER_WITHIN},
-        )
         self._threads = TransactionThreads(self._redis, settings)
         self._enqueue = Enqueuer(self._redis)
+        self._reader = reader.SyncReader(self._redis)
 
     def close(self) -> None:
         self._redis.close()
-        self._waits.close()
 
     def submit(
         self,
@@ -194,46 +147,14 @@ class Client:
             return threads.position(self._redis, run_id)
 
     def events(self, run_ids: Sequence[str], *, timeout: float | None) -> Iterator[Event]:
-        """Yield verified events of `run_ids` as they arrive, until each has an outcome.
+        """Yield verified events of `run_ids` as they arrive, until each has an outcome
+        (through the process's one stream reader, producer/reader.py).
 
         Raises:
             WaitTimeout: `timeout` seconds passed first (the runs go on).
             BrokerUnavailable: Redis went away while waiting.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        cursors = {keys.events(r): "0-0" for r in run_ids}
-        seen: dict[str, int] = {}
-        # A notice that no worker could verify a run shortens the blocks until it is settled.
-        watch = rejections.Watch(self.protocol)
-        outage = _Outage()
-        tried = False
-        with translated("lost Redis while waiting"):
-            while cursors:
-                try:
-                    rejections.check_due(self._redis, watch)
-                    block = watch.wait_ms(_block_ms(deadline))
-                    if block < 0 and tried:
-                        pending = [k.split("{", 1)[1].split("}", 1)[0] for k in cursors]
-                        raise WaitTimeout(
-                            f"no result after {timeout} s for run(s) {', '.join(pending[:5])}",
-                            run_id=pending[0],
-                        )
-                    # Past the deadline, one read without a block: a run that has ended
-                    # answers even a wait of no time (`timeout=0`: "is it done?").
-                    tried = True
-                    response = self._waits.xread(
-                        dict[Any, Any](cursors),
-                        block=None if block < 0 else min(block, _SYNC_BLOCK_MS),
-                    )
-                except REDIS_ERRORS as exc:
-                    time.sleep(outage.pause(exc))
-                    continue
-                outage.over()
-                for event in parse_entries(self.protocol, response, cursors, seen, watch):
-                    if event.outcome is not None:
-                        cursors.pop(keys.events(event.run_id), None)
-                        watch.forget(event.run_id)
-                    yield event
+        return waiting.events(self._redis, self._reader, self.protocol, run_ids, timeout=timeout)
 
     def outcome(self, run_id: str, *, timeout: float | None) -> Outcome:
         """The one wait for a run's end: its verified outcome, whatever it streamed before.

@@ -12,6 +12,7 @@ body, and the size limit before anything at all.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -59,10 +60,35 @@ class Envelope:
     version: int = VERSION
 
     def header(self) -> bytes:
-        return json.dumps(
-            [self.version, self.kind, self.run_id, self.expires_at, self.flags],
-            separators=(",", ":"),
-        ).encode()
+        return _header(self.version, self.kind, self.run_id, self.expires_at, self.flags)
+
+
+# A run's stream entries all carry the same header (its run id, FAR_FUTURE): encoding it once
+# per run, and parsing the same bytes once per run on the reader's side, takes two JSON calls
+# off every entry. Parsing is a pure function of the bytes, and the MAC is still checked over
+# them every time; the caches are bounded, so hostile headers only evict.
+@functools.lru_cache(maxsize=4096, typed=True)
+def _header(version: int, kind: str, run_id: str, expires_at: float, flags: int) -> bytes:
+    return json.dumps([version, kind, run_id, expires_at, flags], separators=(",", ":")).encode()
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_header(head: bytes) -> tuple[str, str, float, int]:
+    """(kind, run id, expiry, flags) of a header. Raises: SignatureRejected."""
+    try:
+        version, kind, run_id, expires_at, flags = json.loads(head)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise SignatureRejected("malformed envelope header") from exc
+    if (
+        version != VERSION
+        or not isinstance(kind, str)
+        or not isinstance(run_id, str)
+        or not isinstance(expires_at, int | float)
+        or not math.isfinite(expires_at)
+        or not isinstance(flags, int)
+    ):
+        raise SignatureRejected("unsupported envelope version or header fields")
+    return kind, run_id, float(expires_at), flags
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,19 +157,7 @@ class Signer:
             MessageExpired: authentic but past `expires_at`.
         """
         head, mac, inline_body = _split(wire, self._max_body)
-        try:
-            version, got_kind, run_id, expires_at, flags = json.loads(head)
-        except (ValueError, TypeError, RecursionError) as exc:
-            raise SignatureRejected("malformed envelope header") from exc
-        if (
-            version != VERSION
-            or not isinstance(got_kind, str)
-            or not isinstance(run_id, str)
-            or not isinstance(expires_at, int | float)
-            or not math.isfinite(expires_at)
-            or not isinstance(flags, int)
-        ):
-            raise SignatureRejected("unsupported envelope version or header fields")
+        got_kind, run_id, expires_at, flags = _parse_header(head)
         if flags & FLAG_BODY_BESIDE:
             if body is None:
                 raise SignatureRejected("envelope body travels beside the message but is missing")
@@ -157,7 +171,7 @@ class Signer:
             raise ForgedMessage("signature mismatch (forged or tampered message)")
         if got_kind != kind:
             raise ForgedMessage(f"expected a {kind!r} envelope, got {got_kind!r}")
-        envelope = Envelope(got_kind, run_id, float(expires_at), body, flags, version)
+        envelope = Envelope(got_kind, run_id, expires_at, body, flags, VERSION)
         if check_expiry and (time.time() if now is None else now) > envelope.expires_at:
             raise MessageExpired(f"{kind} {run_id} expired")
         return envelope

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from runnable_k8s.errors import ForgedMessage, SignatureRejected
 from runnable_k8s.protocol import envelope as env
-from runnable_k8s.protocol.codec import pack, unpack
+from runnable_k8s.protocol.codec import unpack
 
 FIELD_KIND: Final = "k"
 """The entry's kind (an `EntryKind` value)."""
@@ -105,7 +105,11 @@ def seal_batch(
     if not items:
         raise ValueError("a batch holds at least one item")
     kinds = "".join(kind.value for kind, _ in items)
-    body = pack({"n": first, "k": kinds}, *(data for _, data in items))
+    # What `pack({"n": first, "k": kinds}, *data)` writes (tests/unit/test_stream_contract.py
+    # compares them), without a JSON encoder per entry: the kinds are letters, the rest ints.
+    lengths = ",".join([str(len(data)) for _, data in items])
+    head = f'{{"n":{int(first)},"k":"{kinds}","seg":[{lengths}]}}\n'.encode()
+    body = b"".join([head, *(data for _, data in items)])
     return signer.seal(env.Envelope(env.CHUNK, run_id, env.FAR_FUTURE, body))
 
 

@@ -47,6 +47,29 @@ def _add(total: Any, chunk: Any) -> Any:
         return chunk
 
 
+class _Sum:
+    """`_add` over a whole stream, with text kept as parts and joined once: adding strings one
+    by one copied the text so far for every chunk (quadratic in the stream's length)."""
+
+    def __init__(self) -> None:
+        self._total: Any = None
+        self._texts: list[str] = []
+
+    def add(self, chunk: Any) -> None:
+        if type(chunk) is str and (self._total is None or type(self._total) is str):
+            if self._total is not None:
+                self._texts.append(self._total)
+                self._total = None
+            self._texts.append(chunk)
+            return
+        if self._texts:
+            self._total, self._texts = "".join(self._texts), []
+        self._total = _add(self._total, chunk)
+
+    def value(self) -> Any:
+        return "".join(self._texts) if self._texts else self._total
+
+
 def _as_invoked(total: Any) -> Any:
     # A chat model's `invoke` returns the message its stream's chunks add up to, as a message,
     # not a chunk (LangChain's `generate_from_stream` converts it the same way); so does a
@@ -99,12 +122,12 @@ class StreamPublisher:
 
     async def chunks(self, source: AsyncIterator[Any]) -> Any:
         """Publish each output chunk; return their sum (what `invoke` would have returned)."""
-        total = None
+        total = _Sum()
         async with self._publishing():
             async for chunk in source:
                 await self._append(stream.ItemKind.CHUNK, chunk)
-                total = _add(total, chunk)
-        return _as_invoked(total)
+                total.add(chunk)
+        return _as_invoked(total.value())
 
     async def graph(self, source: AsyncIterator[Any], graph: GraphStream) -> Any:
         """Publish what the caller's stream modes yield; return the graph's final state (see

@@ -130,3 +130,49 @@ async def test_a_cancelled_run_publishes_nothing_more() -> None:
     published = len(recorder.entries)
     await asyncio.sleep(0.1)
     assert len(recorder.entries) == published
+
+
+async def test_a_model_that_keeps_bursting_gets_ever_larger_entries() -> None:
+    # Bursts of 8 items about 1 ms apart, for 50 bursts. At a fixed 2 ms spacing that is about
+    # one entry per burst (50; more when the machine is slow and the bursts drift apart); the
+    # spacing grows while every entry carries several items, so far fewer entries leave.
+    recorder = Recorder(seconds=0.0002)
+    out = batcher(recorder)
+    for burst_number in range(50):
+        for i in range(8):
+            await out.put(C, f"{burst_number}.{i}".encode())
+        await asyncio.sleep(0.001)
+    await out.close()
+    assert sum(len(entry) for entry in recorder.entries) == 400
+    assert len(recorder.entries) <= 25, [len(entry) for entry in recorder.entries]
+
+
+async def test_after_a_burst_a_pause_sends_the_next_item_at_once() -> None:
+    recorder = Recorder(seconds=0.0002)
+    out = batcher(recorder)
+    for i in range(200):
+        await out.put(C, str(i).encode())
+    await asyncio.sleep(0.2)  # the model pauses (a tool call): everything so far has left
+    assert sum(len(entry) for entry in recorder.entries) == 200
+    await out.put(C, b"after")
+    await asyncio.sleep(0.005)  # far below the grown spacing (16 ms): it did not wait for it
+    assert recorder.entries[-1] == [b"after"]
+    await out.close()
+
+
+def test_a_streamed_sum_is_what_adding_chunk_by_chunk_gives() -> None:
+    from runnable_k8s.worker.streaming import _add, _Sum
+
+    cases: list[list[Any]] = [
+        ["a", "b", "c"],
+        ["a", 1, 2, "b", "c"],  # the sum starts again where a chunk cannot be added
+        [1, "a", "b"],
+        [[1], [2], "x", "y", [3]],
+        [],
+    ]
+    for chunks in cases:
+        total, expected = _Sum(), None
+        for chunk in chunks:
+            total.add(chunk)
+            expected = _add(expected, chunk)
+        assert total.value() == expected, chunks

@@ -23,6 +23,14 @@ def test_a_batch_round_trips_with_each_item_at_its_own_position(protocol: Protoc
     ]
 
 
+def test_a_batch_body_is_what_the_codec_packs(protocol: Protocol) -> None:
+    # seal_batch writes the body head itself (no JSON encoder per entry): the same bytes.
+    items = [(C, b"\x00a"), (E, b'{"event": 1}'), (C, b"")]
+    wire = protocol.seal_batch("run-a", 12, items)
+    body = protocol.signer.open(wire, kind=env.CHUNK).body
+    assert body == pack({"n": 12, "k": "cec"}, b"\x00a", b'{"event": 1}', b"")
+
+
 def test_a_single_item_entry_is_the_single_chunk_entry(protocol: Protocol) -> None:
     wire = protocol.seal_chunk("run-a", b"x", seq=4, kind="c")
     assert protocol.open_batch(wire, "run-a") == [stream.Item(4, C, b"x")]

@@ -1,0 +1,116 @@
+"""One stream reader per process (producer/reader.py): many waits at once share one XREAD and
+one connection, each still gets exactly its own chunks, and a waiter that stops disturbs
+nobody else."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from runnable_k8s import RunnableK8s, Settings
+from runnable_k8s.producer.aclient import async_client_for
+from runnable_k8s.producer.client import client_for
+from runnable_k8s.producer.handles import RemoteRun
+from tests.support.models import SlowModel
+from tests.support.workers import WorkerProcess
+
+WAITS = 150  # past the 100 connections of a redis-py pool: one connection per wait would fail
+CHUNKS = 5
+TEXT = "".join(f"part{i} " for i in range(CHUNKS))
+
+
+def _connections(pool: Any) -> int:
+    return len(pool._in_use_connections) + len(pool._available_connections)
+
+
+@pytest.mark.timeout(240)
+def test_150_concurrent_streams_in_one_process_finish_on_a_bounded_number_of_connections(
+    settings: Settings, worker: WorkerProcess
+) -> None:
+    remote = RunnableK8s(bound=SlowModel(delay=0.05, chunks=CHUNKS), settings=settings)
+    runs = [remote.submit(f"r{i}", stream=True) for i in range(WAITS)]
+
+    async def all_at_once() -> tuple[list[str], int]:
+        pool = async_client_for(settings)._redis.connection_pool
+        most = 0
+
+        async def follow(run: RemoteRun) -> str:
+            return "".join([chunk.content async for chunk in run.astream(timeout=180)])
+
+        async def watch() -> None:
+            nonlocal most
+            while True:
+                most = max(most, _connections(pool))
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        followers = []
+        for run in runs:
+            # Started a moment apart: each first reads the run's status, one command that
+            # holds a pool connection; the waits that follow hold none of their own.
+            followers.append(asyncio.create_task(follow(run)))
+            await asyncio.sleep(0.005)
+        texts = await asyncio.gather(*followers)
+        watcher.cancel()
+        return texts, most
+
+    texts, most = asyncio.run(all_at_once())
+    assert texts == [TEXT] * WAITS
+    # The reader's connection, and the few that status reads and wake-ups borrow for a
+    # moment (more of them overlap on a loaded machine); one per wait would be 150 (and fail
+    # at the pool's 100).
+    assert most <= 25
+
+
+@pytest.mark.timeout(240)
+def test_threads_waiting_at_once_share_the_blocking_clients_reader(
+    settings: Settings, worker: WorkerProcess
+) -> None:
+    remote = RunnableK8s(bound=SlowModel(delay=0.05, chunks=CHUNKS), settings=settings)
+    runs = [remote.submit(f"t{i}", stream=True) for i in range(40)]
+    texts: dict[int, str] = {}
+    pool = client_for(settings)._redis.connection_pool
+    before = _connections(pool)
+
+    def follow(i: int) -> None:
+        texts[i] = "".join(chunk.content for chunk in runs[i].stream(timeout=180))
+
+    threads = [threading.Thread(target=follow, args=(i,)) for i in range(len(runs))]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.01)  # as above: each first reads the run's status on a pool connection
+    for thread in threads:
+        thread.join(200)
+    assert [texts.get(i) for i in range(len(runs))] == [TEXT] * len(runs)
+    # As above: one per wait would be 40.
+    assert _connections(pool) - before <= 15
+
+
+@pytest.mark.timeout(240)
+def test_a_waiter_that_stops_mid_stream_does_not_disturb_the_others(
+    settings: Settings, worker: WorkerProcess
+) -> None:
+    remote = RunnableK8s(bound=SlowModel(delay=0.1, chunks=CHUNKS), settings=settings)
+
+    async def scenario() -> tuple[list[str], list[Any], str]:
+        async def follow(i: int) -> str:
+            return "".join([chunk.content async for chunk in remote.astream(f"s{i}")])
+
+        tasks = [asyncio.create_task(follow(i)) for i in range(10)]
+        cancelled = tasks[3]
+        await asyncio.sleep(0.3)  # every stream has begun
+        cancelled.cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        texts = [t for i, t in enumerate(done) if i != 3]
+        # The reader serves a stream that starts after the cancellation.
+        later = "".join([chunk.content async for chunk in remote.astream("later")])
+        return texts, [done[3]], later
+
+    texts, stopped, later = asyncio.run(scenario())
+    assert texts == [TEXT] * 9
+    assert isinstance(stopped[0], asyncio.CancelledError)
+    assert later == TEXT
