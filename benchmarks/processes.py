@@ -1,5 +1,6 @@
-"""The processes the benchmark measures: one RunnableK8s worker, one plain Celery worker and one
-LangServe server (uvicorn), each a subprocess logging to a file, and their memory."""
+"""The processes the benchmark measures: one RunnableK8s worker (started by `runnable_k8s.spawn`,
+as the tests and `dev` start theirs), one plain Celery worker and one LangServe server
+(uvicorn), each a subprocess logging to a file, and their memory."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.sizes import REPO, BenchmarkError, Sizes
+from runnable_k8s import spawn
 
 
 def _rss_kb(pid: int, field_name: str = "VmRSS") -> int:
@@ -82,8 +84,8 @@ class PeakRss:
 
 
 class Worker:
-    """A subprocess whose output goes to a log file; ready when `ready()` says so (by default:
-    when it logs `ready.`, as both Celery workers do at INFO)."""
+    """A baseline's subprocess whose output goes to a log file; ready when `ready()` says so
+    (by default: when it logs `ready.`, as plain Celery does at INFO)."""
 
     def __init__(
         self,
@@ -132,6 +134,37 @@ class Worker:
         self._log.close()
 
 
+class OurWorker(spawn.WorkerProcess):
+    """Our worker: ready when its consumer takes messages (its ready file), with the same
+    `name`, `wait_ready`, `rss_mb` and `stop` as the baselines' `Worker`."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, argv: list[str]) -> None:
+        self.name = name
+        super().__init__(
+            env,
+            heartbeat_file=log_dir / f"{name}.heartbeat",
+            log=log_dir / f"{name}.log",
+            argv=argv,
+            cwd=REPO,
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        try:
+            super().wait_ready(timeout)
+        except spawn.WorkerNotReady as exc:
+            raise BenchmarkError(f"{self.name}: {exc}") from exc
+
+    def rss_mb(self) -> float:
+        return _rss_kb(self.pid) / 1024
+
+    def stop(self, grace: float = 20.0) -> int:
+        return super().stop(grace)
+
+
+AnyWorker = Worker | OurWorker
+"""A process a side measures (its RSS) and stops."""
+
+
 def _base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNABLE_K8S_", "BENCHMARK_"))}
     env.pop("OPENAI_API_KEY", None)
@@ -167,27 +200,16 @@ def start_ours(
     extra_env: dict[str, str] | None = None,
     name: str = "ours",
     concurrency: int | None = None,
-) -> Worker:
+) -> OurWorker:
     """Our worker, `python -m <module> worker` (`benchmarks.stages` runs a stamped one)."""
-    env = _base_env()
-    env.update(
-        {
-            **settings.to_env(),
-            "RUNNABLE_K8S_HEARTBEAT_FILE": str(log_dir / f"{name}.heartbeat"),
-            "RUNNABLE_K8S_LOG_LEVEL": loglevel,
-            **(extra_env or {}),
-        }
+    env = spawn.environment(settings.replace(log_level=loglevel), base=_base_env(), extra=extra_env)
+    argv = spawn.worker_argv(
+        concurrency=concurrency or sizes.concurrency,
+        loglevel=loglevel,
+        hostname=f"{name}-{os.getpid()}@bench",
+        module=module,
     )
-    argv = [
-        sys.executable,
-        "-m",
-        module,
-        "worker",
-        f"--concurrency={concurrency or sizes.concurrency}",
-        f"--loglevel={loglevel}",
-        f"--hostname={name}-{os.getpid()}@bench",
-    ]
-    return Worker(name, argv, env, log_dir)
+    return OurWorker(name, env, log_dir, argv)
 
 
 def start_baseline(

@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, ClassVar, TypeVar
 
-from benchmarks.processes import Worker
+from benchmarks.processes import AnyWorker
 from benchmarks.sizes import Sizes
 
 T = TypeVar("T")
@@ -24,7 +24,7 @@ class Side:
     """Runs the streaming workloads (RunnableK8s, LangServe, in-process)."""
     uses_redis: ClassVar[bool] = False
     """Its Redis commands are counted (RunnableK8s and plain Celery)."""
-    worker: Worker | None = None
+    worker: AnyWorker | None = None
     """The process that does the work (in-process: none)."""
 
     def __init__(self) -> None:
@@ -63,7 +63,7 @@ class Ours(Side):
     streams = True
     uses_redis = True
 
-    def __init__(self, settings: Any, sizes: Sizes, worker: Worker) -> None:
+    def __init__(self, settings: Any, sizes: Sizes, worker: AnyWorker) -> None:
         from benchmarks.models import EchoRunnable, small_chain
         from runnable_k8s import RunnableK8s
 
@@ -109,7 +109,7 @@ class Baseline(Side):
     batches = True
     uses_redis = True
 
-    def __init__(self, redis_url: str, queue: str, sizes: Sizes, worker: Worker) -> None:
+    def __init__(self, redis_url: str, queue: str, sizes: Sizes, worker: AnyWorker) -> None:
         from benchmarks import baseline
 
         super().__init__()
@@ -160,7 +160,7 @@ class LangServe(Side):
     label = "LangServe"
     streams = True
 
-    def __init__(self, url: str, worker: Worker) -> None:
+    def __init__(self, url: str, worker: AnyWorker) -> None:
         from langserve import RemoteRunnable
 
         super().__init__()

@@ -34,9 +34,9 @@ from runnable_k8s.dev.scaling import Policy, Rules, ScalingConfig
 from runnable_k8s.dev.session import DevSession
 from runnable_k8s.embedded import EmbeddedRedis
 from runnable_k8s.errors import BrokerUnavailable
-from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.messages import Protocol
 from runnable_k8s.settings import Settings, SigningKey
+from runnable_k8s.store import keys
 
 REPO = Path(__file__).resolve().parents[1]
 DELAYS = (0.0, 0.05, 0.2, 0.5)

@@ -8,7 +8,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.processes import PeakRss, Worker
+from benchmarks.processes import AnyWorker, PeakRss
 from benchmarks.sides import Ours, Side
 from benchmarks.sizes import BenchmarkError, Sizes
 
@@ -60,7 +60,7 @@ def s2(side: Side, streams: int, tokens: int, out: Results) -> None:
     out.s2_chunks_per_s.append(streams * tokens / wall)
 
 
-def s3(ours: Ours, worker: Worker, settings: Any, sizes: Sizes, out: Results) -> None:
+def s3(ours: Ours, worker: AnyWorker, settings: Any, sizes: Sizes, out: Results) -> None:
     """`memory_runs` streaming runs at once, each from a model that yields a token every
     `memory_interval` s for `memory_seconds`, on one worker process (`worker`, concurrency
     `memory_runs`, its own queue in `settings`): its peak RSS while it holds them all.

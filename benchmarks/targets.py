@@ -96,7 +96,11 @@ def targets(sizes: Sizes, results: dict[str, Results], memory: bool) -> list[Tar
             f"{_x(invoke['ours'], invoke['baseline']):.2f}x Celery",
             "",
             "<= plain Celery's",
-            invoke["ours"] <= invoke["baseline"],
+            # Each run's count is a whole number (tests/integration/test_store.py counts every
+            # step); what is left after the idle polling is subtracted is background work that
+            # fell into the window (a sweep's LLEN, Celery's PING), a few hundredths either way.
+            # Compared to one decimal, so equal designs do not flip on that noise.
+            round(invoke["ours"], 1) <= round(invoke["baseline"], 1),
             invoke,
         )
     )

@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import click
 
+from runnable_k8s import spawn
 from runnable_k8s.cli_batch import batch
 from runnable_k8s.cli_failed import failed
 from runnable_k8s.cli_runs import COMMANDS
@@ -76,38 +75,27 @@ def worker(
 @contextlib.contextmanager
 def local_worker(
     settings: Settings, *, concurrency: int = 8, log_path: str | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A worker subprocess for `settings` (used by the demo and `dev`); its output goes to
-    `log_path` (discarded when None)."""
-    env = dict(os.environ)
-    env["RUNNABLE_K8S_REDIS_URL"] = settings.require_redis_url()
-    env["RUNNABLE_K8S_SIGNING_KEY"] = settings.require_signing_key().reveal().decode()
-    env["RUNNABLE_K8S_QUEUE"] = settings.queue
-    log = open(log_path or os.devnull, "ab")  # noqa: SIM115 (closed below)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runnable_k8s",
-            "worker",
-            f"--concurrency={concurrency}",
-            "--loglevel=WARNING",
-            f"--parent-pid={os.getpid()}",  # gone with us, even if we are killed
-        ],
-        env=env,
-        stdout=log,
-        stderr=log,
+) -> Iterator[spawn.WorkerProcess]:
+    """A worker subprocess for `settings` (the demo's), ready (its consumer takes messages)
+    when this yields; its output goes to `log_path` (discarded when None).
+
+    Raises:
+        WorkerNotReady: it exited, or did not take messages within 60 s.
+    """
+    worker = spawn.WorkerProcess(
+        spawn.environment(settings),
+        log=Path(log_path) if log_path else None,
+        argv=spawn.worker_argv(
+            concurrency=concurrency,
+            loglevel="WARNING",
+            parent_pid=os.getpid(),  # gone with us, even if we are killed
+        ),
     )
     try:
-        yield process
+        worker.wait_ready(60)
+        yield worker
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        worker.stop(30)
 
 
 @main.command()
@@ -135,7 +123,10 @@ def demo(question: str) -> None:
             url = server.start()
             click.echo(f"(no RUNNABLE_K8S_REDIS_URL: started an embedded server at {url})")
             settings = settings.replace(redis_url=url)
-            stack.enter_context(local_worker(settings, concurrency=4))
+            try:
+                stack.enter_context(local_worker(settings, concurrency=4))
+            except RunnableK8sError as exc:
+                raise click.ClickException(str(exc)) from exc
             click.echo("(started a local worker process)")
         if settings.openai_available:
             from langchain_openai import ChatOpenAI

@@ -124,8 +124,8 @@ class Settings:
     """Worker logs one JSON object per line when true."""
 
     heartbeat_file: str = "/tmp/runnable-k8s-heartbeat"
-    """File the worker touches while its event loop and Redis connection are healthy; the
-    liveness probe checks its age."""
+    """File the worker touches while its event loop turns (liveness); `<file>.ready` exists
+    while its consumer takes messages (readiness). The probes check their ages."""
 
     heartbeat_interval: float = 5.0
     """Seconds between heartbeats."""

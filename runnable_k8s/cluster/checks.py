@@ -14,16 +14,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from runnable_k8s import connections
+from runnable_k8s import connections, keda
 from runnable_k8s.cluster import sentinel_checks
 from runnable_k8s.cluster.manifests import WORKER, WORKER_CONTAINER, Manifest
 from runnable_k8s.errors import ConfigurationError
-from runnable_k8s.protocol import keys, priority
+from runnable_k8s.protocol import priority
 from runnable_k8s.settings import ENV_PREFIX, Settings
-from runnable_k8s.store.limits import WAITING as LIMITS_WAITING
-
-INFLIGHT_KEY = "unacked"
-"""kombu's hash of delivered, unacknowledged messages (same database as the queue)."""
+from runnable_k8s.store import keys
 
 EXTERNAL_SECRETS_ANNOTATION = "runnable-k8s.dev/external-secrets"
 """Comma-separated Secrets created outside the manifests (by hand or by a secret manager)."""
@@ -66,8 +63,10 @@ def expand(value: str, env: Mapping[str, str]) -> str:
     return _VAR_REF.sub(substitute, value)
 
 
-def worker_environment(objects: Sequence[Manifest], container: Mapping[str, Any]) -> dict[str, str]:
-    """The container's environment as kubelet builds it; Secret values become placeholders."""
+def pod_environment(objects: Sequence[Manifest], container: Mapping[str, Any]) -> dict[str, str]:
+    """The container's environment as kubelet builds it from the manifests (ConfigMap
+    references, `$(VAR)` expansion); Secret values become placeholders. (`dev` starts its
+    workers with `keda.worker_environment`, from the same ConfigMap values.)"""
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         prefix = source.get("prefix", "")
@@ -143,7 +142,7 @@ def find_problems(objects: Sequence[Manifest]) -> list[str]:
         container = worker_container(deployment)
     except ConfigurationError as exc:
         return [*problems, str(exc)]
-    env = worker_environment(objects, container)
+    env = pod_environment(objects, container)
     settings, problem = _settings(env)
     if problem:
         problems.append(problem)
@@ -232,9 +231,7 @@ def _scaler_problems(
     names = [str(t["metadata"].get("listName", "")) for t in triggers]
     for trigger, list_name in zip(triggers, names, strict=True):
         label = f"trigger {trigger.get('name', '?')!r}"
-        lists = set(priority.lists(settings.queue).values())
-        known = {*lists, INFLIGHT_KEY, keys.pending(settings.queue), LIMITS_WAITING}
-        if list_name not in known:
+        if list_name not in keda.trigger_keys(settings.queue).values():
             problems.append(
                 f"{label} counts Redis key {list_name!r}, but the workers consume "
                 f"{settings.queue!r} (RUNNABLE_K8S_QUEUE)"
@@ -258,9 +255,9 @@ def _scaler_problems(
     for level, list_name in priority.lists(settings.queue).items():
         if list_name not in names:
             problems.append(f"no redis trigger counts the {level} priority list {list_name!r}")
-    if INFLIGHT_KEY not in names:
+    if keys.UNACKED not in names:
         problems.append(
-            f"no redis trigger counts {INFLIGHT_KEY!r}: busy workers would be scaled away"
+            f"no redis trigger counts {keys.UNACKED!r}: busy workers would be scaled away"
         )
     problems += _cooldown_problems(spec, settings, keys.pending(settings.queue) in names)
     modifiers = spec.get("advanced", {}).get("scalingModifiers", {})

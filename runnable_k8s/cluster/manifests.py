@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from runnable_k8s.errors import ConfigurationError, RunnableK8sError
+from runnable_k8s.keda import read_config_env
 
 Manifest = dict[str, Any]
 
@@ -69,12 +70,7 @@ def components(root: Path) -> list[str]:
 
 def config_keys(root: Path) -> list[str]:
     """Keys of `base/config.env`: the values `--set` may override."""
-    keys = []
-    for line in (root / "base" / "config.env").read_text().splitlines():
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#") and "=" in stripped:
-            keys.append(stripped.split("=", 1)[0].strip())
-    return keys
+    return list(read_config_env(root / "base" / "config.env"))
 
 
 def find_kubectl() -> str:

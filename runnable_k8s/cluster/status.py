@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from runnable_k8s.cluster.checks import INFLIGHT_KEY
+from runnable_k8s import keda
 from runnable_k8s.cluster.kube import KubeApi
 from runnable_k8s.cluster.manifests import WORKER
 from runnable_k8s.errors import RunnableK8sError
-from runnable_k8s.protocol import keys, priority
+from runnable_k8s.store import keys
 
 
 @dataclass(frozen=True)
@@ -105,18 +105,25 @@ def read_cluster(api: KubeApi, namespace: str) -> Status:
 def _scaler(scaled: dict[str, Any]) -> Scaler:
     spec = scaled.get("spec") or {}
     queue = database = None
-    for trigger in spec.get("triggers") or []:
-        metadata = trigger.get("metadata") or {}
-        name = str(metadata.get("listName", ""))
-        # The queue list: not kombu's hash, not the pending set (which follows the queue).
-        if (
-            trigger.get("type") in {"redis", "redis-sentinel"}
-            and name != INFLIGHT_KEY
+    triggers = [
+        t for t in spec.get("triggers") or [] if t.get("type") in {"redis", "redis-sentinel"}
+    ]
+    # The trigger on the queue's own list names the queue: the shipped one is named "queued";
+    # otherwise the first whose key is none of those that are not a queue list.
+    others = {keys.UNACKED, keys.LIMIT_WAITING}
+    chosen = next((t for t in triggers if t.get("name") == "queued"), None) or next(
+        (
+            t
+            for t in triggers
+            if (name := str((t.get("metadata") or {}).get("listName", ""))) not in others
             and not name.startswith(keys.pending(""))
-        ):
-            queue = name
-            database = str(metadata.get("databaseIndex", "0"))
-            break
+        ),
+        None,
+    )
+    if chosen is not None:
+        metadata = chosen.get("metadata") or {}
+        queue = str(metadata.get("listName", ""))
+        database = str(metadata.get("databaseIndex", "0"))
     conditions = [
         Condition(
             str(c.get("type")),
@@ -136,8 +143,8 @@ def _scaler(scaled: dict[str, Any]) -> Scaler:
 
 
 def read_queue(redis_url: str, queue: str, *, timeout: float = 5.0) -> Queue:
-    """LLEN of the queue's lists (every priority), HLEN of kombu's `unacked` hash and ZCARD
-    of the pending set, in the URL's database."""
+    """What the triggers count (`keda.queue_counts`): the queue's lists (every priority),
+    kombu's `unacked` hash and the pending set, in the URL's database."""
     import redis
 
     from runnable_k8s import connections
@@ -148,16 +155,19 @@ def read_queue(redis_url: str, queue: str, *, timeout: float = 5.0) -> Queue:
         redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
     )
     try:
-        # Every priority's list (<queue>, <queue>:high, <queue>:low).
-        queued = sum(int(client.llen(name)) for name in priority.lists(queue).values())
-        inflight = int(client.hlen(INFLIGHT_KEY))
-        pending = int(client.zcard(keys.pending(queue)))
+        counts = keda.queue_counts(client, queue)
     except redis.RedisError as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return Queue(queue, database, error=f"cannot read Redis: {text}")
     finally:
         client.close()
-    return Queue(queue, database, queued=queued, inflight=inflight, pending=pending)
+    return Queue(
+        queue,
+        database,
+        queued=counts.queued,
+        inflight=counts.inflight,
+        pending=counts.pending,
+    )
 
 
 def format_status(status: Status) -> str:
@@ -173,7 +183,7 @@ def format_status(status: Status) -> str:
         s = status.scaler
         lines.append(
             f"scaler:     {s.min_replicas}..{s.max_replicas} replicas on list {s.queue!r} "
-            f"(db {s.database}) + {INFLIGHT_KEY!r} + its pending set"
+            f"(db {s.database}) + {keys.UNACKED!r} + its pending set"
         )
         for c in s.conditions:
             detail = f" {c.reason}: {c.message}" if c.reason or c.message else ""

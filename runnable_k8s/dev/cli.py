@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 import click
 import redis
 
+from runnable_k8s import keda
 from runnable_k8s.errors import RunnableK8sError
-from runnable_k8s.protocol import keys, priority
 from runnable_k8s.settings import Settings, SigningKey
+from runnable_k8s.store import keys
 
 if TYPE_CHECKING:
     from runnable_k8s.dev.scaling import ScalingConfig
@@ -145,14 +146,17 @@ def _serve(
     from runnable_k8s.dev.session import DevSession
     from runnable_k8s.dev.view import LiveView, safe_echo
 
-    session = DevSession(
-        settings,
-        config,
-        log_dir,
-        base_env=dict(os.environ),
-        config_values=values,
-        restart_backoff=restart_backoff,
-    )
+    try:
+        session = DevSession(
+            settings,
+            config,
+            log_dir,
+            base_env=dict(os.environ),
+            config_values=values,
+            restart_backoff=restart_backoff,
+        )
+    except RunnableK8sError as exc:  # e.g. a ConfigMap value no worker would accept
+        raise click.ClickException(str(exc)) from exc
     view = LiveView(session.pool)
     session.pool.on_event = view.on_event
     session.controller.on_sample = view.on_sample
@@ -228,7 +232,7 @@ def _print_scaling(config: ScalingConfig, log_dir: Path) -> None:
 
 def _left_over(client: redis.Redis, queue: str) -> int:
     with contextlib.suppress(redis.RedisError, OSError):
-        return sum(int(client.llen(name)) for name in priority.lists(queue).values())
+        return keda.queue_counts(client, queue).queued
     return 0
 
 

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from runnable_k8s import keda
 from runnable_k8s.errors import ConfigurationError
-from runnable_k8s.protocol import keys, priority
+from runnable_k8s.store import keys
 
 HPA_SYNC_PERIOD = 15.0
 """kube-controller-manager's default `--horizontal-pod-autoscaler-sync-period`: the HPA syncs on
@@ -70,7 +71,7 @@ class ScalingConfig:
     activation: float = 0.0
     """With `scalingModifiers`: its activationTarget; without: the first trigger's."""
     triggers: Mapping[str, str] = field(
-        default_factory=lambda: {"queued": "runnable-k8s", "inflight": "unacked"}
+        default_factory=lambda: {"queued": "runnable-k8s", "inflight": keys.UNACKED}
     )
     """Trigger name -> Redis key whose length KEDA reads (LLEN, HLEN, SCARD or ZCARD)."""
     formula: tuple[str, ...] = ("queued", "inflight")
@@ -198,10 +199,9 @@ class ScalingConfig:
         if queue is not None:
             # The keys that follow the queue's name (the single-source component copies it).
             renamed = {
-                "queued": queue,
-                "high": priority.list_name(queue, "high"),
-                "low": priority.list_name(queue, "low"),
-                "pending": keys.pending(queue),
+                name: key
+                for name, key in keda.trigger_keys(queue).items()
+                if name in keda.FOLLOW_QUEUE
             }
             config = config.replace(
                 triggers={n: renamed.get(n, k) for n, k in config.triggers.items()}

@@ -15,43 +15,7 @@ import redis
 
 from runnable_k8s.dev.scaling import Autoscaler, ScalingConfig
 from runnable_k8s.dev.supervisor import WorkerPool
-
-
-def trigger_lengths(client: redis.Redis, triggers: Mapping[str, str]) -> dict[str, int]:
-    """Length of each trigger's key, counted by the key's type as KEDA's Redis scaler does
-    (redis_scaler.go's Lua script: ZCARD, SCARD, HLEN, LLEN; a missing key counts 0).
-
-    Raises:
-        redis.RedisError: Redis did not answer, or a key is of another type (a string, a
-            stream), which the scaler reports as an error rather than a length.
-    """
-    with client.pipeline(transaction=False) as pipe:
-        for key in triggers.values():
-            pipe.type(key)
-        types = pipe.execute()
-    with client.pipeline(transaction=False) as pipe:
-        counted = []
-        for name, raw in zip(triggers, types, strict=True):
-            kind = raw.encode() if isinstance(raw, str) else raw
-            key = triggers[name]
-            if kind == b"list":
-                pipe.llen(key)
-            elif kind == b"hash":
-                pipe.hlen(key)
-            elif kind == b"set":
-                pipe.scard(key)
-            elif kind == b"zset":
-                pipe.zcard(key)
-            elif kind == b"none":
-                continue
-            else:
-                kind_name = kind.decode(errors="replace")
-                raise redis.ResponseError(f"ERR unsupported key type: {kind_name} ({key})")
-            counted.append(name)
-        lengths = pipe.execute()
-    result = dict.fromkeys(triggers, 0)
-    result.update({name: int(n) for name, n in zip(counted, lengths, strict=True)})
-    return result
+from runnable_k8s.keda import trigger_lengths
 
 
 @dataclass(frozen=True, slots=True)

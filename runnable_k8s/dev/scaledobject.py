@@ -21,6 +21,7 @@ from runnable_k8s.dev.config import (
     ScalingConfig,
 )
 from runnable_k8s.errors import ConfigurationError
+from runnable_k8s.keda import read_config_env
 
 # Every field below is one `dev` models; anything else in these places is refused, because KEDA
 # or the HPA would act on it and `dev` would not.
@@ -279,17 +280,6 @@ def _rules(raw: Mapping[str, Any] | None, default: Rules, where: str) -> Rules:
     )
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    """`KEY=VALUE` lines of a kustomize env file (comments and blank lines skipped)."""
-    values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#") and "=" in stripped:
-            key, _, value = stripped.partition("=")
-            values[key.strip()] = value.strip()
-    return values
-
-
 def load_base(root: Path) -> ScalingConfig:
     """Read `base/scaledobject.yaml`, applying the copies `components/single-source` makes from
     `base/config.env` (queue -> listNames, concurrency -> target and listLength).
@@ -301,7 +291,7 @@ def load_base(root: Path) -> ScalingConfig:
 
     base = root / "base"
     try:
-        values = read_env_file(base / "config.env")
+        values = read_config_env(base / "config.env")
         scaled_object = yaml.safe_load((base / "scaledobject.yaml").read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigurationError(f"cannot read the kustomize base in {base}: {exc}") from exc
@@ -352,4 +342,4 @@ def load(
             source = f"{root}/overlays/{overlay} (kustomize)"
             data = {str(k): str(v) for k, v in (maps[0].get("data") or {}).items()}
             return from_manifests(scaled[0], source), data
-    return load_base(root), read_env_file(root / "base" / "config.env")
+    return load_base(root), read_config_env(root / "base" / "config.env")

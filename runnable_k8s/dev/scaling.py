@@ -37,7 +37,6 @@ from runnable_k8s.dev.scaledobject import (
     load,
     load_base,
     parse_formula,
-    read_env_file,
     split_hold,
 )
 
@@ -55,7 +54,6 @@ __all__ = [
     "load",
     "load_base",
     "parse_formula",
-    "read_env_file",
     "split_hold",
 ]
 

@@ -11,10 +11,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 
-from runnable_k8s import connections
+from runnable_k8s import connections, keda
 from runnable_k8s.dev.controller import Controller, Sample
 from runnable_k8s.dev.scaling import ScalingConfig
-from runnable_k8s.dev.supervisor import PoolEvent, WorkerPool, worker_environment
+from runnable_k8s.dev.supervisor import PoolEvent, WorkerPool
 from runnable_k8s.settings import Settings
 
 
@@ -52,13 +52,8 @@ class DevSession:
         values = dict(config_values or {})
         if grace_period is None:
             grace_period = float(values.get("TERMINATION_GRACE_PERIOD_SECONDS", "660"))
-        env = worker_environment(
-            base_env or {},
-            redis_url=settings.require_redis_url(),
-            signing_key=settings.require_signing_key().reveal().decode(),
-            queue=settings.queue,
-            config_values=values,
-            extra=extra_env,
+        env = keda.worker_environment(
+            settings, base=base_env or {}, config_values=values, extra=extra_env
         )
         self.settings = settings
         self.pool = WorkerPool(

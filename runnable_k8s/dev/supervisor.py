@@ -12,18 +12,16 @@ do in a cluster, on one machine.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
+
+from runnable_k8s import spawn
 
 State = Literal["starting", "ready", "crashed", "stopping", "exited"]
 
@@ -41,7 +39,7 @@ class Worker:
     name: str
     log_path: Path
     heartbeat: Path
-    process: subprocess.Popen[bytes] | None = None
+    process: spawn.WorkerProcess | None = None
     state: State = "starting"
     created_at: float = 0.0
     started_at: float = 0.0
@@ -52,7 +50,6 @@ class Worker:
     restarts: int = 0
     restart_at: float | None = None
     log_paths: list[Path] = field(default_factory=list)
-    _log: IO[bytes] | None = None
     _offset: int = 0
     _partial: bytes = b""
 
@@ -84,7 +81,7 @@ class WorkerPool:
     """Starts, restarts and warm-stops `runnable-k8s worker` processes.
 
     Args:
-        env: the workers' environment (Redis URL, signing key, queue, ...).
+        env: the workers' environment (`keda.worker_environment`).
         log_dir: one log file per worker process is written here.
         concurrency: `--concurrency` of each worker (runs held at once).
         restart_backoff: seconds before a crashed worker is restarted (doubles per restart).
@@ -174,31 +171,21 @@ class WorkerPool:
             f"{worker.name}.log" if generation == 0 else f"{worker.name}.{generation}.log"
         )
         worker.log_paths.append(worker.log_path)
-        worker._log = open(worker.log_path, "wb")  # noqa: SIM115 (closed when it exits)
         worker._offset = 0
         worker._partial = b""
-        Path(f"{worker.heartbeat}.ready").unlink(missing_ok=True)
-        env = dict(self.env)
-        env["RUNNABLE_K8S_HEARTBEAT_FILE"] = str(worker.heartbeat)
-        worker.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "runnable_k8s",
-                "worker",
-                f"--concurrency={self.concurrency}",
-                f"--loglevel={self.loglevel}",
-                f"--hostname={worker.name}-{os.getpid()}@dev",
+        worker.process = spawn.WorkerProcess(
+            self.env,
+            heartbeat_file=worker.heartbeat,
+            log=worker.log_path,
+            argv=spawn.worker_argv(
+                concurrency=self.concurrency,
+                loglevel=self.loglevel,
+                hostname=f"{worker.name}-{os.getpid()}@dev",
                 # It stops when this process is gone, however that happens (even SIGKILL).
-                f"--parent-pid={os.getpid()}",
-            ],
-            env=env,
-            stdout=worker._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            # Its own process group: the terminal's Ctrl-C reaches `dev` only, which then
-            # stops the workers warmly itself.
-            start_new_session=True,
+                parent_pid=os.getpid(),
+            ),
+            # The terminal's Ctrl-C reaches `dev` only, which then stops the workers warmly.
+            new_session=True,
         )
         worker.state = "starting"
         worker.started_at = self.clock()
@@ -210,8 +197,7 @@ class WorkerPool:
         worker.stop_requested_at = self.clock()
         if worker.process is not None and worker.process.poll() is None:
             worker.state = "stopping"
-            with contextlib.suppress(ProcessLookupError):
-                worker.process.send_signal(signal.SIGTERM)
+            worker.process.request_stop()
             self._event(worker, "SIGTERM (warm shutdown: running runs finish first)")
         else:
             worker.state = "stopping"  # reaped (and retired) at the next poll
@@ -230,9 +216,9 @@ class WorkerPool:
         now = self.clock()
         for worker in list(self.workers):
             self._read_log(worker)
-            process = worker.process
-            if process is not None and process.poll() is not None:
-                self._exited(worker, process.returncode, now)
+            code = worker.process.reaped() if worker.process is not None else None
+            if code is not None:
+                self._exited(worker, code, now)
             if worker.state == "stopping" and (worker.process is None):
                 worker.state = "exited"
                 self.workers.remove(worker)
@@ -251,17 +237,14 @@ class WorkerPool:
                 self._event(worker, f"ready after {now - worker.started_at:.1f} s")
 
     def _is_ready(self, worker: Worker) -> bool:
-        ready = Path(f"{worker.heartbeat}.ready")
-        return ready.exists()
+        # Its consumer takes messages (the worker's ready file, as the readiness probe reads).
+        return worker.process is not None and worker.process.ready()
 
     def _exited(self, worker: Worker, code: int, now: float) -> None:
         self._read_log(worker)
         worker.exit_code = code
         worker.exited_at = now
         worker.process = None
-        if worker._log is not None:
-            worker._log.close()
-            worker._log = None
         how = f"signal {-code}" if code < 0 else f"code {code}"
         if worker.state == "stopping":
             self._event(worker, f"exited ({how})")
@@ -316,7 +299,6 @@ class WorkerPool:
             for worker in list(self.workers):
                 if worker.process is not None and worker.process.poll() is None:
                     worker.process.kill()
-                    worker.process.wait(10)
                     killed.append(worker)
                     self._event(worker, "SIGKILL: did not stop in time")
         self.poll()
@@ -327,36 +309,3 @@ class WorkerPool:
         self.events.append(event)
         if self.on_event is not None:
             self.on_event(event)
-
-
-def worker_environment(
-    base: Mapping[str, str],
-    *,
-    redis_url: str,
-    signing_key: str,
-    queue: str,
-    config_values: Mapping[str, str] | None = None,
-    extra: Mapping[str, str] | None = None,
-) -> dict[str, str]:
-    """The environment of a dev worker: the ConfigMap's `RUNNABLE_K8S_*` values (as in a
-    cluster), then the caller's own environment (which wins), then what `dev` decides.
-
-    The metrics port is turned off (several local workers cannot share one) and logs are plain
-    text (the live view reads them), whatever the ConfigMap says.
-    """
-    env: dict[str, str] = {}
-    for key, value in (config_values or {}).items():
-        if key.startswith("RUNNABLE_K8S_"):
-            env[key] = value
-    env.update(base)
-    env.update(
-        {
-            "RUNNABLE_K8S_REDIS_URL": redis_url,
-            "RUNNABLE_K8S_SIGNING_KEY": signing_key,
-            "RUNNABLE_K8S_QUEUE": queue,
-            "RUNNABLE_K8S_METRICS_PORT": "0",
-            "RUNNABLE_K8S_LOG_JSON": "false",
-        }
-    )
-    env.update(extra or {})
-    return env

@@ -30,10 +30,9 @@ from runnable_k8s.producer.client import (
 from runnable_k8s.producer.redis_errors import translated
 from runnable_k8s.producer.stream_entries import Event, parse_entries
 from runnable_k8s.producer.thread_submit import raise_busy, rollback_record
-from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.settings import Settings
-from runnable_k8s.store import threads
+from runnable_k8s.store import keys, threads
 from runnable_k8s.store.cancel import queue_cancel as _queue_cancel
 from runnable_k8s.store.submit import AsyncEnqueuer, Submission
 from runnable_k8s.store.threads import Strategy, TransactionThreads

@@ -25,11 +25,10 @@ from runnable_k8s.producer import durable, rejections
 from runnable_k8s.producer.redis_errors import translated
 from runnable_k8s.producer.stream_entries import Event, parse_entries
 from runnable_k8s.producer.thread_submit import raise_busy, rollback_record
-from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunStatus
 from runnable_k8s.protocol.webhook import WebhookDelivery
 from runnable_k8s.settings import Settings
-from runnable_k8s.store import threads, webhooks
+from runnable_k8s.store import keys, threads, webhooks
 from runnable_k8s.store.cancel import queue_cancel as _queue_cancel
 from runnable_k8s.store.submit import Enqueuer, Submission
 from runnable_k8s.store.threads import Strategy, TransactionThreads

@@ -1,6 +1,6 @@
-"""Redis key names, in one place (`runnable_k8s.protocol.keys` re-exports them for callers
-written before the run store). Per-run keys share a hash tag so they live on one slot. New
-state (thread queues, priorities, rate limits, webhook deliveries) names its keys here too."""
+"""Redis key names, in one place: every module that names a key imports this one. Per-run keys
+share a hash tag so they live on one slot. New state (thread queues, priorities, rate limits,
+webhook deliveries) names its keys here too."""
 
 from __future__ import annotations
 

@@ -29,11 +29,10 @@ import redis
 import redis.asyncio as aredis
 
 from runnable_k8s.errors import UnknownMultitaskStrategy
-from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.graph_state import reads_only
 from runnable_k8s.protocol.messages import RunRequest
 from runnable_k8s.settings import Settings
-from runnable_k8s.store import scripts
+from runnable_k8s.store import keys, scripts
 
 Strategy = Literal["enqueue", "reject", "interrupt", "rollback"]
 STRATEGIES: Final[tuple[Strategy, ...]] = ("enqueue", "reject", "interrupt", "rollback")

@@ -21,7 +21,7 @@ from runnable_k8s.settings import Settings
 from runnable_k8s.worker import durability, logs, memory, revocation, task_state, transport
 from runnable_k8s.worker.consumer import guarded_consumer
 from runnable_k8s.worker.execution import Executor
-from runnable_k8s.worker.health import heartbeat
+from runnable_k8s.worker.health import Readiness, heartbeat
 from runnable_k8s.worker.loop import LoopThread
 from runnable_k8s.worker.metrics import WorkerMetrics
 from runnable_k8s.worker.outage import REDIS_ERRORS
@@ -103,14 +103,19 @@ class DescribedRequest(Request):  # type: ignore[misc]
         return dict(super().info(safe=True))
 
 
-def create_app(settings: Settings, executor: Executor, loop: LoopThread) -> Celery:
-    """Build the Celery app whose one task hands each message to `executor` on `loop`."""
+def create_app(
+    settings: Settings, executor: Executor, loop: LoopThread, readiness: Readiness | None = None
+) -> Celery:
+    """Build the Celery app whose one task hands each message to `executor` on `loop`; its
+    consumer keeps `readiness` (the ready file) while it takes messages."""
     broker, _ = connections.kombu_broker(settings.require_redis_url())
     app = Celery("runnable_k8s", broker=broker, set_as_current=False)
     app.conf.update(celery_config(settings))
     # Nothing but our own task, as our producer writes it, becomes a request (see the module);
     # the size bound is the executor's own first check (body limit plus header and MAC).
-    app.conf.worker_consumer = guarded_consumer(executor.metrics, settings.max_body_bytes + 1024)
+    app.conf.worker_consumer = guarded_consumer(
+        executor.metrics, settings.max_body_bytes + 1024, readiness
+    )
 
     @app.task(  # type: ignore[untyped-decorator]
         name=TASK_NAME,
@@ -167,19 +172,26 @@ def run_worker(
         every=settings.rescue_every,
     )
     deliverer = Deliverer(executor.redis, executor.protocol, settings, metrics)
+    readiness = Readiness(settings.heartbeat_file, metrics)
     executor.on_ended = deliverer.due.due_now
     background = [
         loop.submit(deliverer.forever()),
         loop.submit(executor.cancellations.listen()),
         loop.submit(rescuer.forever()),
         loop.submit(
-            heartbeat(executor.redis, settings.heartbeat_file, settings.heartbeat_interval, metrics)
+            heartbeat(
+                executor.redis,
+                settings.heartbeat_file,
+                settings.heartbeat_interval,
+                readiness,
+                metrics,
+            )
         ),
         loop.submit(
             watch_depth(executor.redis, settings.queue, settings.heartbeat_interval, metrics)
         ),
     ]
-    app = create_app(settings, executor, loop)
+    app = create_app(settings, executor, loop, readiness)
     revocation.install(settings.require_redis_url(), executor.protocol)  # revoke = cancel
     # The loop thread starts once Celery has set up logging: the background loops submitted
     # above wait in its queue until then, so their first lines (a webhook delivered as the
@@ -208,6 +220,7 @@ def run_worker(
     try:
         app.worker_main(argv)
     finally:
+        readiness.stopped()
         for future in background:
             future.cancel()
         loop.start()  # a no-op unless the worker stopped before it started: `_close` needs it

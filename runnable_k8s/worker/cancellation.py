@@ -18,8 +18,8 @@ from typing import Final
 import redis.asyncio as aredis
 
 from runnable_k8s.errors import MessageRejected
-from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.messages import Protocol
+from runnable_k8s.store import keys
 from runnable_k8s.store.records import RunRecords
 from runnable_k8s.worker.logs import RunEvent, forged, run_event
 

@@ -21,6 +21,11 @@ A stopping worker (SIGTERM: warm shutdown) finishes the runs it holds, but the f
 in flight when the signal lands still delivers a message. It is handed back to the queue at
 once (for another worker, or this one's successor) instead of being started, or held
 unacknowledged until the visibility timeout.
+
+The consumer also owns readiness (`health.Readiness`): Celery calls `on_ready` each time the
+consumer has subscribed to the queue (at start and after every reconnection), and `on_close`
+or `stop` when it stops taking messages, which is exactly when the worker can and cannot take
+a run. Celery's `worker_ready` signal fires once, so it would miss every reconnection.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from celery.worker.consumer import Consumer
 
 from runnable_k8s.protocol import envelope
 from runnable_k8s.protocol.task_message import EMBED, FIXED_HEADERS, FREE_HEADERS, TASK_NAME
+from runnable_k8s.worker.health import Readiness
 from runnable_k8s.worker.logs import RunEvent, run_event
 from runnable_k8s.worker.metrics import RejectReason, WorkerMetrics
 
@@ -147,9 +153,12 @@ def _stopping() -> bool:
     )
 
 
-def guarded_consumer(metrics: WorkerMetrics, max_bytes: int) -> type[Consumer]:
+def guarded_consumer(
+    metrics: WorkerMetrics, max_bytes: int, readiness: Readiness | None = None
+) -> type[Consumer]:
     """Celery's consumer with `check` (and the hand-back on shutdown) in front of the step
-    that turns messages into requests. Set as the app's `worker_consumer`."""
+    that turns messages into requests, which keeps `readiness` while it consumes. Set as the
+    app's `worker_consumer`."""
 
     def refuse(message: Any, refusal: Refusal, errors: tuple[type[BaseException], ...]) -> None:
         metrics.reject(refusal.reason)
@@ -170,6 +179,24 @@ def guarded_consumer(metrics: WorkerMetrics, max_bytes: int) -> type[Consumer]:
         message.reject_log_error(log, errors, requeue=True)
 
     class GuardedConsumer(Consumer):  # type: ignore[misc]
+        def on_ready(self) -> None:
+            # After `consume()`: BRPOP on the queue's lists is what the next loop turn sends.
+            super().on_ready()
+            if readiness is not None and not _stopping():
+                readiness.consuming()
+
+        def on_close(self) -> None:
+            # Before a reconnection (a lost connection) and at the start of a stop.
+            if readiness is not None:
+                readiness.stopped()
+            super().on_close()
+
+        def stop(self) -> None:
+            # Also a consumer stopped before it ever connected, for which Celery skips on_close.
+            if readiness is not None:
+                readiness.stopped()
+            super().stop()
+
         def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], None]:
             deliver: Callable[[Any], None] = super().create_task_handler(*args, **kwargs)
             errors = tuple(self.connection_errors)

@@ -168,7 +168,7 @@ class WorkerMetrics:
         )
         self.ready = Gauge(
             "runnable_k8s_worker_ready_timestamp_seconds",
-            "When Redis last answered a PING from the event loop (readiness).",
+            "When the worker was last ready: consuming, and Redis answered a PING.",
             registry=r,
         )
         self.redis_up = Gauge(

@@ -19,8 +19,9 @@ import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
 from runnable_k8s.errors import MessageRejected
-from runnable_k8s.protocol import envelope, keys, rejection
+from runnable_k8s.protocol import envelope, rejection
 from runnable_k8s.protocol.messages import RunRequest, RunStatus
+from runnable_k8s.store import keys
 from runnable_k8s.store.records import RunRecords
 from runnable_k8s.worker.failures import reject_reason
 from runnable_k8s.worker.logs import RunEvent, run_event

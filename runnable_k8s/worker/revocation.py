@@ -36,9 +36,9 @@ from redis.exceptions import RedisError, WatchError
 
 from runnable_k8s import connections
 from runnable_k8s.errors import MessageRejected
-from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.messages import Protocol
 from runnable_k8s.protocol.task_message import TASK_NAME
+from runnable_k8s.store import keys
 from runnable_k8s.store.cancel import queue_cancel
 from runnable_k8s.store.threads import TransactionThreads
 

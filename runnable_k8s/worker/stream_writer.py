@@ -21,10 +21,10 @@ from typing import Any, Final, Protocol
 import redis.asyncio as aredis
 
 from runnable_k8s.errors import MessageRejected, RunnableK8sError
-from runnable_k8s.protocol import keys, stream
 from runnable_k8s.protocol import messages as wire
+from runnable_k8s.protocol import stream
 from runnable_k8s.settings import Settings
-from runnable_k8s.store import streams
+from runnable_k8s.store import keys, streams
 from runnable_k8s.worker.outage import REDIS_ERRORS, ride_out
 
 # Rounds of "forged entries removed, first entry tried again" before giving up.

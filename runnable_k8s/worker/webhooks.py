@@ -20,7 +20,7 @@ import httpx
 import redis.asyncio as aredis
 
 from runnable_k8s.errors import SignatureRejected, WebhookRefused
-from runnable_k8s.protocol import keys, stream
+from runnable_k8s.protocol import stream
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
 from runnable_k8s.protocol.webhook import (
     RUN_HEADER,
@@ -31,6 +31,7 @@ from runnable_k8s.protocol.webhook import (
     sign,
 )
 from runnable_k8s.settings import Settings
+from runnable_k8s.store import keys
 from runnable_k8s.store.webhooks import RECHECK, DueSet
 from runnable_k8s.worker.metrics import WorkerMetrics
 

@@ -12,9 +12,10 @@ import redis
 
 from runnable_k8s import RemoteError, RunnableK8s, Settings, SignatureRejected
 from runnable_k8s.producer.handles import RemoteRun
-from runnable_k8s.protocol import keys, stream
+from runnable_k8s.protocol import stream
 from runnable_k8s.protocol.codec import pack, unpack
 from runnable_k8s.protocol.messages import Protocol
+from runnable_k8s.store import keys
 from tests.support.models import BurstModel, SlowModel
 from tests.support.workers import WorkerProcess
 

@@ -14,7 +14,8 @@ import redis
 
 from runnable_k8s import ExecutionTimeout, RemoteError, RunnableK8s, RunRejected, Settings
 from runnable_k8s.producer.dead_letters import DeadLetters
-from runnable_k8s.protocol import keys, task_message
+from runnable_k8s.protocol import task_message
+from runnable_k8s.store import keys
 from tests.conftest import make_settings
 from tests.support.workers import WorkerProcess, cli
 

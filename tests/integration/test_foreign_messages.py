@@ -22,8 +22,9 @@ from runnable_k8s import RunnableK8s, Settings
 from runnable_k8s.embedded import free_port
 from runnable_k8s.models import DemoChatModel
 from runnable_k8s.producer.client import new_run_id
-from runnable_k8s.protocol import keys, task_message
+from runnable_k8s.protocol import task_message
 from runnable_k8s.protocol.messages import Protocol
+from runnable_k8s.store import keys
 from tests.conftest import make_settings
 from tests.integration.test_security import assert_never_ran, demo_json, request_for
 from tests.reliability.conftest import wait_until

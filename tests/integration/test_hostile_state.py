@@ -17,7 +17,7 @@ from runnable_k8s import BrokerError, RemoteRun, RunnableK8s, Settings, Signatur
 from runnable_k8s.errors import WaitTimeout
 from runnable_k8s.models import DemoChatModel
 from runnable_k8s.producer.client import client_for
-from runnable_k8s.protocol import keys
+from runnable_k8s.store import keys
 from tests.conftest import make_settings
 from tests.support.workers import WorkerProcess
 

@@ -11,7 +11,8 @@ import redis
 import redis.asyncio as aredis
 
 from runnable_k8s import RemoteRun, RunnableK8s, Settings, UnknownPriority, WaitTimeout
-from runnable_k8s.protocol import keys, priority
+from runnable_k8s.protocol import priority
+from runnable_k8s.store import keys
 from runnable_k8s.worker.metrics import WorkerMetrics
 from runnable_k8s.worker.priorities import WeightedCycle, watch_depth
 from runnable_k8s.worker.rescue import Rescuer

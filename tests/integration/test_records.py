@@ -11,9 +11,9 @@ import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
 from runnable_k8s.producer.client import new_run_id
-from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.messages import Outcome, Protocol, RunStatus
 from runnable_k8s.settings import Settings
+from runnable_k8s.store import keys
 from runnable_k8s.store.records import LARGE_OUTCOME, RunRecords, digest
 from tests.conftest import make_settings
 

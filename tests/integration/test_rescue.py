@@ -14,7 +14,8 @@ import redis.asyncio as aredis
 from runnable_k8s import RemoteRun, RunnableK8s, Settings
 from runnable_k8s.models import DemoChatModel
 from runnable_k8s.producer.client import new_run_id
-from runnable_k8s.protocol import keys, task_message
+from runnable_k8s.protocol import task_message
+from runnable_k8s.store import keys
 from runnable_k8s.worker.rescue import Rescuer
 from tests.conftest import make_settings
 from tests.support.workers import WorkerProcess

@@ -31,9 +31,9 @@ from runnable_k8s.models import DemoChatModel
 from runnable_k8s.producer.aclient import AsyncClient
 from runnable_k8s.producer.client import new_run_id
 from runnable_k8s.producer.handles import RemoteRun
-from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.codec import data_codec
 from runnable_k8s.protocol.messages import RunRequest
+from runnable_k8s.store import keys
 from runnable_k8s.worker.execution import Executor
 from tests.conftest import make_settings
 from tests.support.models import FlakyModel, SlowModel

@@ -28,10 +28,11 @@ from runnable_k8s import (
 )
 from runnable_k8s.models import DemoChatModel
 from runnable_k8s.producer.client import client_for, new_run_id
-from runnable_k8s.protocol import keys, rejection, task_message
+from runnable_k8s.protocol import rejection, task_message
 from runnable_k8s.protocol.codec import data_codec
 from runnable_k8s.protocol.messages import Protocol, RunRequest
 from runnable_k8s.settings import SigningKey
+from runnable_k8s.store import keys
 from runnable_k8s.worker.execution import Executor
 from tests.conftest import make_settings
 from tests.support.fake_openai import FakeOpenAI

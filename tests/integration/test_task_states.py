@@ -20,9 +20,9 @@ from runnable_k8s import RunnableK8s, Settings
 from runnable_k8s.models import DemoChatModel
 from runnable_k8s.producer.client import client_for
 from runnable_k8s.producer.handles import RemoteRun
-from runnable_k8s.protocol import keys
 from runnable_k8s.protocol.messages import Protocol
 from runnable_k8s.settings import SigningKey
+from runnable_k8s.store import keys
 from tests.conftest import make_settings
 from tests.integration.test_security import demo_json, push, request_for
 from tests.reliability.conftest import wait_until

@@ -29,10 +29,9 @@ from runnable_k8s import (
     UnknownMultitaskStrategy,
 )
 from runnable_k8s.cluster.manifests import default_root
-from runnable_k8s.dev.controller import trigger_lengths
 from runnable_k8s.dev.scaledobject import load_base
-from runnable_k8s.protocol import keys
-from runnable_k8s.store import threads
+from runnable_k8s.keda import trigger_lengths
+from runnable_k8s.store import keys, threads
 from tests.conftest import make_settings
 from tests.support.threaded import read_log
 from tests.support.workers import WorkerProcess, cli

@@ -16,8 +16,9 @@ import pytest
 import redis
 
 from runnable_k8s import RunnableK8s, Settings, SignatureRejected, WebhookRefused, verify_webhook
-from runnable_k8s.protocol import keys, priority
+from runnable_k8s.protocol import priority
 from runnable_k8s.protocol.webhook import SIGNATURE_HEADER
+from runnable_k8s.store import keys
 from tests.conftest import make_settings
 from tests.support.workers import WorkerProcess, cli
 

@@ -18,9 +18,10 @@ import redis
 
 from runnable_k8s import RunnableK8s, Settings, SignatureRejected, SigningKeyMismatch
 from runnable_k8s.models import DemoChatModel
-from runnable_k8s.protocol import keys, rejection, task_message
+from runnable_k8s.protocol import rejection, task_message
 from runnable_k8s.protocol.messages import Protocol
 from runnable_k8s.settings import SigningKey
+from runnable_k8s.store import keys
 from tests.conftest import make_settings
 from tests.support.workers import REPO, WorkerProcess, worker_env
 

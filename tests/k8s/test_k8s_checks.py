@@ -19,8 +19,8 @@ from runnable_k8s.cluster.checks import (
     expand,
     find,
     find_problems,
+    pod_environment,
     worker_container,
-    worker_environment,
 )
 from runnable_k8s.errors import ConfigurationError
 
@@ -60,7 +60,7 @@ def test_every_overlay_is_consistent(rendered: dict[str, Objects], overlay: str)
 def test_worker_environment_is_expanded_like_kubelet(dev: Objects) -> None:
     deployment = find(dev, "Deployment", manifests.WORKER)
     assert deployment is not None
-    env = worker_environment(dev, worker_container(deployment))
+    env = pod_environment(dev, worker_container(deployment))
     assert env["RUNNABLE_K8S_REDIS_URL"].startswith("redis://:secret-value-")
     assert env["RUNNABLE_K8S_REDIS_URL"].endswith("@redis:6379/0")
     assert env["RUNNABLE_K8S_QUEUE"] == "runnable-k8s"

@@ -12,7 +12,7 @@ from k8s_helpers import K8S
 
 from runnable_k8s import connections
 from runnable_k8s.cluster import manifests
-from runnable_k8s.cluster.checks import find, find_problems, worker_container, worker_environment
+from runnable_k8s.cluster.checks import find, find_problems, pod_environment, worker_container
 
 SETS = {
     "SENTINEL_SCHEME": "sentinels",
@@ -34,7 +34,7 @@ def test_the_worker_url_lists_every_sentinel_and_the_master(
 ) -> None:
     deployment = find(sentinel_objects, "Deployment", manifests.WORKER)
     assert deployment is not None
-    env = worker_environment(sentinel_objects, worker_container(deployment))
+    env = pod_environment(sentinel_objects, worker_container(deployment))
     target = connections.parse_sentinel(env["RUNNABLE_K8S_REDIS_URL"])
     assert target.sentinels == (
         ("s-0.sentinel", 26379),

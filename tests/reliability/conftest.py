@@ -21,7 +21,7 @@ import redis
 
 from runnable_k8s.embedded import EmbeddedRedis, free_port, server_binary
 from runnable_k8s.producer.handles import RemoteRun
-from runnable_k8s.protocol import keys
+from runnable_k8s.store import keys
 from tests.support.workers import WorkerProcess
 
 

@@ -9,12 +9,12 @@ import pytest
 import redis
 
 from runnable_k8s import RunnableK8s
-from runnable_k8s.dev.controller import trigger_lengths
 from runnable_k8s.dev.scaling import Policy, Rules, ScalingConfig
 from runnable_k8s.dev.session import DevSession
+from runnable_k8s.keda import trigger_lengths
 from runnable_k8s.models import DemoChatModel
-from runnable_k8s.protocol import keys
 from runnable_k8s.settings import Settings
+from runnable_k8s.store import keys
 from tests.conftest import make_settings
 from tests.reliability.conftest import result_of, wait_until
 from tests.support.models import SlowModel

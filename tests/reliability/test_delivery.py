@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from runnable_k8s import RunnableK8s
-from runnable_k8s.protocol import keys
+from runnable_k8s.store import keys
 from tests.conftest import make_settings
 from tests.reliability.conftest import outcomes, result_of, started_count, wait_until
 from tests.support.models import SlowModel

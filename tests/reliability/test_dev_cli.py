@@ -16,7 +16,7 @@ import redis
 
 from runnable_k8s import RunnableK8s
 from runnable_k8s.models import DemoChatModel
-from runnable_k8s.protocol import keys
+from runnable_k8s.store import keys
 from tests.conftest import make_settings
 from tests.support.models import SlowModel
 from tests.support.workers import REPO, WorkerProcess, worker_env

@@ -12,7 +12,7 @@ import redis
 
 from runnable_k8s import BrokerUnavailable, RunnableK8s, WaitTimeout
 from runnable_k8s.producer.handles import RemoteRun
-from runnable_k8s.protocol import keys
+from runnable_k8s.store import keys
 from tests.conftest import make_settings
 from tests.reliability.conftest import DurableRedis, wait_until
 from tests.support.models import SlowModel

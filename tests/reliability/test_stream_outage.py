@@ -16,8 +16,9 @@ import pytest
 import redis
 
 from runnable_k8s import RemoteError, RemoteRun, RunnableK8s
-from runnable_k8s.protocol import keys, rejection, stream
+from runnable_k8s.protocol import rejection, stream
 from runnable_k8s.protocol.messages import Protocol
+from runnable_k8s.store import keys
 from tests.conftest import make_settings
 from tests.reliability.conftest import (
     DurableRedis,

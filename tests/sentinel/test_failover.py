@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from runnable_k8s import BrokerUnavailable, RunnableK8s, connections
-from runnable_k8s.protocol import keys
 from runnable_k8s.settings import Settings
+from runnable_k8s.store import keys
 from tests.conftest import make_settings
 from tests.support.models import SlowModel
 from tests.support.sentinel import SentinelGroup

@@ -18,11 +18,11 @@ from runnable_k8s.dev.scaling import (
     load,
     load_base,
     parse_formula,
-    read_env_file,
     split_hold,
 )
 from runnable_k8s.errors import ConfigurationError
-from runnable_k8s.protocol import keys
+from runnable_k8s.keda import read_config_env, trigger_keys
+from runnable_k8s.store import keys
 from runnable_k8s.store.limits import WAITING
 
 FAST_UP = Rules(0.0, (Policy("Percent", 100, 30.0), Policy("Pods", 4, 30.0)), "Max")
@@ -46,7 +46,7 @@ def config(**changes: object) -> ScalingConfig:
 
 def test_base_parameters_are_those_of_the_scaledobject_and_config_env() -> None:
     root = default_root()
-    values = read_env_file(root / "base" / "config.env")
+    values = read_config_env(root / "base" / "config.env")
     scaling = load_base(root)
     assert scaling.target == float(values["RUNNABLE_K8S_CONCURRENCY"])
     queue = values["RUNNABLE_K8S_QUEUE"]
@@ -58,6 +58,7 @@ def test_base_parameters_are_those_of_the_scaledobject_and_config_env() -> None:
         "high": f"{queue}:high",
         "low": f"{queue}:low",
     }
+    assert scaling.triggers == trigger_keys(queue)
     assert scaling.formula == ("high", "queued", "low", "inflight", "pending")
     assert (scaling.hold_when, scaling.hold_with) == (("waiting", "inflight"), ("inflight",))
     assert scaling.divisors == {"pending": 100}
