@@ -16,8 +16,6 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from redis._parsers.encoders import Encoder
-from redis.connection import PythonRespSerializer
 from redis.exceptions import WatchError
 
 from runnable_k8s import connections
@@ -69,12 +67,8 @@ class Client:
         self._redis = connections.sync_client(
             settings.require_redis_url(),
             **_CONNECTION,
-            # hiredis parses replies fast, but its command packer copies every argument
-            # (1.5 ms for a 1 MB body); redis-py's own packer sends large ones as they are.
-            command_packer=PythonRespSerializer(
-                6000,
-                Encoder("utf-8", "strict", False).encode,  # type: ignore[no-untyped-call]
-            ),
+            # hiredis parses replies fast; its packer copies every argument (see CommandPacker).
+            command_packer=connections.CommandPacker(),
         )
         self._threads = TransactionThreads(self._redis, settings)
         self._enqueue = Enqueuer(self._redis)

@@ -36,6 +36,7 @@ from runnable_k8s.protocol.messages import Outcome, Protocol, RunRequest, RunSta
 from runnable_k8s.protocol.reasons import Reason
 from runnable_k8s.settings import Settings
 from runnable_k8s.store.records import RunRecords
+from runnable_k8s.worker import inline_parsers
 from runnable_k8s.worker.attempts import Attempts, Live
 from runnable_k8s.worker.cancellation import Cancellations
 from runnable_k8s.worker.claims import POLL as CLAIM_POLL
@@ -69,6 +70,7 @@ class Executor:
     def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
+        inline_parsers.install()  # a small chain's parser without a thread hop
         self.protocol = Protocol(settings)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.clients = WorkerRedis(settings)

@@ -87,3 +87,22 @@ def test_a_producer_without_reachable_sentinels_raises_sentinel_unavailable() ->
     remote = RunnableK8s(bound=SlowModel(), settings=make_settings(url))
     with pytest.raises(SentinelUnavailable, match="no sentinel named a master"):
         remote.submit("x")
+
+
+def test_command_packer_sends_a_small_command_whole_and_a_large_body_as_it_is() -> None:
+    from redis._parsers.encoders import Encoder
+    from redis.connection import PythonRespSerializer
+
+    from runnable_k8s.connections import JOIN_BELOW, CommandPacker
+
+    plain = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)  # type: ignore[no-untyped-call]
+    packer = CommandPacker()
+    chain = b"x" * 7000  # a shipped chain: redis-py alone would send it as three pieces
+    args = ("EVALSHA", "abc", 1, "key", chain, 3)
+    assert len(plain.pack(*args)) == 3  # type: ignore[no-untyped-call]
+    assert packer.pack(*args) == [b"".join(plain.pack(*args))]  # type: ignore[no-untyped-call]
+    body = b"y" * JOIN_BELOW
+    large = packer.pack("SET", "key", body)
+    assert any(piece is body for piece in large)  # not copied
+    assert b"".join(large) == b"".join(plain.pack("SET", "key", body))  # type: ignore[no-untyped-call]
+    assert packer.pack("GET", "k") == plain.pack("GET", "k")  # type: ignore[no-untyped-call]
