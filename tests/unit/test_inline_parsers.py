@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackHandler
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.output_parsers import StrOutputParser
 
 from runnable_k8s.worker import inline_parsers
@@ -57,3 +57,25 @@ def test_str_parser_runs_inline_and_a_subclass_keeps_its_parse() -> None:
     assert shouted == "HI"
     assert batch == ["a", "b"]
     assert outputs == ["hi"]  # callbacks (and so tracing) still see the parser's run
+
+
+def test_str_parser_streams_inline_and_a_subclass_keeps_its_parse() -> None:
+    inline_parsers.install()
+
+    async def chunks() -> Any:
+        for text in ("a", "b", "c"):
+            yield AIMessageChunk(content=text)
+
+    async def main() -> tuple[list[str], int, list[str], int]:
+        executor = _Counting()
+        asyncio.get_running_loop().set_default_executor(executor)
+        streamed = [c async for c in StrOutputParser().atransform(chunks())]
+        inline = executor.calls
+        shouted = [c async for c in _Shouting().atransform(chunks())]
+        return streamed, inline, shouted, executor.calls
+
+    streamed, inline, shouted, total = asyncio.run(main())
+    assert streamed == ["a", "b", "c"]
+    assert inline == 0  # no thread hop per chunk for the plain parser
+    assert shouted == ["A", "B", "C"]
+    assert total >= 3  # the subclass went through LangChain's executor, chunk by chunk
