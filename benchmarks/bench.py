@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         sides: list[Side] = [base, serve, local, ours]
         results, elapsed = measure(sides, sizes, log)
         log(f"counting Redis commands ({sizes.counted_invokes} invokes per side)")
-        quiet = 1.0 if args.quick else 2.0
+        quiet = 1.0 if args.quick else 5.0
         idle = count_commands(
             sides,
             redis_url,

@@ -34,7 +34,7 @@ class Sizes:
     """S2: streams run at once (every round)..."""
     stream_chunks: int = 200
     """...of this many tokens each."""
-    counted_invokes: int = 100
+    counted_invokes: int = 500
     """Redis commands: invokes counted per side (one stream of `stream_tokens` for tokens)."""
     memory_runs: int = 1000
     """S3 (`--memory`): streaming runs held at once by one worker process..."""
