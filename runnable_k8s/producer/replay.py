@@ -22,6 +22,8 @@ from langchain_core.outputs import (
     LLMResult,
 )
 
+from runnable_k8s.protocol import model_events
+
 try:  # The handler behind astream_events(version="v2"); private, so looked up defensively.
     from langchain_core.tracers.event_stream import _AstreamEventsCallbackHandler
 except ImportError:  # pragma: no cover
@@ -40,21 +42,18 @@ class EventReplayer:
         self._parent = run_manager
         self._runs: dict[str, AsyncCallbackManagerForLLMRun] = {}
 
-    async def replay(self, event: Any) -> None:
-        if not isinstance(event, dict):
+    async def replay(self, value: Any) -> None:
+        event = model_events.from_wire(value)
+        if event is None:
             return
-        kind = str(event.get("event", ""))
-        remote_id = str(event.get("run_id", ""))
-        raw_data = event.get("data")
-        data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
-        if kind in ("on_chat_model_start", "on_llm_start"):
-            await self._start(kind, remote_id, event, data)
+        if event.kind.starts:
+            await self._start(event)
             return
-        run = self._runs.get(remote_id)
+        run = self._runs.get(event.run_id)
         if run is None:
             return
-        if kind in ("on_chat_model_stream", "on_llm_stream"):
-            chunk = data.get("chunk")
+        if event.kind.streams:
+            chunk = event.data.get("chunk")
             if isinstance(chunk, BaseMessageChunk):
                 await run.on_llm_new_token(
                     str(chunk.content) if isinstance(chunk.content, str) else "",
@@ -62,24 +61,19 @@ class EventReplayer:
                 )
             elif isinstance(chunk, str):
                 await run.on_llm_new_token(chunk, chunk=GenerationChunk(text=chunk))
-        elif kind in ("on_chat_model_end", "on_llm_end"):
-            self._runs.pop(remote_id, None)
-            await run.on_llm_end(_result(data.get("output")))
+        elif event.kind.ends:
+            self._runs.pop(event.run_id, None)
+            await run.on_llm_end(_result(event.data.get("output")))
 
-    async def _start(
-        self, kind: str, remote_id: str, event: dict[str, Any], data: dict[str, Any]
-    ) -> None:
+    async def _start(self, event: model_events.ModelEvent) -> None:
         manager = self._parent.get_child()
-        name = str(event.get("name", "remote-model"))
-        tags = [str(t) for t in event.get("tags", []) if isinstance(t, str)]
-        raw_metadata = event.get("metadata")
-        metadata: dict[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
-        raw_inputs = data.get("input")
+        name = event.name or "remote-model"
+        raw_inputs = event.data.get("input")
         inputs: dict[str, Any] = raw_inputs if isinstance(raw_inputs, dict) else {}
         run_id = uuid.uuid4()
-        manager.add_tags(tags, inherit=False)
-        manager.add_metadata(metadata, inherit=False)
-        if kind == "on_chat_model_start":
+        manager.add_tags(list(event.tags), inherit=False)
+        manager.add_metadata(dict(event.metadata), inherit=False)
+        if event.kind.chat:
             messages = inputs.get("messages") or [[]]
             started = await manager.on_chat_model_start(
                 {"name": name},
@@ -91,7 +85,7 @@ class EventReplayer:
             prompts = [str(p) for p in inputs.get("prompts", [])] or [""]
             started = await manager.on_llm_start({"name": name}, prompts, run_id=run_id, name=name)
         if started:
-            self._runs[remote_id] = started[0]
+            self._runs[event.run_id] = started[0]
 
     async def close(self) -> None:
         """End runs whose end event never came (the remote run failed or was cancelled)."""

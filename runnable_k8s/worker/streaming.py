@@ -11,28 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Any
 
 from langchain_core.messages import BaseMessageChunk, message_chunk_to_message
 
-from runnable_k8s.errors import SerializationRefused
-from runnable_k8s.protocol import stream
-from runnable_k8s.protocol.remote_config import json_safe_mapping
+from runnable_k8s.protocol import model_events, stream
 from runnable_k8s.worker.graphs import GraphStream
 from runnable_k8s.worker.stream_writer import Batcher, EntryWriter, Progress, StreamHost
-
-# Callback events of models that cross the boundary (see README, "Streaming events").
-MODEL_EVENTS: Final = frozenset(
-    {
-        "on_chat_model_start",
-        "on_chat_model_stream",
-        "on_chat_model_end",
-        "on_llm_start",
-        "on_llm_stream",
-        "on_llm_end",
-    }
-)
-_EVENT_DATA_KEYS: Final = ("input", "chunk", "output")
 
 
 def _add(total: Any, chunk: Any) -> Any:
@@ -154,26 +139,8 @@ class StreamPublisher:
                         total = _add(total, data["chunk"])
                 elif root and ended and name.endswith("_end") and "output" in data:
                     total = data["output"]
-                if name in MODEL_EVENTS:
-                    await self._append(stream.ItemKind.EVENT, self._event(event))
+                if model_events.is_model_event(name):
+                    codec = self._executor.protocol.data
+                    sent = model_events.to_wire(event, codec.encode_data)
+                    await self._append(stream.ItemKind.EVENT, sent)
         return total if ended else _as_invoked(total)
-
-    def _event(self, event: Any) -> dict[str, Any]:
-        data: dict[str, Any] = {}
-        codec = self._executor.protocol.data
-        for key in _EVENT_DATA_KEYS:
-            if key in event.get("data", {}):
-                value = event["data"][key]
-                try:
-                    codec.encode_data(value)
-                except SerializationRefused:
-                    continue
-                data[key] = value
-        return {
-            "event": event.get("event"),
-            "run_id": str(event.get("run_id", "")),
-            "name": str(event.get("name", "")),
-            "tags": [str(t) for t in event.get("tags", [])],
-            "metadata": json_safe_mapping(event.get("metadata", {})),
-            "data": data,
-        }
