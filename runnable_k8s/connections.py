@@ -17,6 +17,7 @@ failover, the next reconnection reaches the new master without anyone restarting
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Final
@@ -233,6 +234,34 @@ def async_client(url: str, *, blocking: bool = False, **kwargs: Any) -> aredis.R
         **kwargs,
     )
     return aclient
+
+
+def abandon(client: aredis.Redis) -> None:
+    """Close the sockets of an asyncio client whose event loop is closed, without it.
+
+    Nothing can await a closed loop's `aclose()`, and left to the garbage collector each
+    socket is closed with three `ResourceWarning`s (redis-py's, the stream's and the
+    transport's). This closes each socket itself and marks what it belonged to closed, using
+    asyncio's selector transport and redis-py's connection as they are (CPython 3.11 to 3.13,
+    redis-py 5 to 8); on any other loop or version it falls back to the collector's way.
+    """
+    pools = [client.connection_pool]
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    pools += [sentinel.connection_pool for sentinel in getattr(manager, "sentinels", ())]
+    for pool in pools:
+        held = getattr(pool, "_available_connections", [])
+        for conn in [*held, *getattr(pool, "_in_use_connections", ())]:
+            transport = getattr(getattr(conn, "_writer", None), "transport", None)
+            if transport is None:
+                continue
+            with contextlib.suppress(Exception):
+                # Marks the transport closing, then fails to schedule the rest on the loop.
+                transport.abort()
+            sock = getattr(transport, "_sock", None)
+            if sock is not None:
+                sock.close()
+                transport._sock = None
+            conn._reader = conn._writer = None
 
 
 def kombu_broker(url: str) -> tuple[str, dict[str, Any]]:

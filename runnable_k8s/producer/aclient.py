@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -121,17 +121,64 @@ class AsyncClient:
         raise BrokerUnavailable(f"run {run_id} changed state too often to cancel")
 
 
-# One client per settings and event loop: its connection pool dies with its loop.
-_async_clients: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[Settings, AsyncClient]
-] = weakref.WeakKeyDictionary()
+# One client per settings and event loop: its connection pool dies with its loop. Each
+# entry holds its loop strongly (the pool's sockets belong to it), so entries are dropped by
+# hand: when the loop shuts down (`_closer`) or, for a loop closed without that, at the
+# next call from any other loop.
+_async_clients: dict[asyncio.AbstractEventLoop, _PerLoop] = {}
+_async_clients_lock = threading.Lock()  # loops of several threads share the table
+
+
+class _PerLoop:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.clients: dict[Settings, AsyncClient] = {}
+        self.closer = _closer(self)
+        _start(self.closer)
+
+
+async def _closer(per_loop: _PerLoop) -> AsyncIterator[None]:
+    """Closes a loop's clients while the loop can still await it: `asyncio.run` (and
+    pytest-asyncio, and every runner that calls `loop.shutdown_asyncgens()`) closes each
+    live async generator first in this loop before it closes the loop, so a script that
+    calls `asyncio.run(remote.ainvoke(...))` again and again does not leave a connection
+    open per call."""
+    try:
+        yield
+    finally:
+        with _async_clients_lock:
+            if _async_clients.get(per_loop.loop) is per_loop:
+                del _async_clients[per_loop.loop]
+        for client in list(per_loop.clients.values()):
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+
+def _start(generator: AsyncIterator[None]) -> None:
+    # The first step runs here, in the calling loop, up to the `yield` (no await before it):
+    # that registers the generator with the running loop's async-generator hooks, which is
+    # what makes `shutdown_asyncgens` close it. The loop holds it weakly; `_PerLoop` holds it.
+    step = generator.__anext__()
+    try:
+        step.send(None)  # type: ignore[attr-defined]
+    except StopIteration:
+        return
+    raise RuntimeError("the loop closer awaited before its first yield")  # pragma: no cover
 
 
 def async_client_for(settings: Settings) -> AsyncClient:
     loop = asyncio.get_running_loop()
-    per_loop = _async_clients.setdefault(loop, {})
-    client = per_loop.get(settings)
+    with _async_clients_lock:
+        per_loop = _async_clients.get(loop)
+        if per_loop is None:
+            for closed in [other for other in _async_clients if other.is_closed()]:
+                # Closed without shutting its generators down: nothing can await on it any
+                # more, so its sockets are closed without it.
+                for stale in _async_clients.pop(closed).clients.values():
+                    connections.abandon(stale._redis)
+            per_loop = _async_clients[loop] = _PerLoop(loop)
+    client = per_loop.clients.get(settings)
     if client is None:
         client = AsyncClient(settings, client_for(settings).protocol)
-        per_loop[settings] = client
+        per_loop.clients[settings] = client
     return client

@@ -114,3 +114,56 @@ def test_a_waiter_that_stops_mid_stream_does_not_disturb_the_others(
     assert texts == [TEXT] * 9
     assert isinstance(stopped[0], asyncio.CancelledError)
     assert later == TEXT
+
+
+def _server_connections(settings: Settings) -> int:
+    import redis
+
+    with redis.Redis.from_url(settings.redis_url) as probe:
+        return len(probe.client_list()) - 1  # less the probe itself
+
+
+@pytest.mark.timeout(240)
+def test_asyncio_run_again_and_again_does_not_leave_connections_open(
+    settings: Settings, worker: WorkerProcess
+) -> None:
+    # A script or a sync web handler calls asyncio.run(remote.ainvoke(...)) once per request:
+    # each run is a new event loop, and what a closed loop's client held must go with it.
+    import gc
+
+    remote = RunnableK8s(bound=SlowModel(delay=0.0, chunks=2), settings=settings)
+    assert asyncio.run(remote.ainvoke("warm")).content == "echo: warm"
+    gc.collect()
+    before = _server_connections(settings)
+    for i in range(30):
+        assert asyncio.run(remote.ainvoke(f"a{i}")).content == f"echo: a{i}"
+        streamed = asyncio.run(_joined(remote, f"s{i}"))
+        assert streamed == "part0 part1 "
+    gc.collect()
+    # Two per loop left open would be 60 more; the worker's own and a moment's overlap are fine.
+    assert _server_connections(settings) - before <= 5
+
+
+async def _joined(remote: RunnableK8s, text: str) -> str:
+    return "".join([chunk.content async for chunk in remote.astream(text)])
+
+
+@pytest.mark.timeout(240)
+def test_loops_closed_by_hand_leave_at_most_one_loops_connections(
+    settings: Settings, worker: WorkerProcess
+) -> None:
+    # Without `shutdown_asyncgens` nothing can await on the loop any more; the next call, from
+    # another loop, drops the closed loop's client and its connections go when collected.
+    import gc
+
+    remote = RunnableK8s(bound=SlowModel(delay=0.0, chunks=2), settings=settings)
+    gc.collect()
+    before = _server_connections(settings)
+    for i in range(20):
+        loop = asyncio.new_event_loop()
+        try:
+            assert loop.run_until_complete(remote.ainvoke(f"h{i}")).content == f"echo: h{i}"
+        finally:
+            loop.close()
+        gc.collect()
+    assert _server_connections(settings) - before <= 5

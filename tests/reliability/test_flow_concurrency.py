@@ -29,14 +29,16 @@ def test_a_concurrency_limit_of_five_holds_and_a_killed_workers_slots_come_back(
     own_redis_url: str, own_redis: redis.Redis, logs_dir: Path, workers: list[WorkerProcess]
 ) -> None:
     name = f"gpt-conc-{uuid.uuid4().hex[:6]}"
-    settings = make_settings(own_redis_url, lease=LEASE, time_limit=10.0)
+    # A run's wait for a slot counts against its time limit: 24 runs at once share 5 slots,
+    # and on a loaded machine 10 s was too little for the unluckiest of them.
+    settings = make_settings(own_redis_url, lease=LEASE, time_limit=30.0)
     with LimitedOpenAI(delay=0.5) as fake:
         env = {
             "OPENAI_API_KEY": "sk-worker-" + secrets.token_hex(8),
             "OPENAI_BASE_URL": fake.url,
             "RUNNABLE_K8S_LIMITS": f"openai:{name} concurrency=5",
-            # The killed worker's runs go to the others soon after this.
-            "RUNNABLE_K8S_VISIBILITY_TIMEOUT": "12",
+            # The killed worker's runs go to the others soon after this (above the time limit).
+            "RUNNABLE_K8S_VISIBILITY_TIMEOUT": "35",
         }
         for index in range(3):
             workers.append(
