@@ -25,6 +25,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -199,22 +200,25 @@ class SyncReader:
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
+        self._round = 0
+        self._block = MAX_BLOCK_MS
+        self._forked()
+        _sync_readers.add(self)
+
+    def _forked(self) -> None:
+        """A fresh start, also in a forked child: the thread stayed in the parent, its lock may
+        have been held there at the fork (and would stay held in the child for ever), and its
+        connection's socket is the parent's."""
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._registry = Registry()
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
         self._conn: Any = None
         self._id: int | None = None
-        self._round = 0
-        self._block = MAX_BLOCK_MS
 
     def subscribe(self, stream_keys: Sequence[str]) -> Subscription:
         sub = Subscription(stream_keys, queue.Queue())
         with self._lock:
-            if self._pid != os.getpid():  # a forked child: the thread stayed in the parent
-                self._registry, self._thread, self._conn, self._id = Registry(), None, None, None
-                self._pid = os.getpid()
             missed = self._registry.add(sub)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
@@ -329,3 +333,14 @@ class SyncReader:
                 self._registry.fail(lost(exc) if isinstance(exc, RedisError) else exc)
             self._drop()
             raise
+
+
+_sync_readers: weakref.WeakSet[SyncReader] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for reader in list(_sync_readers):
+        reader._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

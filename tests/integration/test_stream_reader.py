@@ -167,3 +167,39 @@ def test_loops_closed_by_hand_leave_at_most_one_loops_connections(
             loop.close()
         gc.collect()
     assert _server_connections(settings) - before <= 5
+
+
+@pytest.mark.timeout(120)
+def test_a_child_forked_while_the_reader_held_its_lock_still_waits_on_runs(
+    settings: Settings, worker: WorkerProcess
+) -> None:
+    # gunicorn's --preload, multiprocessing's fork: the reader thread of the parent may hold
+    # its lock at the moment of the fork; the child's copy of the lock would stay held for ever.
+    import os
+    import warnings
+
+    remote = RunnableK8s(bound=SlowModel(delay=0.0, chunks=2), settings=settings)
+    assert remote.invoke("parent").content == "echo: parent"  # the reader thread exists
+    reader = client_for(settings)._reader
+    with reader._lock:  # as the thread holds it while it files a reply
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: forking with threads
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status only
+            code = 1
+            try:
+                code = 0 if remote.invoke("child").content == "echo: child" else 2
+            finally:
+                os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on the reader's lock")
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert remote.invoke("parent again").content == "echo: parent again"
