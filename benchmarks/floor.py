@@ -10,7 +10,8 @@ beat on this machine, measured in one run beside the plain Celery baseline.
   needs so that a redelivered message cannot run twice, one claim script before the work. Then
   the chain run where a worker runs it: in the task, on an event loop in a thread of its own
   (what holds many async runs in one process, as W3 needs), handed over by the pool thread,
-  without and with the claim script. Against 0.6 x the baseline's p50.
+  without and with the claim script. Against 0.6 x the baseline's p50 (issue 6) and 0.8 x
+  (issue 14).
 - W3: LangChain's own `abatch` of the 400 inputs in this process, split into chunks of 64 run
   at once on one event loop as a worker receives them, no queue at all, with CPython's
   default garbage collector and with the worker's tuning. Against 0.5 s.
@@ -259,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+W1_TARGETS = (0.6, 0.8)
+
+
 def report(samples: dict[str, list[float]], sizes: sizing.Sizes, rounds: int) -> None:
     """Print the table of floors."""
     med = statistics.median
@@ -275,21 +279,21 @@ def report(samples: dict[str, list[float]], sizes: sizing.Sizes, rounds: int) ->
     print(f"\nfloors, {when}, {os.cpu_count()} CPUs, load average {load:.2f}, {rounds} rounds\n")
     print("| figure | floor | plain Celery | floor / plain Celery | target | reachable |")
     print("|---|---:|---:|---:|---|---|")
-    print(f"| W1 p50: bare Celery round trip {med(samples['bare']) * 1000:.2f} ms + chain "
-          f"`ainvoke` {med(samples['ainvoke']) * 1000:.2f} ms | {w1_floor:.2f} ms | "
-          f"{base_w1:.2f} ms | {w1_floor / base_w1:.2f}x | <= 0.6x | "
-          f"{'yes' if w1_floor <= 0.6 * base_w1 else 'no'} |")  # fmt: skip
-    print(f"| W1 p50: the same round trip with one claim script first "
-          f"{med(samples['claimed']) * 1000:.2f} ms + chain `ainvoke` | {w1_claimed:.2f} ms | "
-          f"{base_w1:.2f} ms | {w1_claimed / base_w1:.2f}x | <= 0.6x | "
-          f"{'yes' if w1_claimed <= 0.6 * base_w1 else 'no'} |")  # fmt: skip
-    print(f"| W1 p50: the same round trip, the task running the chain's `ainvoke` on the "
-          f"worker's event-loop thread | {w1_looped:.2f} ms | {base_w1:.2f} ms | "
-          f"{w1_looped / base_w1:.2f}x | <= 0.6x | "
-          f"{'yes' if w1_looped <= 0.6 * base_w1 else 'no'} |")  # fmt: skip
-    print(f"| W1 p50: the same, with one claim script first | {w1_both:.2f} ms | "
-          f"{base_w1:.2f} ms | {w1_both / base_w1:.2f}x | <= 0.6x | "
-          f"{'yes' if w1_both <= 0.6 * base_w1 else 'no'} |")  # fmt: skip
+    w1_rows = (
+        (f"bare Celery round trip {med(samples['bare']) * 1000:.2f} ms + chain `ainvoke` "
+         f"{med(samples['ainvoke']) * 1000:.2f} ms", w1_floor),
+        (f"the same round trip with one claim script first "
+         f"{med(samples['claimed']) * 1000:.2f} ms + chain `ainvoke`", w1_claimed),
+        ("the same round trip, the task running the chain's `ainvoke` on the worker's "
+         "event-loop thread", w1_looped),
+        ("the same, with one claim script first", w1_both),
+    )  # fmt: skip
+    for label, floor in w1_rows:
+        # Issue 6's target (0.6x) and issue 14's (0.8x, and no slower than LangServe).
+        reachable = "; ".join("yes" if floor <= t * base_w1 else "no" for t in W1_TARGETS)
+        print(f"| W1 p50: {label} | {floor:.2f} ms | {base_w1:.2f} ms | "
+              f"{floor / base_w1:.2f}x | {'; '.join(f'<= {t}x' for t in W1_TARGETS)} | "
+              f"{reachable} |")  # fmt: skip
     print(f"| W4: bare Celery {sizes.w4_bytes / sizing.MB:g} MB in and out "
           f"{1 / med(samples['bare_mb']):.1f} MB/s + four HMAC-SHA256 passes "
           f"{med(samples['macs']) * 1000:.2f} ms per MB | {w4_floor:.1f} MB/s | "
