@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -182,3 +183,14 @@ def async_client_for(settings: Settings) -> AsyncClient:
         client = AsyncClient(settings, client_for(settings).protocol)
         per_loop.clients[settings] = client
     return client
+
+
+def _after_fork_in_child() -> None:
+    # Only the forking thread goes on in the child: a lock held at the fork was another
+    # thread's, and the child's copy would stay held for ever (a lock may be released by any
+    # thread).
+    if _async_clients_lock.locked():
+        _async_clients_lock.release()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
