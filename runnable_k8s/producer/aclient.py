@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -146,12 +147,29 @@ async def _closer(per_loop: _PerLoop) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await _after_the_other_generators()
         with _async_clients_lock:
             if _async_clients.get(per_loop.loop) is per_loop:
                 del _async_clients[per_loop.loop]
         for client in list(per_loop.clients.values()):
             with contextlib.suppress(Exception):
                 await client.aclose()
+
+
+async def _after_the_other_generators() -> None:
+    """`shutdown_asyncgens` closes every unfinished generator of the loop at once, each in a
+    task of its own, this closer among them: a caller's generator whose cleanup still awaits
+    this loop's clients (cancels the run it stopped following, say) would otherwise find them
+    closed under it (the connection it opens again is left open), or gone (a new client, made
+    after the shutdown, that nothing closes, and a `ResourceWarning`). So they close last."""
+    me = asyncio.current_task()
+    closing = [
+        task
+        for task in asyncio.all_tasks()
+        if task is not me and type(task.get_coro()).__name__ == "async_generator_athrow"
+    ]
+    if closing:
+        await asyncio.wait(closing)
 
 
 def _start(generator: AsyncIterator[None]) -> None:
@@ -182,3 +200,14 @@ def async_client_for(settings: Settings) -> AsyncClient:
         client = AsyncClient(settings, client_for(settings).protocol)
         per_loop.clients[settings] = client
     return client
+
+
+def _after_fork_in_child() -> None:
+    # Only the forking thread goes on in the child: a lock held at the fork was another
+    # thread's, and the child's copy would stay held for ever (a lock may be released by any
+    # thread).
+    if _async_clients_lock.locked():
+        _async_clients_lock.release()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

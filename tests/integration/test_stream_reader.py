@@ -203,3 +203,84 @@ def test_a_child_forked_while_the_reader_held_its_lock_still_waits_on_runs(
         pytest.fail("the forked child hung on the reader's lock")
     assert os.waitstatus_to_exitcode(status) == 0
     assert remote.invoke("parent again").content == "echo: parent again"
+
+
+@pytest.mark.timeout(120)
+def test_a_child_forked_while_another_threads_loop_held_the_client_table_still_awaits_runs(
+    settings: Settings, worker: WorkerProcess
+) -> None:
+    # Loops of several threads share the table of asyncio clients behind one lock; a fork
+    # while another thread holds it (looking its loop's client up, or its loop shutting down)
+    # must not leave the child's copy held for ever.
+    import os
+    import warnings
+
+    from runnable_k8s.producer import aclient
+
+    remote = RunnableK8s(bound=SlowModel(delay=0.0, chunks=2), settings=settings)
+    with aclient._async_clients_lock:  # as another thread's `async_client_for` holds it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: forking with threads
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status only
+            code = 1
+            try:
+                answer = asyncio.run(remote.ainvoke("child"))
+                code = 0 if answer.content == "echo: child" else 2
+            finally:
+                os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on the asyncio client table's lock")
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert asyncio.run(remote.ainvoke("parent")).content == "echo: parent"
+
+
+@pytest.mark.timeout(240)
+def test_a_generator_closed_at_loop_shutdown_may_still_call_the_client(
+    settings: Settings, worker: WorkerProcess
+) -> None:
+    # asyncio.run closes every unfinished async generator at its end, the loop's client
+    # closer among them; a caller's generator whose cleanup awaits us (here: cancel the run
+    # it stopped following) may run after the closer did, and still gets an answer, without
+    # a warning, and its connection does not outlive the next loop.
+    import gc
+
+    from runnable_k8s.protocol.messages import RunStatus
+
+    remote = RunnableK8s(bound=SlowModel(delay=0.05, chunks=40), settings=settings)
+    asyncio.run(remote.ainvoke("warm"))
+    gc.collect()
+    before = _server_connections(settings)
+    cleanups: list[Any] = []
+
+    async def follow(text: str) -> Any:
+        run = remote.submit(text, stream=True)
+        try:
+            async for chunk in run.astream(timeout=60):
+                yield chunk
+        finally:
+            try:
+                cleanups.append(await run.acancel())
+            except BaseException as exc:
+                cleanups.append(exc)
+                raise
+
+    async def stop_following(text: str) -> Any:
+        chunks = follow(text)
+        await anext(chunks)
+        return chunks  # left unfinished: asyncio.run closes it
+
+    left = [asyncio.run(stop_following(f"left{i}")) for i in range(5)]
+    assert [type(c) for c in cleanups] == [RunStatus] * 5, cleanups
+    assert asyncio.run(remote.ainvoke("after")).content == "echo: after"
+    del left
+    gc.collect()
+    assert _server_connections(settings) - before <= 5
