@@ -236,6 +236,20 @@ def async_client(url: str, *, blocking: bool = False, **kwargs: Any) -> aredis.R
     return aclient
 
 
+async def aclose(client: aredis.Redis) -> None:
+    """Close an asyncio client built by `async_client`, with the manager's clients of the
+    sentinels when it is Sentinel-managed (redis-py's `aclose` closes only the master's pool;
+    the sentinels' connections were left for the garbage collector, each with a
+    `ResourceWarning`)."""
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    try:
+        await client.aclose()
+    finally:
+        for sentinel in getattr(manager, "sentinels", ()):
+            with contextlib.suppress(Exception):
+                await sentinel.aclose()
+
+
 def abandon(client: aredis.Redis) -> None:
     """Close the sockets of an asyncio client whose event loop is closed, without it.
 

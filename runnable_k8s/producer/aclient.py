@@ -48,8 +48,10 @@ class AsyncClient:
         self._reader = reader.AsyncReader(self._redis)
 
     async def aclose(self) -> None:
-        await self._reader.aclose()
-        await self._redis.aclose()
+        try:
+            await self._reader.aclose()
+        finally:
+            await connections.aclose(self._redis)
 
     async def submit(
         self, requests: Sequence[RunRequest], *, strategy: Strategy = threads.DEFAULT

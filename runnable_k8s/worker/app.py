@@ -230,5 +230,5 @@ def run_worker(
 
 async def _close(executor: Executor) -> None:
     await asyncio.sleep(0)
-    await executor.redis.aclose()
+    await connections.aclose(executor.redis)  # and its sentinels' connections
     executor.clients.close_sync()

@@ -41,3 +41,31 @@ async def test_async_callers_and_the_cli_use_the_sentinels_and_wait_through_a_fa
     assert result.content == "echo: through"
     assert sentinel_group.master() is not old
     assert worker.process.poll() is None
+
+
+@pytest.mark.timeout(120)
+def test_an_event_loops_client_closes_its_sentinel_connections_with_it(
+    sentinel_group: SentinelGroup,
+) -> None:
+    # redis-py's `aclose` closes the master's pool, not the manager's clients of the sentinels:
+    # a loop's client closed with its loop must close those too, or every `asyncio.run`
+    # leaves a connection to each sentinel it asked, for the garbage collector to find open.
+    import gc
+    import warnings
+
+    from runnable_k8s.errors import RunNotFound
+    from runnable_k8s.producer.aclient import async_client_for
+
+    settings = make_settings(sentinel_group.url)
+
+    async def ask() -> None:
+        with pytest.raises(RunNotFound):
+            await async_client_for(settings).status("no-such-run")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(3):
+            asyncio.run(ask())
+        gc.collect()
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert unclosed == []
