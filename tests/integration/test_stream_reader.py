@@ -175,33 +175,16 @@ def test_a_child_forked_while_the_reader_held_its_lock_still_waits_on_runs(
 ) -> None:
     # gunicorn's --preload, multiprocessing's fork: the reader thread of the parent may hold
     # its lock at the moment of the fork; the child's copy of the lock would stay held for ever.
-    import os
-    import warnings
 
     remote = RunnableK8s(bound=SlowModel(delay=0.0, chunks=2), settings=settings)
     assert remote.invoke("parent").content == "echo: parent"  # the reader thread exists
     reader = client_for(settings)._reader
-    with reader._lock:  # as the thread holds it while it files a reply
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: forking with threads
-            pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child reports through its exit status only
-            code = 1
-            try:
-                code = 0 if remote.invoke("child").content == "echo: child" else 2
-            finally:
-                os._exit(code)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.05)
-    else:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child hung on the reader's lock")
-    assert os.waitstatus_to_exitcode(status) == 0
+    code = _forked_child_exit_code(
+        reader._lock,  # as the thread holds it while it files a reply
+        lambda: remote.invoke("child").content == "echo: child",
+        "the forked child hung on the reader's lock",
+    )
+    assert code == 0
     assert remote.invoke("parent again").content == "echo: parent again"
 
 
@@ -212,34 +195,16 @@ def test_a_child_forked_while_another_threads_loop_held_the_client_table_still_a
     # Loops of several threads share the table of asyncio clients behind one lock; a fork
     # while another thread holds it (looking its loop's client up, or its loop shutting down)
     # must not leave the child's copy held for ever.
-    import os
-    import warnings
 
     from runnable_k8s.producer import aclient
 
     remote = RunnableK8s(bound=SlowModel(delay=0.0, chunks=2), settings=settings)
-    with aclient._async_clients_lock:  # as another thread's `async_client_for` holds it
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: forking with threads
-            pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child reports through its exit status only
-            code = 1
-            try:
-                answer = asyncio.run(remote.ainvoke("child"))
-                code = 0 if answer.content == "echo: child" else 2
-            finally:
-                os._exit(code)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.05)
-    else:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child hung on the asyncio client table's lock")
-    assert os.waitstatus_to_exitcode(status) == 0
+    code = _forked_child_exit_code(
+        aclient._async_clients_lock,  # as another thread's `async_client_for` holds it
+        lambda: asyncio.run(remote.ainvoke("child")).content == "echo: child",
+        "the forked child hung on the asyncio client table's lock",
+    )
+    assert code == 0
     assert asyncio.run(remote.ainvoke("parent")).content == "echo: parent"
 
 
@@ -284,3 +249,31 @@ def test_a_generator_closed_at_loop_shutdown_may_still_call_the_client(
     del left
     gc.collect()
     assert _server_connections(settings) - before <= 5
+
+
+def _forked_child_exit_code(lock: Any, child: Any, hung: str) -> int:
+    """Fork while `lock` is held (as another thread would hold it), run `child()` in the child
+    (True: exit 0, False: 2, raised: 1), and return its exit code; fail with `hung` if the
+    child has not exited within 60 s."""
+    import os
+    import warnings
+
+    with lock:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: forking with threads
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status only
+            code = 1
+            try:
+                code = 0 if child() else 2
+            finally:
+                os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail(hung)
