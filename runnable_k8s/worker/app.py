@@ -103,14 +103,21 @@ class DescribedRequest(Request):  # type: ignore[misc]
         return dict(super().info(safe=True))
 
 
+def celery_app(settings: Settings) -> Celery:
+    """The Celery app on our broker transport and configuration, with no task yet."""
+    broker, _ = connections.kombu_broker(settings.require_redis_url())
+    # BrokerAMQP: a failover keeps our transport (see transport.BrokerConnection).
+    app = Celery("runnable_k8s", broker=broker, set_as_current=False, amqp=transport.BrokerAMQP)
+    app.conf.update(celery_config(settings))
+    return app
+
+
 def create_app(
     settings: Settings, executor: Executor, loop: LoopThread, readiness: Readiness | None = None
 ) -> Celery:
     """Build the Celery app whose one task hands each message to `executor` on `loop`; its
     consumer keeps `readiness` (the ready file) while it takes messages."""
-    broker, _ = connections.kombu_broker(settings.require_redis_url())
-    app = Celery("runnable_k8s", broker=broker, set_as_current=False)
-    app.conf.update(celery_config(settings))
+    app = celery_app(settings)
     # Nothing but our own task, as our producer writes it, becomes a request (see the module);
     # the size bound is the executor's own first check (body limit plus header and MAC).
     app.conf.worker_consumer = guarded_consumer(

@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from queue import Empty
 from typing import Any, Final
 
+from celery.app.amqp import AMQP
+from kombu.connection import Connection
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
@@ -262,3 +264,27 @@ class SentinelTransport(kombu_redis.SentinelTransport):
 
 TRANSPORT = f"{__name__}:Transport"
 SENTINEL_TRANSPORT = f"{__name__}:SentinelTransport"
+
+
+class BrokerConnection(Connection):
+    """kombu's connection, keeping the transport it was built with when it fails over.
+
+    The Sentinel broker URL names every sentinel (`sentinel://a;sentinel://b;...`) and kombu
+    treats the others as failover URLs: after a lost connection it switches to the next one,
+    and the switch takes the transport from the URL's scheme. Every worker then came back from
+    a failover on kombu's stock Sentinel transport, without the hardening above, and never
+    handed back the runs the failover cut (their `unacked` entries carry their time, which the
+    stock transport does not read: they stayed there until a worker restarted). The switch
+    only needs the new address; the sentinels themselves are asked for the master on every
+    connection either way (kombu reads them all from the same URL list)."""
+
+    def switch(self, conn_str: str) -> None:
+        transport = self.transport_cls
+        super().switch(conn_str)  # type: ignore[no-untyped-call]
+        self.transport_cls = transport
+
+
+class BrokerAMQP(AMQP):  # type: ignore[misc]
+    """Celery's broker plumbing with `BrokerConnection` (pass as `Celery(amqp=...)`)."""
+
+    Connection = BrokerConnection

@@ -3,17 +3,14 @@ option kombu does not know would be ignored silently)."""
 
 from __future__ import annotations
 
-from celery import Celery
-
-from runnable_k8s.worker.app import celery_config
+from runnable_k8s.worker.app import celery_app, celery_config
 from runnable_k8s.worker.transport import TRANSPORT
 from tests.conftest import make_settings
 
 
 def test_restore_options_reach_the_redis_channel(redis_url: str) -> None:
     settings = make_settings(redis_url, time_limit=60.0, visibility_timeout=400.0)
-    app = Celery("probe", broker=redis_url, set_as_current=False)
-    app.conf.update(celery_config(settings))
+    app = celery_app(settings)
     assert app.conf.broker_transport == TRANSPORT
     with app.connection_for_write() as connection:
         channel = connection.default_channel
@@ -35,8 +32,7 @@ def test_mutex_outlives_a_restore_even_with_a_short_visibility(redis_url: str) -
 def test_the_channel_keeps_one_blocking_client_per_pool(redis_url: str) -> None:
     """kombu built a client per acknowledgement; ours keeps one per connection pool, and a
     new pool (after a reconnect) gets a new client that really reaches Redis."""
-    app = Celery("probe", broker=redis_url, set_as_current=False)
-    app.conf.update(celery_config(make_settings(redis_url)))
+    app = celery_app(make_settings(redis_url))
     with app.connection_for_write() as connection:
         channel = connection.default_channel
         first = channel._create_client()

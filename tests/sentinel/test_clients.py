@@ -69,3 +69,27 @@ def test_an_event_loops_client_closes_its_sentinel_connections_with_it(
         gc.collect()
     unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert unclosed == []
+
+
+@pytest.mark.timeout(120)
+def test_a_workers_broker_connection_keeps_its_transport_through_a_failover_switch(
+    sentinel_group: SentinelGroup,
+) -> None:
+    # kombu takes every sentinel's URL as a failover URL, and its switch to the next one took
+    # the transport from the URL's scheme: after a failover the worker ran on kombu's stock
+    # transport, which never handed back the runs the failover cut (they carry their delivery
+    # time in the `unacked` hash, which only ours reads).
+    from runnable_k8s.worker.app import celery_app
+    from runnable_k8s.worker.transport import SentinelChannel, SentinelTransport
+
+    app = celery_app(make_settings(sentinel_group.url))
+    with app.connection_for_read() as connection:
+        addresses = set()
+        for _ in range(len(sentinel_group.sentinels) + 1):  # every sentinel, then round again
+            connection.maybe_switch_next()
+            addresses.add(connection.port)
+            assert connection.get_transport_cls() is SentinelTransport
+            channel = connection.default_channel
+            assert isinstance(channel, SentinelChannel)
+            assert channel.client.ping()  # the master, found through the sentinels
+        assert len(addresses) == len(sentinel_group.sentinels)

@@ -18,6 +18,7 @@ import redis
 from runnable_k8s import BrokerUnavailable, RunnableK8s, connections
 from runnable_k8s.settings import Settings
 from runnable_k8s.store import keys
+from runnable_k8s.worker.transport import SENTINEL_TRANSPORT
 from tests.conftest import make_settings
 from tests.support.models import SlowModel
 from tests.support.sentinel import SentinelGroup
@@ -174,6 +175,12 @@ def test_master_killed_under_load_loses_and_duplicates_nothing(
     # The same worker processes, alive, reconnected by themselves.
     assert [w.process.pid for w in workers] == pids
     assert all(w.process.poll() is None for w in workers)
+    # Back on our own transport after the switch to the next sentinel's URL, not kombu's stock
+    # one (which never handed back the runs the kill cut: `test_clients`).
+    for worker in workers:
+        connected = [line for line in worker.log().splitlines() if "Connected to " in line]
+        assert len(connected) >= 2, connected  # the first connection and the reconnection
+        assert all(SENTINEL_TRANSPORT in line for line in connected), connected
     assert remote.invoke("after").content == "echo: after"
     if restart_old_master:
         sentinel_group.wait_settled(new)
