@@ -94,15 +94,24 @@ def test_threads_waiting_at_once_share_the_blocking_clients_reader(
 def test_a_waiter_that_stops_mid_stream_does_not_disturb_the_others(
     settings: Settings, worker: WorkerProcess
 ) -> None:
-    remote = RunnableK8s(bound=SlowModel(delay=0.1, chunks=CHUNKS), settings=settings)
+    remote = RunnableK8s(bound=SlowModel(delay=0.25, chunks=CHUNKS), settings=settings)
 
     async def scenario() -> tuple[list[str], list[Any], str]:
+        begun = asyncio.Event()
+
         async def follow(i: int) -> str:
-            return "".join([chunk.content async for chunk in remote.astream(f"s{i}")])
+            parts = []
+            async for chunk in remote.astream(f"s{i}"):
+                parts.append(chunk.content)
+                if i == 3:
+                    begun.set()
+            return "".join(parts)
 
         tasks = [asyncio.create_task(follow(i)) for i in range(10)]
         cancelled = tasks[3]
-        await asyncio.sleep(0.3)  # every stream has begun
+        # Mid-stream: its first chunk is in, four more are a second of model time away (a
+        # fixed sleep instead let a loaded machine wake after the stream had ended).
+        await asyncio.wait_for(begun.wait(), 60)
         cancelled.cancel()
         done = await asyncio.gather(*tasks, return_exceptions=True)
         texts = [t for i, t in enumerate(done) if i != 3]
