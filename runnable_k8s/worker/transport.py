@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runnable_k8s.store import keys
 
@@ -60,6 +62,43 @@ def _delivered_at(raw: Any) -> float | None:
     # NaN and the infinities are never older than any visibility timeout: as times they would
     # keep the entry (counted in flight) for good; untimed, it is restored (or dropped) as old.
     return moment if moment is not None and math.isfinite(moment) else None
+
+
+_CUT: Final = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class HandBacks:
+    """Messages this process handed back while it could not reach Redis, to hand back again
+    as soon as it can.
+
+    A worker hands back a run it could not start (Redis went away during its claim). When
+    the channel's connection is gone too (a failover, an outage), the hand-back fails, and
+    the message stays in the `unacked` hash: before, it came back only after the visibility
+    timeout (by default the time limit plus five minutes). Its tag is kept here instead, and
+    the next channel of this process hands it back as soon as it reaches Redis (the entry is
+    in the shared hash, so any channel can). Handing back twice is harmless: a message whose
+    run has started or ended is turned away by its claim. Kept in memory only: if the process
+    dies first, the visibility timeout still brings the message back."""
+
+    LIMIT: Final = 10_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tags: set[Any] = set()
+
+    def keep(self, tag: Any) -> None:
+        with self._lock:
+            if len(self._tags) < self.LIMIT:  # past it, the visibility timeout does the rest
+                self._tags.add(tag)
+
+    def take(self) -> list[Any]:
+        with self._lock:
+            tags = list(self._tags)
+            self._tags.clear()
+            return tags
+
+
+handbacks = HandBacks()
 
 
 class QoS(kombu_redis.QoS):
@@ -112,6 +151,7 @@ class QoS(kombu_redis.QoS):
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         # kombu's own, finding the old entries by their time in the hash instead of the index.
+        self._retry_handbacks()
         self._vrestore_count += 1
         if (self._vrestore_count - 1) % (interval or 1):
             return
@@ -133,6 +173,17 @@ class QoS(kombu_redis.QoS):
                         self.restore_by_tag(tag, client)
             except kombu_redis.MutexHeld:
                 pass
+
+    def _retry_handbacks(self) -> None:
+        tags = handbacks.take()
+        for index, tag in enumerate(tags):
+            try:
+                self.restore_by_tag(tag)
+            except _CUT:
+                for left in tags[index:]:
+                    handbacks.keep(left)
+                raise
+            log.info("handed back message %s, which Redis was away for before", tag)
 
     def _visible(self, client: Any, ceil: float, num: int | None) -> list[Any]:
         """Tags of entries delivered before `ceil` (at most `num`; None or 0: all)."""
@@ -163,9 +214,15 @@ class QoS(kombu_redis.QoS):
         if not requeue:
             super().reject(delivery_tag, requeue=False)  # type: ignore[no-untyped-call]
             return
-        self.restore_by_tag(delivery_tag, leftmost=False)
+        try:
+            self.restore_by_tag(delivery_tag, leftmost=False)
+        except _CUT as exc:
+            handbacks.keep(delivery_tag)
+            log.warning(
+                "handing back message %s once Redis is reachable again: %s", delivery_tag, exc
+            )
         # What kombu's own reject does next: forget the delivery (the restore's transaction
-        # already took it out of the unacked hash).
+        # already took it out of the unacked hash; or `handbacks` holds it).
         super(kombu_redis.QoS, self).ack(delivery_tag)  # type: ignore[no-untyped-call]
 
 

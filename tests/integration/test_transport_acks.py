@@ -4,6 +4,7 @@ messages older than the visibility timeout, on a real Redis-protocol server."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -16,7 +17,7 @@ from kombu import Connection, Exchange, Queue
 
 from runnable_k8s import RunnableK8s
 from runnable_k8s.embedded import EmbeddedRedis
-from runnable_k8s.worker.transport import TRANSPORT
+from runnable_k8s.worker.transport import TRANSPORT, handbacks
 from tests.conftest import make_settings
 from tests.support.models import SlowModel
 from tests.support.workers import WorkerProcess
@@ -125,6 +126,40 @@ def test_a_rejected_message_goes_back_to_the_front_of_the_queue(server: str) -> 
         assert simple.get(timeout=5).payload == {"n": 1}  # still next, not behind n=2
         simple.close()
     client.close()
+
+
+def test_a_hand_back_redis_was_away_for_is_made_once_redis_is_back() -> None:
+    # A worker hands back a run it could not start because Redis went away; the hand-back
+    # needs Redis too. It is kept, not lost to the visibility timeout (here an hour): the
+    # next channel that reaches Redis makes it.
+    handbacks.take()  # nothing left over from another test of this process
+    server = EmbeddedRedis(durable=True)  # the unacked entry outlives the restart
+    options = {"visibility_timeout": 3600}
+    try:
+        url = server.start()
+        client = redis.Redis.from_url(url)
+        with Connection(url, transport=TRANSPORT, transport_options=options) as first:
+            _publish(first, {"n": 1})
+            simple = first.SimpleQueue(QUEUE)
+            message = simple.get(timeout=5)
+            assert client.hlen("unacked") == 1 and client.llen("acks") == 0
+            server.kill()
+            message.requeue()  # Redis is away: no error, the hand-back is kept
+            assert handbacks.take() == [message.delivery_tag]
+            handbacks.keep(message.delivery_tag)
+            with contextlib.suppress(Exception):
+                simple.close()
+        server.start()
+        with Connection(url, transport=TRANSPORT, transport_options=options) as second:
+            second.default_channel.qos.restore_visible(num=0, interval=1)
+            assert client.hlen("unacked") == 0 and client.llen("acks") == 1
+            again = second.SimpleQueue(QUEUE).get(timeout=5)
+            assert again.payload == {"n": 1} and again.delivery_tag == message.delivery_tag
+            again.ack()
+        assert handbacks.take() == []
+        client.close()
+    finally:
+        server.close()
 
 
 def _watch(url: str) -> tuple[list[str], threading.Thread]:
