@@ -175,15 +175,25 @@ class QoS(kombu_redis.QoS):
                 pass
 
     def _retry_handbacks(self) -> None:
+        # Never raises: it runs first in every restore (at connect, where kombu catches
+        # nothing) and at the channel's close; a failure keeps the tags for the next one.
         tags = handbacks.take()
         for index, tag in enumerate(tags):
             try:
                 self.restore_by_tag(tag)
-            except _CUT:
+            except Exception as exc:
                 for left in tags[index:]:
                     handbacks.keep(left)
-                raise
+                log.warning("could not hand back %d message(s) yet: %s", len(tags) - index, exc)
+                return
             log.info("handed back message %s, which Redis was away for before", tag)
+
+    def restore_unacked_once(self, stderr: Any = None) -> Any:
+        # The channel's close (a stopping worker, a lost connection): kombu hands back the
+        # messages it still holds, and this process's hand-backs go with them if Redis is
+        # there (else they wait for the visibility timeout, as a dead worker's do).
+        self._retry_handbacks()
+        return super().restore_unacked_once(stderr)  # type: ignore[no-untyped-call]
 
     def _visible(self, client: Any, ceil: float, num: int | None) -> list[Any]:
         """Tags of entries delivered before `ceil` (at most `num`; None or 0: all)."""
