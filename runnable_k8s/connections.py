@@ -99,6 +99,14 @@ class SentinelUrl:
             kwargs["ssl"] = True
         return kwargs
 
+    def broker_tls(self) -> dict[str, Any] | None:
+        """The master's TLS options for kombu (Celery's `broker_use_ssl`), as `node_kwargs`
+        gives them to redis-py: verified unless the query says otherwise. None without TLS."""
+        if not self.tls:
+            return None
+        given = {k: v for k, v in _typed(self.options).items() if k.startswith("ssl_")}
+        return {"ssl_cert_reqs": "required", **given}
+
     def sentinel_kwargs(self, **socket: Any) -> dict[str, Any]:
         """Connection arguments for the sentinels."""
         kwargs: dict[str, Any] = {

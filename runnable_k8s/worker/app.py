@@ -87,10 +87,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": settings.task_events,
         "worker_enable_remote_control": settings.remote_control,
     }
-    if urlsplit(settings.require_redis_url()).scheme in {"rediss", "sentinels"}:
-        query = parse_qs(urlsplit(settings.require_redis_url()).query)
-        if "ssl_cert_reqs" not in query:
-            config["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    url = settings.require_redis_url()
+    if connections.is_sentinel(url):
+        # kombu's Sentinel URLs carry no query (connections.kombu_broker): the master's TLS
+        # options (`sentinels://...?ssl_ca_certs=...`) reach kombu here, or not at all.
+        tls = connections.parse_sentinel(url).broker_tls()
+        if tls is not None:
+            config["broker_use_ssl"] = tls
+    elif urlsplit(url).scheme == "rediss" and "ssl_cert_reqs" not in parse_qs(urlsplit(url).query):
+        # kombu's own default for `rediss://` without it is to verify nothing.
+        config["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     return config
 
 

@@ -3,6 +3,10 @@ option kombu does not know would be ignored silently)."""
 
 from __future__ import annotations
 
+import ssl
+
+import pytest
+
 from runnable_k8s.worker.app import celery_app, celery_config
 from runnable_k8s.worker.transport import TRANSPORT
 from tests.conftest import make_settings
@@ -46,3 +50,27 @@ def test_the_channel_keeps_one_blocking_client_per_pool(redis_url: str) -> None:
         assert second is not first
         assert second.connection_pool is channel.pool
         assert second.ping()
+
+
+@pytest.mark.parametrize(
+    ("url", "tls"),
+    [
+        (
+            "sentinels://127.0.0.1:26379/0?master_name=m&ssl_cert_reqs=none&ssl_ca_certs=/ca.pem",
+            {"ssl_cert_reqs": "none", "ssl_ca_certs": "/ca.pem"},
+        ),
+        ("sentinels://127.0.0.1:26379/0?master_name=m", {"ssl_cert_reqs": "required"}),
+        ("sentinel://127.0.0.1:26379/0?master_name=m", False),
+        ("rediss://127.0.0.1:6379/0", {"ssl_cert_reqs": ssl.CERT_REQUIRED}),
+        ("rediss://127.0.0.1:6379/0?ssl_cert_reqs=optional", {"ssl_cert_reqs": ssl.CERT_OPTIONAL}),
+    ],
+)
+def test_the_workers_broker_connection_gets_the_urls_tls_options(
+    url: str, tls: dict[str, object] | bool
+) -> None:
+    # kombu's Sentinel URLs carry no query: a `sentinels://` URL's TLS options reached the
+    # producers and the worker's own pools but not its Celery consumer, which then spoke
+    # plain text to a TLS master (and with `ssl_cert_reqs` given, no TLS at all).
+    app = celery_app(make_settings(url))
+    connection = app.connection_for_read()
+    assert connection.ssl == tls
