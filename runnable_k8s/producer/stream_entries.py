@@ -7,8 +7,9 @@ whether the worker published it alone or together with others.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
 
 from runnable_k8s.errors import SignatureRejected
 from runnable_k8s.protocol import stream
@@ -31,6 +32,39 @@ class Event:
     seq: int | None = None
 
 
+# Entries per run whose digests a reader keeps, to recognise a replay (see `Taken`).
+_RECENT: Final = 256
+
+
+@dataclass
+class Taken:
+    """What one waiter has taken of each run's stream: the position of the next item, and a
+    digest of each of the last entries, by the position of its first item.
+
+    Redis replicates asynchronously: a failover can lose entries a reader already had from
+    the old master, and the worker appends them again, the same signed bytes
+    (worker/stream_writer.py). A reader then meets entries before its position: an exact
+    replay of one it took is skipped; anything else there (a repeat with other content, such
+    as another delivery starting over) is refused, as is a gap."""
+
+    position: dict[str, int] = field(default_factory=dict)
+    recent: dict[str, dict[int, bytes]] = field(default_factory=dict)
+
+    def replayed(self, run_id: str, first: int, message: bytes) -> bool:
+        return self.recent.get(run_id, {}).get(first) == _digest(message)
+
+    def took(self, run_id: str, first: int, message: bytes, after: int) -> None:
+        self.position[run_id] = after
+        recent = self.recent.setdefault(run_id, {})
+        recent[first] = _digest(message)
+        if len(recent) > _RECENT:
+            del recent[next(iter(recent))]  # the oldest (dicts keep insertion order)
+
+
+def _digest(message: bytes) -> bytes:
+    return hashlib.blake2b(message, digest_size=16).digest()
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -39,12 +73,13 @@ def parse_entries(
     protocol: Protocol,
     response: Any,
     cursors: dict[str, str],
-    seen: dict[str, int],
+    taken: Taken,
     watch: rejections.Watch | None = None,
 ) -> list[Event]:
     """Turn an XREAD reply into verified events, advancing `cursors` (stream key -> last id)
-    and `seen` (run id -> stream items read), and checking that no item was dropped,
-    repeated, reordered or relabelled. Rejection notices (unsigned) go to `watch`."""
+    and `taken`, and checking that no item was dropped, repeated, reordered or relabelled (an
+    exact replay of an entry already taken is skipped: `Taken`). Rejection notices
+    (unsigned) go to `watch`."""
     events: list[Event] = []
     outcome_kind = stream.EntryKind.OUTCOME.wire
     notice_kind = stream.EntryKind.NOTICE.wire
@@ -55,12 +90,16 @@ def parse_entries(
             cursors[key] = _text(entry_id)
             kind = stream.entry_kind(fields)
             if kind in stream.BATCH_KINDS:
-                items = protocol.open_batch(stream.entry_message(fields), run_id)
+                message = stream.entry_message(fields)
+                items = protocol.open_batch(message, run_id)
                 # The unsigned `k` must name the signed kind of the first item: an entry
                 # relabelled (say, chunks shown as events, which a reader skips) is refused.
                 if items[0].kind.value.encode() != kind:
                     raise SignatureRejected(f"the stream of run {run_id} was tampered with")
-                expected = seen.get(run_id, 0)
+                expected = taken.position.get(run_id, 0)
+                first = items[0].seq
+                if first < expected and taken.replayed(run_id, first, message):
+                    continue
                 for item in items:
                     if item.seq != expected:
                         raise SignatureRejected(f"the stream of run {run_id} was tampered with")
@@ -69,10 +108,10 @@ def parse_entries(
                         events.append(Event(run_id, chunk=item.data, seq=item.seq))
                     else:
                         events.append(Event(run_id, callback=item.data, seq=item.seq))
-                seen[run_id] = expected
+                taken.took(run_id, first, message, expected)
             elif kind == outcome_kind:
                 outcome = protocol.open_outcome(stream.entry_message(fields), run_id)
-                if outcome.chunks != seen.get(run_id, 0):
+                if outcome.chunks != taken.position.get(run_id, 0):
                     raise SignatureRejected(f"the stream of run {run_id} lost entries")
                 events.append(Event(run_id, outcome=outcome))
             elif kind == notice_kind:

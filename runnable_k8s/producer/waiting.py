@@ -28,7 +28,7 @@ from runnable_k8s.connections import REDIS_ERRORS
 from runnable_k8s.errors import BrokerError, WaitTimeout
 from runnable_k8s.producer import rejections
 from runnable_k8s.producer.redis_errors import translate
-from runnable_k8s.producer.stream_entries import Event, parse_entries
+from runnable_k8s.producer.stream_entries import Event, Taken, parse_entries
 from runnable_k8s.protocol import stream
 from runnable_k8s.protocol.messages import Protocol
 from runnable_k8s.store import keys
@@ -243,7 +243,7 @@ def events(
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     waiting = {keys.events(r) for r in run_ids}
-    seen: dict[str, int] = {}
+    taken = Taken()
     # A notice that no worker could verify a run shortens the waits until it is settled.
     watch = rejections.Watch(protocol)
     outage = Outage()
@@ -278,7 +278,7 @@ def events(
             for item in items:
                 if isinstance(item, BaseException):
                     raise item
-                for event in parse_entries(protocol, [item], {}, seen, watch):
+                for event in parse_entries(protocol, [item], {}, taken, watch):
                     if event.outcome is not None:
                         waiting.discard(keys.events(event.run_id))
                         watch.forget(event.run_id)
@@ -300,7 +300,7 @@ async def aevents(
     """The asyncio twin of `events`."""
     deadline = None if timeout is None else time.monotonic() + timeout
     waiting = {keys.events(r) for r in run_ids}
-    seen: dict[str, int] = {}
+    taken = Taken()
     watch = rejections.Watch(protocol)
     outage = Outage()
     sub = reader.subscribe(list(waiting))
@@ -337,7 +337,7 @@ async def aevents(
             for item in items:
                 if isinstance(item, BaseException):
                     raise item
-                for event in parse_entries(protocol, [item], {}, seen, watch):
+                for event in parse_entries(protocol, [item], {}, taken, watch):
                     if event.outcome is not None:
                         waiting.discard(keys.events(event.run_id))
                         watch.forget(event.run_id)

@@ -9,14 +9,19 @@ a fast one fills entries. Each item keeps its own signed position inside its ent
 
 `EntryWriter` appends one sealed batch: across a Redis blip the write is retried, and a retry
 first looks for the entry the try before may have appended, so no batch is ever appended twice.
+A retry also checks that the stream still holds the last entry it appended: Redis replicates
+asynchronously, so a failover can lose entries the old master had acknowledged, and the writer
+appends those again (the same signed bytes: a reader that had them skips the replay) before it
+goes on; a reader would otherwise meet a gap and refuse the stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import logging
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -28,6 +33,7 @@ from runnable_k8s.protocol import stream
 from runnable_k8s.settings import Settings
 from runnable_k8s.store import keys, streams
 from runnable_k8s.worker.outage import REDIS_ERRORS, ride_out
+from runnable_k8s.worker.stream_appender import appender_for
 
 # Rounds of "forged entries removed, first entry tried again" before giving up.
 _FIRST_TRIES: Final = 3
@@ -60,11 +66,27 @@ _SPACING_S: Final = 0.002
 # 20 ms, one item per entry) never waits, and the last entry of a stream never waits at all.
 _MAX_SPACING_S: Final = 0.016
 _GROW_AT: Final = 4
+# Entries a writer keeps after appending them, to append again if a failover loses them (the
+# newest, at most this many and this many bytes of sealed messages): a replica lags the master
+# by milliseconds, and entries lost further back end the run "interrupted" instead.
+_KEEP_ENTRIES: Final = 256
+_KEEP_BYTES: Final = 4 * 1024 * 1024
 # How long a cancelled run waits for its write in flight (so the outcome counts exactly the
 # entries in Redis) before abandoning it.
 _SETTLE_S: Final = 5.0
 
 Batch = list[tuple[stream.ItemKind, bytes]]
+
+log = logging.getLogger("runnable_k8s.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """An entry as appended: its first item's position, its kind, its sealed message."""
+
+    seq: int
+    kind: stream.EntryKind
+    sealed: bytes
 
 
 class StreamHost(Protocol):
@@ -113,6 +135,8 @@ class EntryWriter:
         self._progress = progress
         self._stream = keys.events(run_id)
         self._last: bytes | None = None  # id of the last entry appended
+        self._kept: collections.deque[_Kept] = collections.deque()
+        self._kept_bytes = 0
 
     async def append(self, items: Batch) -> None:
         seq = self._progress.published
@@ -124,6 +148,8 @@ class EntryWriter:
             nonlocal tries
             tries += 1
             if tries > 1:
+                # Redis went away: if it came back as a new master, it may lack entries.
+                await self._restore_lost(seq)
                 # The try before may have been applied, its reply lost: never append twice.
                 found = await self._find(sealed, seq)
                 if found is not None:
@@ -142,14 +168,63 @@ class EntryWriter:
             self._progress.own_error = exc
             raise
         self._progress.published += len(items)
+        self._keep(_Kept(seq, kind, sealed))
+
+    def _keep(self, entry: _Kept) -> None:
+        self._kept.append(entry)
+        self._kept_bytes += len(entry.sealed)
+        while len(self._kept) > _KEEP_ENTRIES or self._kept_bytes > _KEEP_BYTES:
+            self._kept_bytes -= len(self._kept.popleft().sealed)
+
+    async def _restore_lost(self, seq: int) -> None:
+        """Append again the entries a failover lost: the stream no longer holds the last entry
+        this writer appended (replication is ordered: if that one survived, all before it
+        did). Raises StreamInterrupted if they are no longer kept."""
+        if self._last is None:
+            return  # nothing appended yet: the first entry's script looks for itself
+        redis = self._executor.redis
+        if await redis.xrange(self._stream, self._last, self._last):
+            return
+        tail = await self._tail()
+        missing = [entry for entry in self._kept if entry.seq >= tail]
+        if not missing or missing[0].seq != tail:
+            raise StreamInterrupted(tail)  # the gap reaches past what is kept
+        for entry in missing:
+            self._last = await self._add(entry.kind, entry.sealed, entry.seq)
+        log.warning(
+            "appended again %d stream entries of run=%s that Redis lost (a failover): "
+            "items %d to %d",
+            len(missing),
+            self._run_id,
+            tail,
+            seq - 1,
+        )
+
+    async def _tail(self) -> int:
+        """The position after the last signed item of this run in its stream (0: none)."""
+        redis = self._executor.redis
+        end: bytes = b"+"
+        while True:
+            page: list[Any] = await redis.xrevrange(self._stream, end, "-", count=64) or []
+            for _, fields in page:
+                if stream.entry_kind(fields) not in stream.BATCH_KINDS:
+                    continue
+                try:
+                    items = self._executor.protocol.open_batch(
+                        stream.entry_message(fields), self._run_id
+                    )
+                except MessageRejected:
+                    continue  # forged: not this run's
+                return items[-1].seq + 1
+            if len(page) < 64:
+                return 0
+            end = b"(" + _id(page[-1][0])
 
     async def _add(self, kind: stream.EntryKind, sealed: bytes, seq: int) -> bytes:
         redis = self._executor.redis
-        if seq > 0:  # the usual case: one plain XADD, sent with the other runs' (`_Appender`)
-            appender = _appenders.get(redis)
-            if appender is None:
-                appender = _appenders[redis] = _Appender(redis)
-            return _id(await appender.xadd(self._stream, stream.signed_fields(kind, sealed)))
+        if seq > 0:  # the usual case: one plain XADD, sent with the other runs' (`Appender`)
+            fields = stream.signed_fields(kind, sealed)
+            return _id(await appender_for(redis).xadd(self._stream, fields))
         ttl = int(self._executor.settings.result_ttl)
         for _ in range(_FIRST_TRIES):
             reply = await streams.append_first(redis, self._stream, kind, sealed, ttl)
@@ -310,56 +385,6 @@ class Batcher:
         batch, self._pending = self._pending[:count], self._pending[count:]
         self._pending_bytes -= size
         return batch
-
-
-class _Appender:
-    """The XADDs of every run streaming on one event loop, sent together: those queued while a
-    pipeline is in flight go in the next one (no waiting: the first goes at once). Many runs
-    streaming at a real model's pace each send an entry per token (the spacing cannot batch
-    tokens 20 ms apart); one pipeline for all of them costs one round trip, one socket write
-    and one read instead of one each per entry, for the worker and for Redis alike. Each XADD
-    keeps its own reply or error (`raise_on_error=False`), so a run's retry logic
-    (`EntryWriter.append`) is the same as with a plain XADD; a lost connection fails every
-    XADD of the pipeline, and each is retried by its own run, looking before it appends."""
-
-    def __init__(self, redis: Any) -> None:
-        self._redis = redis
-        self._queued: list[tuple[str, dict[Any, Any], asyncio.Future[Any]]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def xadd(self, key: str, fields: dict[Any, Any]) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append((key, fields, future))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._send())
-        return await future
-
-    async def _send(self) -> None:
-        while self._queued:
-            batch, self._queued = self._queued, []
-            try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for key, fields, _ in batch:
-                        pipe.xadd(key, fields)
-                    replies = await pipe.execute(raise_on_error=False)
-            except BaseException as exc:
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for (_, _, future), reply in zip(batch, replies, strict=True):
-                if future.done():
-                    continue
-                if isinstance(reply, Exception):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(reply)
-
-
-# One appender per Redis client (the worker has one per event loop).
-_appenders: weakref.WeakKeyDictionary[Any, _Appender] = weakref.WeakKeyDictionary()
 
 
 def _raise_failure(task: asyncio.Task[None]) -> None:

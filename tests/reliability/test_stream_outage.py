@@ -188,6 +188,108 @@ def test_stream_entry_whose_reply_was_lost_is_not_sent_twice(
         proxy.close()
 
 
+class CuttableProxy:
+    """A TCP proxy in front of Redis that can cut every connection and refuse new ones for a
+    while: what a client sees while its master dies and a replica takes over."""
+
+    def __init__(self, target: int) -> None:
+        self._target = target
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._refusing = False
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                if self._refusing:
+                    client.close()
+                    continue
+                server = socket.create_connection(("127.0.0.1", self._target))
+                self._open |= {client, server}
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def cut(self) -> None:
+        with self._lock:
+            self._refusing = True
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            self._open.clear()
+
+    def resume(self) -> None:
+        with self._lock:
+            self._refusing = False
+
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()
+
+
+@pytest.mark.timeout(120)
+def test_stream_entries_a_failover_lost_are_appended_again_and_readers_see_the_stream_whole(
+    own_redis_url: str, own_redis: redis.Redis, logs_dir: Path, workers: list[WorkerProcess]
+) -> None:
+    # Redis replicates asynchronously: the master can acknowledge stream entries and die
+    # before its replica has them. Here the worker's connections are cut (the master died),
+    # the stream's last two entries deleted (they never reached the replica), and the
+    # connections allowed again (the replica took over). A reader that had those entries,
+    # and one that starts after, must both see every chunk once, in order.
+    settings = make_settings(own_redis_url, wait_timeout=90.0)
+    port = urlsplit(own_redis_url).port
+    assert port is not None
+    proxy = CuttableProxy(port)
+    try:
+        behind = settings.replace(redis_url=f"redis://127.0.0.1:{proxy.port}/0")
+        worker = WorkerProcess(behind, logs_dir, concurrency=2, name="failover-loss")
+        workers.append(worker)
+        worker.wait_ready()
+        chunks = 16
+        remote = RunnableK8s(bound=SlowModel(delay=0.2, chunks=chunks), settings=settings)
+        run = remote.submit("lossy", stream=True)
+        followed: list[str] = []
+        follower = threading.Thread(
+            target=lambda: followed.extend(c.content for c in run.stream(timeout=90))
+        )
+        follower.start()
+        key = keys.events(run.id)
+        wait_until(lambda: own_redis.xlen(key) >= 5, 30, "five entries streamed")
+        proxy.cut()
+        time.sleep(0.5)  # the worker's next entry fails meanwhile (a chunk every 0.2 s)
+        signed = [e for e, f in own_redis.xrange(key) if f[b"k"] in stream.BATCH_KINDS]
+        wait_until(lambda: len(followed) >= len(signed), 10, "the reader has every entry")
+        own_redis.xdel(key, *signed[-2:])
+        proxy.resume()
+        follower.join(90)
+        assert not follower.is_alive()
+        text = [f"part{i} " for i in range(chunks)]
+        assert [c for c in followed if c] == text  # (a chat model's stream ends with "")
+        assert "".join(c.content for c in RemoteRun(run.id, settings).stream(timeout=10)) == (
+            "".join(text)
+        )
+        assert run.result(timeout=30).content == "".join(text)
+        assert outcomes(own_redis, run.id) == 1
+        assert "appended again 2 stream entries" in worker.log()
+    finally:
+        proxy.close()
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_runnable_that_raises_a_redis_error_of_its_own_fails_its_run(
     own_redis_url: str, logs_dir: Path, workers: list[WorkerProcess], stream: bool
