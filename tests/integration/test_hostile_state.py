@@ -107,8 +107,10 @@ def test_submitting_onto_a_wrong_type_queue_is_a_broker_error(
 
 # Each rebuilds the stream from genuine signed entries only (so every MAC verifies), then keeps
 # the run's genuine outcome at the end. Entries are bound to their position and their kind.
+# (An entry repeated byte for byte is skipped, not refused: a failover's re-append looks like
+# that, and it changes nothing the reader shows. test_batched_streams.py has it, and other
+# items at a position already read, refused.)
 TAMPERINGS: dict[str, tuple[Callable[[list[Fields]], list[Fields]], str]] = {
-    "repeated": (lambda c: [c[0], *c], "was tampered with"),
     "reordered": (lambda c: [c[1], c[0], *c[2:]], "was tampered with"),
     "relabelled": (  # a chunk turned into a callback event, which the reader would drop
         lambda c: [c[0], {b"k": b"e", b"m": c[1][b"m"]}, *c[2:]],

@@ -63,15 +63,23 @@ def test_redis_restart_mid_stream_fails_no_streamed_run(
     assert [c.content for c in followed if c.content] == [f"part{i} " for i in range(CHUNKS)]
 
     client = redis.Redis.from_url(durable_redis.url)
+    protocol = Protocol(settings)
     try:
         for run in runs:
             # The result, and a fresh reader from the stream's start: every chunk once, in
-            # order (the reader refuses a repeated or missing position).
+            # order (the reader refuses a missing position, and skips an exact replay: so the
+            # stream itself is counted too, no entry appended twice).
             assert run.result(timeout=60).content == TEXT
             chunks = list(RemoteRun(run.id, settings).stream(timeout=10))
             assert "".join(c.content for c in chunks) == TEXT
             assert run.status().state == "succeeded"
             assert outcomes(client, run.id) == 1
+            items = [
+                len(protocol.open_batch(fields[b"m"], run.id))
+                for _, fields in client.xrange(keys.events(run.id))
+                if fields[b"k"] in stream.BATCH_KINDS
+            ]
+            assert sum(items) == len(chunks)
     finally:
         client.close()
     logs = "".join(w.log() for w in workers)
@@ -167,7 +175,8 @@ def test_stream_entry_whose_reply_was_lost_is_not_sent_twice(
         expected = "".join(f"part{i} " for i in range(20))
         assert run.result(timeout=30).content == expected
         assert proxy.dropped == 2
-        # Each chunk once: the reader refuses a repeated position, and the count matches.
+        # Each chunk once: read whole, and counted in the stream itself (a reader skips an
+        # exact replay, so only the count tells an entry appended twice).
         chunks = list(RemoteRun(run.id, settings).stream(timeout=10))
         assert "".join(c.content for c in chunks) == expected
         client = redis.Redis.from_url(own_redis_url)
