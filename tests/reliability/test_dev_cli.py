@@ -212,7 +212,13 @@ def test_dev_whose_control_loop_crashes_stops_its_workers_and_exits(
             path.unlink()
         log_dir.rmdir()
         os.kill(workers[0], signal.SIGKILL)
-        output, _ = dev.communicate(timeout=120)
+        try:
+            output, _ = dev.communicate(timeout=120)
+        except subprocess.TimeoutExpired as exc:
+            # Say what `dev` was doing (seen once in CI, not reproduced): its own output.
+            running = {pid: cmd for pid, cmd in tracked.items() if _running(pid)}
+            shown = exc.output.decode() if isinstance(exc.output, bytes) else str(exc.output)
+            pytest.fail(f"dev did not exit; still running {running}; its output:\n{shown[-4000:]}")
         assert dev.returncode != 0, output
         assert "the dev control loop failed" in output
         assert [pid for pid in tracked if _running(pid)] == [], output
@@ -221,3 +227,5 @@ def test_dev_whose_control_loop_crashes_stops_its_workers_and_exits(
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)
         dev.wait(10)
+        if dev.stdout is not None:  # else collected later, a ResourceWarning in another test
+            dev.stdout.close()
