@@ -68,8 +68,10 @@ _MAX_SPACING_S: Final = 0.016
 _GROW_AT: Final = 4
 # Entries a writer keeps after appending them, to append again if a failover loses them (the
 # newest, at most this many and this many bytes of sealed messages): a replica lags the master
-# by milliseconds, and entries lost further back end the run "interrupted" instead.
-_KEEP_ENTRIES: Final = 256
+# by milliseconds, and entries lost further back end the run "interrupted" instead. 64 entries
+# is a second or more of any stream (entries leave at most every 16 ms, or per token of a real
+# model); 256 cost S3's worker about 100 MB (a one-token entry is about 400 bytes kept).
+_KEEP_ENTRIES: Final = 64
 _KEEP_BYTES: Final = 4 * 1024 * 1024
 # How long a cancelled run waits for its write in flight (so the outcome counts exactly the
 # entries in Redis) before abandoning it.
