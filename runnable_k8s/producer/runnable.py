@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
 from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import ensure_config, get_async_callback_manager_for_config
 from langchain_core.runnables.graph import Graph
 from langchain_core.runnables.utils import ConfigurableFieldSpec, Input, Output
 from pydantic import BaseModel
@@ -295,6 +296,15 @@ class RunnableK8s(GraphStateAPI, BatchAPI[Input, Output]):
         async def one() -> AsyncIterator[Input]:
             yield input
 
+        config = ensure_config(config)
+        if not get_async_callback_manager_for_config(config).handlers:
+            # Nothing observes this call (no callbacks, no tracer, not `astream_events`), so
+            # skip LangChain's wrapper: a run nobody sees, `_astream`'s signature inspected
+            # twice and a task per chunk (`benchmarks.stages --stream`). Same chunks.
+            noop = AsyncCallbackManagerForChainRun.get_noop_manager()
+            async for chunk in self._astream(one(), noop, config, _remote=remote, **kwargs):
+                yield chunk
+            return
         async for chunk in self._atransform_stream_with_config(
             one(), self._astream, config, _remote=remote, **kwargs
         ):

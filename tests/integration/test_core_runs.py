@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -154,6 +155,35 @@ def test_callers_callbacks_see_the_remote_step(settings: Settings, worker: Worke
     with pytest.raises(RemoteError):
         failing.invoke("x", config={"callbacks": [recorder3]})
     assert any(isinstance(e, RemoteError) for e in recorder3.errors)
+
+
+def test_astream_with_and_without_callbacks_yields_the_same_chunks(
+    settings: Settings, worker: WorkerProcess
+) -> None:
+    """`astream` takes a lighter path when nothing observes the call; with a handler it is
+    LangChain's own (a run started and ended with the whole output, or its error)."""
+    remote = RunnableK8s(bound=prompt() | DemoChatModel() | StrOutputParser(), settings=settings)
+    local = local_chain()
+
+    async def chunks(runnable: Any, config: Any = None) -> list[str]:
+        return [chunk async for chunk in runnable.astream(QUESTIONS[1], config=config)]
+
+    plain = asyncio.run(chunks(remote))
+    recorder = Recorder()
+    observed = asyncio.run(chunks(remote, {"callbacks": [recorder], "run_name": "streamed"}))
+    want = asyncio.run(chunks(local))
+    assert plain == observed == want
+    assert len(want) > 1  # a stream, not one chunk
+    assert recorder.starts == ["streamed"]
+    assert recorder.ends == ["".join(want)]
+
+    failing = RunnableK8s(bound=FailingModel(), settings=settings)
+    errors = Recorder()
+    with pytest.raises(RemoteError):
+        asyncio.run(chunks(failing))
+    with pytest.raises(RemoteError):
+        asyncio.run(chunks(failing, {"callbacks": [errors]}))
+    assert [type(e) for e in errors.errors] == [RemoteError]
 
 
 def test_bind_and_with_config_keep_options(settings: Settings, worker: WorkerProcess) -> None:
