@@ -29,7 +29,11 @@ class Sizes:
     concurrency: int
     """Pool threads of each worker process (RunnableK8s: runs held at once)."""
     stream_tokens: int = 2000
-    """S1: tokens of one stream from a model that yields as fast as it can (every round)."""
+    """S1: tokens of one stream from a model that yields as fast as it can..."""
+    s1_streams: int = 5
+    """...streams of it per side in each round, the sides taking turns stream by stream (the
+    first token is one sample per stream: a median of three, one per round, moved by 20 %
+    between full runs of the same code)."""
     streams: int = 50
     """S2: streams run at once (every round)..."""
     stream_chunks: int = 200
@@ -55,6 +59,7 @@ QUICK = Sizes(
     rounds=2,
     concurrency=100,
     stream_tokens=100,
+    s1_streams=1,
     streams=5,
     stream_chunks=20,
     counted_invokes=10,

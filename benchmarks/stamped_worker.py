@@ -57,6 +57,24 @@ def stamp_async(owner: Any, attribute: str, before: str | None, after: str | Non
     setattr(owner, attribute, stamped)
 
 
+def stamp_stream(owner: Any, attribute: str, before: str, first: str) -> None:
+    """Record `before` as the async generator `owner.attribute` starts and `first` as it
+    yields its first item (a stream's first chunk)."""
+    original: Callable[..., Any] = getattr(owner, attribute)
+
+    @functools.wraps(original)
+    async def stamped(*args: Any, **kwargs: Any) -> Any:
+        _stamp(before)
+        stamped_first = False
+        async for item in original(*args, **kwargs):
+            if not stamped_first:
+                _stamp(first)
+                stamped_first = True
+            yield item
+
+    setattr(owner, attribute, stamped)
+
+
 def install() -> None:
     from langchain_core.runnables.base import RunnableSequence
 
@@ -72,6 +90,8 @@ def install() -> None:
     stamp_async(execution.Executor, "_verify", None, "verified")
     stamp_async(records.RunRecords, "claim", "claim", "claimed")
     stamp_async(RunnableSequence, "ainvoke", "chain", "chain_done")
+    # A stream (`benchmarks.stages --stream`): the chain starts, its first chunk comes out.
+    stamp_stream(RunnableSequence, "astream", "chain", "chunk")
     stamp_async(records.RunRecords, "finish", "finish", "finished")
 
 

@@ -61,7 +61,7 @@ def targets(sizes: Sizes, results: dict[str, Results], memory: bool) -> list[Tar
     rows.append(
         Target(
             f"S1: one stream of {sizes.stream_tokens:,} tokens from a model that yields as fast "
-            "as it can",
+            f"as it can (median of {sizes.rounds * sizes.s1_streams} streams)",
             {n: f"{fmt(tps[n])} tokens/s, first token {fmt(first[n])} ms" for n in tps},
             f"{_x(tps['ours'], tps['langserve']):.2f}x LangServe, first token "
             f"{_x(first['ours'], first['langserve']):.2f}x",

@@ -149,8 +149,9 @@ def run_rounds(
             w3(side, sizes.w3_items, results[side.name])
         for side in batching:
             w4(side, sizes.w4_invokes, sizes.w4_bytes, number * 1000, results[side.name])
-        for side in streaming:
-            s1(side, sizes.stream_tokens, results[side.name])
+        for _ in range(sizes.s1_streams):
+            for side in streaming:
+                s1(side, sizes.stream_tokens, results[side.name])
         for side in streaming:
             s2(side, sizes.streams, sizes.stream_chunks, results[side.name])
         log(f"round {number + 1}/{sizes.rounds} done ({' then '.join(s.name for s in order)})")
