@@ -200,7 +200,11 @@ def test_dev_whose_control_loop_crashes_stops_its_workers_and_exits(
     tracked: dict[int, str] = {}
     try:
         deadline = time.monotonic() + 120
-        while not all((log_dir / f"worker-{n}.heartbeat.ready").exists() for n in (1, 2)):
+        # Ready, and beating: a worker creates the folder of its heartbeat file once, when its
+        # heartbeat starts, which can come after its consumer made it ready. Removed before
+        # that, the folder came back, and the restart below succeeded (seen in CI).
+        files = [f"worker-{n}.heartbeat{end}" for n in (1, 2) for end in ("", ".ready")]
+        while not all((log_dir / name).exists() for name in files):
             assert dev.poll() is None
             assert time.monotonic() < deadline, "dev's workers never became ready"
             time.sleep(0.2)
@@ -208,9 +212,11 @@ def test_dev_whose_control_loop_crashes_stops_its_workers_and_exits(
         workers = [pid for pid, cmd in tracked.items() if "runnable_k8s worker" in cmd]
         assert len(workers) == 2, tracked
         # Restarting a crashed worker needs its log folder: without it the control loop fails.
+        # A file takes its place, so that nothing can make the folder again.
         for path in log_dir.iterdir():
             path.unlink()
         log_dir.rmdir()
+        log_dir.write_text("not a folder")
         os.kill(workers[0], signal.SIGKILL)
         try:
             output, _ = dev.communicate(timeout=120)
