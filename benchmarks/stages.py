@@ -29,6 +29,7 @@ from typing import Any
 
 from benchmarks import models, processes, report, sides, workloads
 from benchmarks import sizes as sizing
+from benchmarks.streaming import consume
 
 # (from, to, what happens between): consecutive points of one run. Producer points: invoke,
 # enqueue, reply, done; the others are the worker's (see benchmarks/stamped_worker.py).
@@ -115,8 +116,8 @@ def table(
     samples: list[dict[str, int]],
     ours_ms: list[float],
     stages: list[tuple[str, str, str]] = STAGES,
-) -> tuple[str, float]:
-    """The stage table, and the sum of its medians."""
+) -> str:
+    """The stage table: each stage's median, then their sum."""
     ours_p50 = statistics.median(ours_ms)
     lines = [
         "| stage | median | share of our median |",
@@ -131,7 +132,7 @@ def table(
         total += median
         lines.append(f"| {what} | {median:.3f} ms | {median / ours_p50:.0%} |")
     lines.append(f"| **sum of the stage medians** | **{total:.2f} ms** | |")
-    return "\n".join(lines), total
+    return "\n".join(lines)
 
 
 def w1_summary(ours_ms: list[float], base_ms: list[float]) -> str:
@@ -196,17 +197,10 @@ def measure_stream(
     async def first_token(side: sides.Side, stamped: bool) -> float:
         if stamped:
             producer.mark("invoke")
-        start = time.perf_counter()
-        first = 0.0
-        parts: list[str] = []
-        async for chunk in side.astream_tokens(tokens, {"input": "stream"}):
-            if chunk and not first:
-                first = time.perf_counter() - start
-                if stamped:
-                    producer.mark("done")
-            parts.append(chunk)
-        if "".join(parts) != models.streamed_text(tokens):
-            raise sizing.BenchmarkError(f"{side.name}: wrong stream {''.join(parts)[:100]!r}")
+        chunks = side.astream_tokens(tokens, {"input": "stream"})
+        first, _, text = await consume(chunks, (lambda: producer.mark("done")) if stamped else None)
+        if text != models.streamed_text(tokens):
+            raise sizing.BenchmarkError(f"{side.name}: wrong stream {text[:100]!r}")
         return first * 1000
 
     for side in (ours, serve):
@@ -301,12 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         samples = runs(producer.points, _worker_points(stamps_file))
         if args.stream:
             _heading(f"S1 first-token stages ({tokens} tokens per stream)")
-            text, _ = table(samples, firsts["ours"], STREAM_STAGES)
+            text = table(samples, firsts["ours"], STREAM_STAGES)
             summary = stream_summary(firsts["ours"], firsts["langserve"])
         else:
             _heading("W1 stages")
             ours_ms, base_ms = results["ours"].w1_latencies_ms, results["baseline"].w1_latencies_ms
-            text, _ = table(samples, ours_ms)
+            text = table(samples, ours_ms)
             summary = w1_summary(ours_ms, base_ms)
         print(text, summary, "", sep="\n\n")
     return 0

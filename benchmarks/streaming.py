@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.processes import AnyWorker, PeakRss
@@ -16,15 +17,20 @@ if TYPE_CHECKING:
     from benchmarks.workloads import Results
 
 
-async def _stream(chunks: Any) -> tuple[float, float, str]:
+async def consume(
+    chunks: Any, on_first: Callable[[], None] | None = None
+) -> tuple[float, float, str]:
     """Consume one stream: seconds to its first non-empty chunk, seconds to its end, its text.
-    (LangChain ends a model's stream with an empty chunk: it is not a token.)"""
+    (LangChain ends a model's stream with an empty chunk: it is not a token.) `on_first` is
+    called as the first one arrives (`benchmarks.stages --stream` stamps it)."""
     start = time.perf_counter()
     first = 0.0
     parts: list[str] = []
     async for chunk in chunks:
         if chunk and not first:
             first = time.perf_counter() - start
+            if on_first is not None:
+                on_first()
         parts.append(chunk)
     return first, time.perf_counter() - start, "".join(parts)
 
@@ -32,7 +38,7 @@ async def _stream(chunks: Any) -> tuple[float, float, str]:
 def s1(side: Side, tokens: int, out: Results) -> None:
     from benchmarks.models import streamed_text
 
-    first, total, text = side.run(_stream(side.astream_tokens(tokens, {"input": "stream"})))
+    first, total, text = side.run(consume(side.astream_tokens(tokens, {"input": "stream"})))
     if text != streamed_text(tokens):
         raise BenchmarkError(f"{side.name} S1: wrong stream {text[:100]!r}...{text[-100:]!r}")
     out.s1_tokens_per_s.append(tokens / total)
@@ -45,7 +51,7 @@ def s2(side: Side, streams: int, tokens: int, out: Results) -> None:
     async def all_at_once() -> list[tuple[float, float, str]]:
         return await asyncio.gather(
             *(
-                _stream(side.astream_tokens(tokens, {"input": f"stream {i}"}))
+                consume(side.astream_tokens(tokens, {"input": f"stream {i}"}))
                 for i in range(streams)
             )
         )
@@ -73,7 +79,7 @@ def s3(ours: Ours, worker: AnyWorker, settings: Any, sizes: Sizes, out: Results)
     tokens = round(sizes.memory_seconds / sizes.memory_interval)
     chain = ours.token_chain(tokens, sizes.memory_interval, settings=settings)
     warm = ours.token_chain(3, settings=settings).astream({"input": "warm-up"})
-    ours.run(_stream(warm))  # the worker loads its code before it is measured
+    ours.run(consume(warm))  # the worker loads its code before it is measured
     out.s3_rss_idle_mb = worker.rss_mb()
 
     async def results(runs: list[Any]) -> list[Any]:
