@@ -9,7 +9,8 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import aclosing
 from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
@@ -298,12 +299,13 @@ class RunnableK8s(GraphStateAPI, BatchAPI[Input, Output]):
 
         config = ensure_config(config)
         if not get_async_callback_manager_for_config(config).handlers:
-            # Nothing observes this call (no callbacks, no tracer, not `astream_events`), so
-            # skip LangChain's wrapper: a run nobody sees, `_astream`'s signature inspected
-            # twice and a task per chunk (`benchmarks.stages --stream`). Same chunks.
-            noop = AsyncCallbackManagerForChainRun.get_noop_manager()
-            async for chunk in self._astream(one(), noop, config, _remote=remote, **kwargs):
-                yield chunk
+            # Nothing observes it (no callbacks, tracer or `astream_events`): skip LangChain's
+            # wrapper, a run nobody sees, 2 signature inspections, a task per chunk. Same chunks.
+            no_one = AsyncCallbackManagerForChainRun.get_noop_manager()
+            chunks = self._astream(one(), no_one, config, _remote=remote, **kwargs)
+            async with aclosing(chunks):
+                async for chunk in chunks:
+                    yield chunk
             return
         async for chunk in self._atransform_stream_with_config(
             one(), self._astream, config, _remote=remote, **kwargs
@@ -316,7 +318,7 @@ class RunnableK8s(GraphStateAPI, BatchAPI[Input, Output]):
         run_manager: AsyncCallbackManagerForChainRun,
         config: RunnableConfig,
         **kwargs: Any,
-    ) -> AsyncIterator[Output]:
+    ) -> AsyncGenerator[Output, None]:
         client = async_client_for(self.settings)
         remote = kwargs.pop("_remote")
         strategy = self._strategy(kwargs)
